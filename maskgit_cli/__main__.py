@@ -1,0 +1,3 @@
+from maskgit_cli.cli import app
+
+app(prog_name="maskgit")

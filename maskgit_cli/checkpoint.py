@@ -1,0 +1,111 @@
+"""Checkpoints: one self-describing dict, written atomically, loaded strictly.
+
+    {kind, version, config, model, model_id, optimizer, step, rng, metrics, ...}
+
+A run directory holds `tokenizer.pt`, `transformer.pt` (+ `transformer_best.pt`), the resolved
+`config.yaml` and `metrics.jsonl`. A bare state_dict (the course's VQGAN.pt) loads too, given
+a config that builds the matching architecture.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from maskgit_cli import config as config_mod
+from maskgit_cli.config import Config
+from maskgit_cli.data import atomic_write
+from maskgit_cli.errors import CheckpointError
+
+VERSION = 1
+TOKENIZER, TRANSFORMER = "tokenizer.pt", "transformer.pt"
+
+
+def model_id(state_dict: dict[str, torch.Tensor]) -> str:
+    """A short hash of the weights: the tokenizer's identity in token files."""
+    h = hashlib.sha1()
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().cpu().contiguous()
+        h.update(key.encode())
+        h.update(t.float().numpy().tobytes() if t.is_floating_point() else t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save(path: Path, ckpt: dict[str, Any]) -> None:
+    ckpt = {"version": VERSION, **ckpt}
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    atomic_write(Path(path), lambda tmp: tmp.write_bytes(buf.getvalue()))
+
+
+def load(path: str | Path, kind: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint (or a bare state_dict, returned as kind 'state_dict')."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / (TRANSFORMER if kind == "transformer" else TOKENIZER)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err.__class__.__name__}); "
+                              "it may be truncated, re-create or re-download it") from None
+    if isinstance(obj, dict) and "kind" in obj and "model" in obj:
+        if kind is not None and obj["kind"] != kind:
+            raise CheckpointError(f"{path}: is a {obj['kind']} checkpoint, expected a {kind}")
+        if obj.get("version", 0) > VERSION:
+            raise CheckpointError(f"{path}: written by a newer maskgit (format {obj['version']}); upgrade")
+        obj["path"] = str(path)
+        return obj
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {"kind": "state_dict", "model": obj, "config": None, "path": str(path)}
+    raise CheckpointError(f"{path}: not a maskgit checkpoint or a state_dict")
+
+
+def config_of(ckpt: dict[str, Any], fallback: Config | None = None) -> Config:
+    """The config a checkpoint was made with; a bare state_dict needs --config."""
+    if ckpt.get("config") is not None:
+        return config_mod.from_dict(ckpt["config"], f"{ckpt['path']} (saved config)")
+    if fallback is None:
+        raise CheckpointError(f"{ckpt['path']}: a bare state_dict has no config; pass --config "
+                              "(e.g. configs/lab.yaml for the course's VQGAN.pt)")
+    return fallback
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
+    """Strict load with a one-line summary of what does not match."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or extra or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if extra:
+            parts.append(f"{len(extra)} unexpected (e.g. {extra[0]})")
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} of another shape (e.g. {k}: {tuple(state[k].shape)} "
+                         f"vs {tuple(own[k].shape)})")
+        raise CheckpointError(f"{path}: weights do not fit the configured model: {'; '.join(parts)}; "
+                              "check --config")
+    model.load_state_dict(state)
+
+
+def load_tokenizer(path: str | Path, fallback: Config | None = None, device: str | torch.device = "cpu"):
+    """-> (model in eval mode, config, model_id)."""
+    from maskgit_cli import vqgan
+
+    ckpt = load(path, "tokenizer") if Path(path).is_dir() else load(path)
+    if ckpt["kind"] not in ("tokenizer", "state_dict"):
+        raise CheckpointError(f"{ckpt['path']}: is a {ckpt['kind']} checkpoint, expected a tokenizer")
+    cfg = config_of(ckpt, fallback)
+    model = vqgan.build(cfg)
+    load_state(model, ckpt["model"], ckpt["path"])
+    mid = ckpt.get("model_id") or model_id(ckpt["model"])
+    return model.to(device).eval(), cfg, mid

@@ -1,0 +1,145 @@
+"""The `maskgit` command: parse, call one pipeline function, render. The only typer import."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from maskgit_cli import __version__
+from maskgit_cli import console as ui
+from maskgit_cli.errors import MaskgitError
+
+app = typer.Typer(
+    name="maskgit",
+    help="MaskGIT image inpainting: train a VQGAN tokenizer and an MVTM transformer, encode, "
+    "inpaint by iterative decoding, and evaluate with FID/KID.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout (people-facing output goes to stderr).")
+DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+SeedOpt = typer.Option(0, "--seed", help="Seed for every random draw; CPU runs are reproducible.")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace an existing output.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"maskgit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Show the version and exit.")) -> None:
+    """MaskGIT image inpainting from the command line."""
+
+
+def command(fn: Callable) -> Callable:
+    """User errors -> one line on stderr (and {"error": ...} with --json), exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MaskgitError as err:
+            ui.error(str(err))
+            if kwargs.get("json_out"):
+                ui.emit_json({"error": str(err)})
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _render_train(result: Any, json_out: bool) -> None:
+    payload = {k: v for k, v in vars(result).items()}
+    rows = payload.pop("epochs", [])
+    if json_out:
+        ui.emit_json(payload | {"epochs": rows})
+    else:
+        ui.kv_table(f"{result.stage} training", {k: v for k, v in payload.items() if not isinstance(v, dict)})
+    if result.interrupted:
+        ui.warn(f"interrupted: checkpoint saved to {result.checkpoint}; continue with --resume")
+        raise typer.Exit(130)
+
+
+@app.command()
+@command
+def train(
+    config: Path = typer.Argument(..., help="YAML config (configs/tiny.yaml, configs/cats64.yaml, configs/lab.yaml)."),
+    stage: str = typer.Option(..., "--stage", help="tokenizer (stage 1, VQGAN) or transformer (stage 2, MVTM)."),
+    data: Path = typer.Option(..., "--data", help="Image folder (either stage) or token file .npz (transformer)."),
+    out: Path = typer.Option(..., "--out", help="Run directory; checkpoints, config.yaml and metrics.jsonl go here."),
+    val: Optional[Path] = typer.Option(None, "--val", help="Validation image folder or token file."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Tokenizer checkpoint or run dir (transformer stage; default RUN_DIR/tokenizer.pt)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key: --set transformer.dim=128 (repeatable)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Total optimizer steps (a resumed run stops where an uninterrupted one would)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's checkpoint."),
+    resize: bool = typer.Option(False, "--resize", help="Resize images of another size instead of failing."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the transformer."),
+    seed: int = SeedOpt,
+    device: str = DeviceOpt,
+    overwrite: bool = OverwriteOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Train stage 1 (VQGAN tokenizer) or stage 2 (bidirectional transformer, MVTM)."""
+    from maskgit_cli import pipeline
+
+    with ui.progress(f"train {stage}", None) as bar:
+        def on_step(rec: dict) -> None:
+            if stage == "tokenizer":
+                status = (f"loss {rec['loss']:.4f} psnr {rec['psnr']:.2f} usage {rec['usage']:.0%} "
+                          f"{rec['images_per_second']:.1f} img/s")
+            else:
+                status = f"loss {rec['loss']:.4f} lr {rec['lr']:.2e} {rec['tokens_per_second']:.0f} tok/s"
+            bar.update(completed=rec["step"], total=rec["total"], status=status)
+
+        def on_epoch(row: dict) -> None:
+            ui.table(f"epoch {row['epoch']}", list(row), [list(row.values())])
+
+        result = pipeline.train(config, stage, data, out, val=val, overrides=set_, epochs=epochs, max_steps=max_steps,
+                                batch_size=batch_size, resume=resume, seed=seed, device=device, resize=resize,
+                                tokenizer=tokenizer, compile=compile_, overwrite=overwrite,
+                                on_step=on_step, on_epoch=on_epoch, on_status=lambda m: bar.update(status=m))
+    _render_train(result, json_out)
+
+
+@app.command()
+@command
+def encode(
+    images: Path = typer.Argument(..., help="Image folder."),
+    tokenizer: Path = typer.Option(..., "--tokenizer", help="Tokenizer checkpoint, run directory, or bare state_dict (with --config)."),
+    out: Path = typer.Option(..., "--out", help="Token file to write (.npz)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Config for a bare state_dict (e.g. configs/lab.yaml for VQGAN.pt)."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    resize: bool = typer.Option(False, "--resize"),
+    device: str = DeviceOpt,
+    overwrite: bool = OverwriteOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Turn an image folder into a token file (ids uint16 N x h x w, file names, tokenizer id)."""
+    from maskgit_cli import pipeline
+
+    with ui.progress("encode") as bar:
+        result = pipeline.encode(images, tokenizer, out, config_path=config, batch_size=batch_size, device=device,
+                                 resize=resize, overwrite=overwrite,
+                                 on_progress=lambda i, n: bar.update(completed=i, total=n))
+    if json_out:
+        ui.emit_json(pipeline.as_dict(result))
+    else:
+        ui.kv_table("encode", pipeline.as_dict(result))
+
+
+def run() -> None:  # pragma: no cover - console-script shim
+    app(prog_name="maskgit")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run())

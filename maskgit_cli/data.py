@@ -1,0 +1,266 @@
+"""Image folders <-> tensors, pixel masks -> token masks, token files.
+
+Conventions (the course lab's): masks are 8-bit grayscale with 0 = missing, 255 = known; masked
+images have missing pixels set to gray. Files are sorted by name; the format is detected from the
+bytes, because the lab's ".png" files are JPEGs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from maskgit_cli.config import DataConfig
+from maskgit_cli.errors import DataError, OutputExistsError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Sorted image files of a folder; a missing or empty folder or a stray file is an error."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"image folder not found: {folder}")
+    files, strays = [], []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or p.is_dir():
+            continue
+        (files if p.suffix.lower() in IMAGE_SUFFIXES else strays).append(p)
+    if strays:
+        raise DataError(
+            f"{strays[0]}: not an image file (expected {', '.join(sorted(IMAGE_SUFFIXES))}); "
+            f"move it out of {folder}" + (f" (and {len(strays) - 1} more)" if len(strays) > 1 else "")
+        )
+    if not files:
+        raise DataError(f"no images in {folder}: put .png/.jpg files there")
+    return files
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        img = Image.open(path)  # PIL detects the format from the bytes, not the name
+        img.load()
+        return img
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{path}: cannot read this image ({err.__class__.__name__}); "
+                        "replace or remove the file") from None
+
+
+def read_image(path: Path, size: int, resize: bool = False) -> np.ndarray:
+    """One image as uint8 (H, W, 3)."""
+    img = _open(path).convert("RGB")
+    if img.size != (size, size):
+        if not resize:
+            raise DataError(f"{path}: image is {img.size[0]}x{img.size[1]}, expected "
+                            f"{size}x{size}; pass --resize to resize it")
+        img = img.resize((size, size), Image.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def load_images(paths: list[Path], size: int, resize: bool = False) -> torch.Tensor:
+    """uint8 (N, 3, H, W)."""
+    arr = np.stack([read_image(p, size, resize) for p in paths])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def load_folder(folder: str | Path, size: int, resize: bool = False) -> tuple[torch.Tensor, list[str]]:
+    paths = list_images(folder)
+    return load_images(paths, size, resize), [p.name for p in paths]
+
+
+def normalize(x: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float model input."""
+    mean = torch.tensor(cfg.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, device=x.device).view(1, 3, 1, 1)
+    return (x.float() / 255.0 - mean) / std
+
+
+def denormalize(x: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
+    """Model output -> float in [0, 1] (with the lab's separate output statistics if set)."""
+    mean = torch.tensor(cfg.denorm_mean or cfg.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.denorm_std or cfg.std, device=x.device).view(1, 3, 1, 1)
+    return (x.float() * std + mean).clamp(0, 1)
+
+
+def to_uint8(x01: torch.Tensor) -> torch.Tensor:
+    return (x01 * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+# ---------------------------------------------------------------------------------- masks
+
+
+def read_mask(path: Path, size: int, missing: str = "black") -> torch.Tensor:
+    """bool (H, W), True where the pixel is missing. missing='black': 0 = missing (the lab's)."""
+    img = _open(path).convert("L")
+    if img.size != (size, size):
+        raise DataError(f"{path}: mask is {img.size[0]}x{img.size[1]}, expected {size}x{size}; "
+                        "masks must match their images")
+    arr = np.asarray(img)
+    return torch.from_numpy(arr < 128 if missing == "black" else arr >= 128)
+
+
+def token_mask(missing: torch.Tensor, grid: int, rule: str = "any", dilate: int = 0) -> torch.Tensor:
+    """Pixel mask (B, H, W) bool -> token mask (B, h, w) bool, True = token to be generated.
+
+    any: a token is masked if any of its pixels is missing (the lab's rule, never leaves a
+    missing pixel inside a "known" token); all: only fully missing tokens; majority: more than
+    half. Dilation grows the token mask by `dilate` tokens (a square neighbourhood).
+    """
+    frac = F.adaptive_avg_pool2d(missing.float().unsqueeze(1), grid).squeeze(1)
+    if rule == "any":
+        out = frac > 0
+    elif rule == "all":
+        out = frac >= 1.0
+    elif rule == "majority":
+        out = frac > 0.5
+    else:
+        raise DataError(f"unknown token-mask rule '{rule}' (any, all, majority)")
+    if dilate > 0:
+        k = 2 * dilate + 1
+        out = F.max_pool2d(out.float().unsqueeze(1), k, stride=1, padding=dilate).squeeze(1) > 0
+    return out
+
+
+def _lab_number(name: str) -> str | None:
+    m = re.search(r"(\d+)(?=\.[^.]+$)", name)
+    return str(int(m.group(1))) if m else None
+
+
+def pair_masks(image_dir: str | Path, mask_dir: str | Path) -> list[tuple[Path, Path]]:
+    """Pair images with masks by file name, else by number (lab: image_000.png <-> mask_000.png)."""
+    images, masks = list_images(image_dir), list_images(mask_dir)
+    by_name = {p.name: p for p in masks}
+    if all(p.name in by_name for p in images):
+        return [(p, by_name[p.name]) for p in images]
+    by_stem = {p.stem: p for p in masks}
+    if all(p.stem in by_stem for p in images):
+        return [(p, by_stem[p.stem]) for p in images]
+    by_num: dict[str, Path] = {}
+    for p in masks:
+        n = _lab_number(p.name)
+        if n is not None:
+            by_num.setdefault(n, p)
+    pairs, unpaired = [], []
+    for p in images:
+        n = _lab_number(p.name)
+        if n is not None and n in by_num:
+            pairs.append((p, by_num[n]))
+        else:
+            unpaired.append(p.name)
+    if unpaired:
+        shown = ", ".join(unpaired[:5]) + (f" (+{len(unpaired) - 5} more)" if len(unpaired) > 5 else "")
+        raise DataError(f"no mask in {mask_dir} for: {shown}; masks pair by name or by number")
+    return pairs
+
+
+def random_region_masks(B: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """bool (B, size, size) training holes shaped like inpainting masks: a random-walk blob
+    (brush strokes) or a box, covering roughly 5-60 % of the image."""
+    out = torch.zeros(B, size, size, dtype=torch.bool)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    for b in range(B):
+        u = torch.rand(8, generator=generator)
+        if u[0] < 0.3:  # box
+            h = int(size * (0.2 + 0.5 * u[1]))
+            w = int(size * (0.2 + 0.5 * u[2]))
+            y0 = int((size - h) * u[3])
+            x0 = int((size - w) * u[4])
+            out[b, y0:y0 + h, x0:x0 + w] = True
+            continue
+        steps = int(8 + 30 * u[1])
+        radius = size * (0.05 + 0.07 * u[2])
+        y, x = size * (0.2 + 0.6 * u[3]), size * (0.2 + 0.6 * u[4])
+        angle = 2 * math.pi * u[5]
+        walk = torch.rand(steps, 2, generator=generator)
+        for s in range(steps):
+            angle += (walk[s, 0].item() - 0.5) * 1.5
+            y = min(max(y + math.sin(angle) * radius * 0.6, 0), size - 1)
+            x = min(max(x + math.cos(angle) * radius * 0.6, 0), size - 1)
+            out[b] |= (yy - y) ** 2 + (xx - x) ** 2 <= radius**2
+    return out
+
+
+# ---------------------------------------------------------------------------------- files
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path), then rename over `path`: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_png(img: torch.Tensor, path: Path) -> None:
+    """uint8 (3, H, W) or (H, W) -> PNG, atomically."""
+    arr = img.cpu().numpy()
+    if arr.ndim == 3:
+        arr = arr.transpose(1, 2, 0)
+    atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
+
+
+def check_output(path: Path, overwrite: bool) -> None:
+    path = Path(path)
+    if path.exists() and not overwrite:
+        if path.is_dir() and not any(path.iterdir()):
+            return
+        raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
+
+
+@dataclass
+class TokenFile:
+    ids: torch.Tensor  # (N, h, w) int64
+    files: list[str]
+    tokenizer_id: str
+    codebook_size: int
+
+    @property
+    def grid(self) -> int:
+        return int(self.ids.shape[-1])
+
+
+def save_tokens(path: Path, tokens: TokenFile) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, ids=tokens.ids.cpu().numpy().astype(np.uint16),
+                     files=np.array(tokens.files), tokenizer_id=np.array(tokens.tokenizer_id),
+                     grid=np.array(tokens.grid), codebook_size=np.array(tokens.codebook_size))
+    atomic_write(Path(path), write)
+
+
+def load_tokens(path: str | Path) -> TokenFile:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"token file not found: {path}; make one with `maskgit encode`")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ids = torch.from_numpy(z["ids"].astype(np.int64))
+            files = [str(f) for f in z["files"]]
+            tok_id = str(z["tokenizer_id"])
+            K = int(z["codebook_size"])
+    except KeyError as err:
+        raise DataError(f"{path}: not a maskgit token file (missing {err}); "
+                        "re-create it with `maskgit encode`") from None
+    except Exception as err:  # zip/pickle/format errors of a damaged file
+        raise DataError(f"{path}: corrupt token file ({err.__class__.__name__}); "
+                        "re-create it with `maskgit encode`") from None
+    if ids.ndim != 3 or ids.shape[0] == 0:
+        raise DataError(f"{path}: token file holds no token grids; re-create it with `maskgit encode`")
+    if int(ids.max()) >= K:
+        raise DataError(f"{path}: ids exceed the codebook size {K}; the file is corrupt")
+    return TokenFile(ids=ids, files=files, tokenizer_id=tok_id, codebook_size=K)

@@ -1,0 +1,29 @@
+"""Errors a user can cause and fix. The CLI prints their message (one line) and exits 1."""
+
+
+class MaskgitError(Exception):
+    """Base class: a problem with the user's input, files or settings, not a bug."""
+
+
+class ConfigError(MaskgitError):
+    """A config file or --set override is invalid."""
+
+
+class DataError(MaskgitError):
+    """An image folder, mask or token file cannot be used."""
+
+
+class CheckpointError(MaskgitError):
+    """A checkpoint is missing, corrupt, or does not match what it is used with."""
+
+
+class OutputExistsError(MaskgitError):
+    """An output would be overwritten without --overwrite."""
+
+
+class TrainingDiverged(MaskgitError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class WeightsNotFound(MaskgitError):
+    """Pretrained weights (FID-Inception) are not available offline."""

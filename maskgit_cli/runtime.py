@@ -1,0 +1,74 @@
+"""Device, precision and distributed plumbing shared by training and inference."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import torch.distributed as dist
+
+from maskgit_cli.errors import MaskgitError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda if available else cpu; 'cuda:N' is checked to exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MaskgitError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MaskgitError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise MaskgitError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible")
+    return device
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 on CUDA where supported, else fp16; None (fp32) on the CPU, where bf16 is very slow."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device):
+    dtype = amp_dtype(device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """A real scaler only for fp16; a disabled one (a no-op) otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype(device) == torch.float16)
+
+
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """The CPU generator for one training step: a function of (seed, step, rank) only, so a
+    resumed run draws exactly what an uninterrupted one would."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + rank * 104_729) % 2**63)
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world_size); (0, 1) when not launched by torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU,
+    nccl on CUDA, one GPU per local rank."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return dist.get_rank(), dist.get_world_size(), device

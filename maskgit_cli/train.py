@@ -1,0 +1,287 @@
+"""Training loops: train_tokenizer() (stage 1, VQGAN) and train_transformer() (stage 2, MVTM).
+
+Each is one readable loop. Both are exactly resumable on the CPU: the learning rate is a function
+of the step, the data order a function of (seed, epoch), and every random draw inside a step comes
+from a generator seeded by (seed, step); model, optimizer, scaler, EMA and the global RNG (dropout)
+are saved in the checkpoint. Progress goes out through the `on_step` / `on_epoch` callbacks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from maskgit_cli import checkpoint, data, runtime, vqgan
+from maskgit_cli.config import Config, dump
+from maskgit_cli.errors import CheckpointError, TrainingDiverged
+
+Callback = Callable[[dict[str, Any]], None] | None
+
+
+def lr_at(step: int, total: int, base: float, warmup: int, min_ratio: float) -> float:
+    """Linear warmup, then cosine decay to base * min_ratio at `total`."""
+    if warmup > 0 and step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The sample order of one epoch, the same on every rank and after a resume."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7_777 + epoch))
+
+
+def batch_indices(n: int, batch: int, seed: int, step: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """Indices of the global batch `step` (the last batch of an epoch may be short), this rank's
+    share of it."""
+    per_epoch = math.ceil(n / batch)
+    epoch, i = divmod(step, per_epoch)
+    idx = epoch_order(n, seed, epoch)[i * batch:(i + 1) * batch]
+    return idx[rank::world]
+
+
+class MetricsLog:
+    """RUN_DIR/metrics.jsonl, one JSON line per logged step or epoch; truncated on resume to the
+    checkpoint's step so the file matches the run."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        lines = []
+        if resume_step is not None and path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= resume_step:
+                        lines.append(line)
+                except json.JSONDecodeError:
+                    continue
+        path.write_text("".join(line + "\n" for line in lines))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _check_finite(loss: torch.Tensor, step: int, ckpt_path: Path, hint: str) -> None:
+    if not torch.isfinite(loss):
+        kept = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written yet"
+        raise TrainingDiverged(f"loss became {loss.item()} at step {step}; {kept}; {hint}")
+
+
+def _prepare_run_dir(run_dir: Path, cfg: Config) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data.atomic_write(run_dir / "config.yaml", lambda tmp: tmp.write_text(dump(cfg)))
+
+
+# =========================================================================== stage 1: VQGAN
+
+
+@dataclass
+class TokenizerResult:
+    stage: str
+    steps: int
+    final_loss: float | None
+    val_psnr: float | None
+    codebook_usage: float | None
+    perplexity: float | None
+    checkpoint: str
+    seconds: float
+    images_per_second: float
+    interrupted: bool = False
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def psnr(a01: torch.Tensor, b01: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of images in [0, 1], (B,)."""
+    mse = (a01 - b01).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10 * torch.log10(1.0 / mse)
+
+
+@torch.no_grad()
+def evaluate_tokenizer(model, images: torch.Tensor, cfg: Config, device, batch_size: int = 64) -> dict[str, float]:
+    """Reconstruction PSNR and codebook health over a set of uint8 images."""
+    model.eval()
+    psnrs, counts = [], torch.zeros(model.codebook_size, dtype=torch.long)
+    for i in range(0, len(images), batch_size):
+        x8 = images[i:i + batch_size].to(device)
+        x = data.normalize(x8, cfg.data)
+        with runtime.autocast(device):
+            rec, ids, _, _ = model(x)
+        psnrs.append(psnr(data.denormalize(rec.float(), cfg.data), x8.float() / 255).cpu())
+        counts += torch.bincount(ids.flatten().cpu(), minlength=model.codebook_size)
+    p = counts.float() / counts.sum()
+    perplexity = torch.exp(-(p[p > 0] * p[p > 0].log()).sum()).item()
+    return {"psnr": torch.cat(psnrs).mean().item(), "usage": (counts > 0).float().mean().item(),
+            "perplexity": perplexity}
+
+
+def _restart_dead_codes(model, code_ema: torch.Tensor, z_e: torch.Tensor, threshold: float,
+                        generator: torch.Generator) -> int:
+    """Move codes that have gone unused onto random encoder outputs of the current batch
+    (codebook restarts, as in Jukebox / Dhariwal et al.), so most codes stay in use."""
+    dead = (code_ema < threshold).nonzero().flatten()
+    if len(dead) == 0:
+        return 0
+    z = z_e.detach().permute(0, 2, 3, 1).reshape(-1, z_e.shape[1]).float()
+    pick = torch.randint(0, len(z), (len(dead),), generator=generator).to(z.device)
+    noise = 0.01 * z.std() * torch.randn(len(dead), z.shape[1], generator=generator).to(z.device)
+    with torch.no_grad():
+        model.codebook.embedding.weight[dead.to(z.device)] = (z[pick] + noise).to(model.codebook.embedding.weight.dtype)
+    code_ema[dead] = 1.0  # give revived codes a grace period
+    return len(dead)
+
+
+def train_tokenizer(cfg: Config, images: torch.Tensor, run_dir: Path, *, val_images: torch.Tensor | None = None,
+                    device: torch.device = torch.device("cpu"), seed: int = 0, resume: bool = False,
+                    on_step: Callback = None, on_epoch: Callback = None) -> TokenizerResult:
+    """Train the VQGAN on uint8 images (N, 3, H, W). Writes RUN_DIR/tokenizer.pt."""
+    tc = cfg.tokenizer_train
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / checkpoint.TOKENIZER
+    torch.manual_seed(seed)
+    model = vqgan.build(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(0.5, 0.9), weight_decay=tc.weight_decay)
+    use_disc = tc.disc_start >= 0
+    disc = vqgan.PatchDiscriminator().to(device) if use_disc else None
+    disc_opt = torch.optim.AdamW(disc.parameters(), lr=tc.disc_lr, betas=(0.5, 0.9)) if disc else None
+    scaler = runtime.grad_scaler(device)
+    code_ema = torch.zeros(model.codebook_size)
+    step = 0
+    N = len(images)
+    per_epoch = math.ceil(N / tc.batch_size)
+    total = tc.max_steps if tc.max_steps > 0 else tc.epochs * per_epoch
+
+    if resume:
+        ck = checkpoint.load(ckpt_path, "tokenizer")
+        if ck["config"] != cfg.to_dict():
+            raise CheckpointError(f"{ckpt_path}: was trained with another config; resume with the "
+                                  f"run's own config ({run_dir / 'config.yaml'})")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        if disc is not None and ck.get("disc") is not None:
+            disc.load_state_dict(ck["disc"])
+            disc_opt.load_state_dict(ck["disc_optimizer"])
+        scaler.load_state_dict(ck["scaler"])
+        code_ema = ck["code_ema"]
+        step = ck["step"]
+        _set_rng_state(ck["rng"])
+    _prepare_run_dir(run_dir, cfg)
+    log = MetricsLog(run_dir / "metrics.jsonl", step if resume else None)
+
+    def save() -> None:
+        sd = model.state_dict()
+        checkpoint.save(ckpt_path, {
+            "kind": "tokenizer", "config": cfg.to_dict(), "model": sd, "model_id": checkpoint.model_id(sd),
+            "optimizer": opt.state_dict(), "disc": disc.state_dict() if disc else None,
+            "disc_optimizer": disc_opt.state_dict() if disc_opt else None, "scaler": scaler.state_dict(),
+            "code_ema": code_ema, "step": step, "rng": _rng_state(), "metrics": last_val,
+        })
+
+    t0, seen, loss_value, last_val = time.time(), 0, None, {}
+    epochs: list[dict[str, Any]] = []
+    epoch_losses: list[float] = []
+    interrupted = False
+    try:
+        while step < total:
+            model.train()
+            g = runtime.step_generator(seed, step)
+            idx = batch_indices(N, tc.batch_size, seed, step)
+            x8 = images[idx]
+            if cfg.data.hflip:
+                flip = torch.rand(len(idx), generator=g) < 0.5
+                x8 = torch.where(flip.view(-1, 1, 1, 1), x8.flip(-1), x8)
+            x = data.normalize(x8.to(device), cfg.data)
+            lr = lr_at(step, total, tc.lr, tc.warmup_steps, tc.min_lr_ratio)
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+            if step == 0 and not resume:
+                # data-dependent codebook init: codes start on encoder outputs, not near zero
+                with torch.no_grad():
+                    z = model.encode_latent(x)
+                _restart_dead_codes(model, torch.zeros(model.codebook_size), z, 1.0, g)
+
+            with runtime.autocast(device):
+                rec, ids, vq_loss, z_e = model(x)
+                rec_err = rec.float() - x
+                rec_loss = rec_err.abs().mean() if tc.loss == "l1" else rec_err.pow(2).mean()
+                loss = rec_loss + vq_loss
+                if disc is not None and step >= tc.disc_start:
+                    loss = loss - tc.disc_weight * disc(rec).mean()  # hinge generator loss
+            _check_finite(loss, step, ckpt_path, "lower tokenizer_train.lr")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+
+            if disc is not None and step >= tc.disc_start:
+                with runtime.autocast(device):
+                    d_loss = F.relu(1 - disc(x)).mean() + F.relu(1 + disc(rec.detach())).mean()
+                disc_opt.zero_grad(set_to_none=True)
+                d_loss.backward()
+                disc_opt.step()
+
+            counts = torch.bincount(ids.flatten().cpu(), minlength=model.codebook_size).float()
+            code_ema.mul_(0.99).add_(counts, alpha=0.01)
+            if tc.restart_every and (step + 1) % tc.restart_every == 0:
+                _restart_dead_codes(model, code_ema, z_e, tc.dead_threshold, g)
+
+            step += 1
+            seen += len(idx)
+            loss_value = loss.item()
+            epoch_losses.append(loss_value)
+            if step % tc.log_every == 0 or step == total:
+                with torch.no_grad():
+                    batch_psnr = psnr(data.denormalize(rec.detach().float(), cfg.data), x8.float().to(device) / 255).mean().item()
+                rec_ = {"step": step, "loss": loss_value, "rec_loss": rec_loss.item(), "vq_loss": vq_loss.item(),
+                        "psnr": batch_psnr, "usage": (counts > 0).float().mean().item(), "lr": lr,
+                        "images_per_second": seen / max(1e-9, time.time() - t0)}
+                log.write(rec_)
+                if on_step:
+                    on_step({**rec_, "total": total})
+            if step % tc.checkpoint_every == 0:
+                save()
+            if step % per_epoch == 0 or step == total:
+                row = {"epoch": math.ceil(step / per_epoch), "step": step,
+                       "train_loss": sum(epoch_losses) / len(epoch_losses)}
+                epoch_losses = []
+                if val_images is not None:
+                    last_val = evaluate_tokenizer(model, val_images, cfg, device)
+                    row.update({"val_psnr": last_val["psnr"], "codebook_usage": last_val["usage"],
+                                "perplexity": last_val["perplexity"]})
+                epochs.append(row)
+                log.write(row)
+                if on_epoch:
+                    on_epoch(row)
+    except KeyboardInterrupt:
+        interrupted = True
+    save()
+    if not last_val or interrupted:
+        last_val = evaluate_tokenizer(model, val_images if val_images is not None else images[:512], cfg, device)
+    seconds = time.time() - t0
+    return TokenizerResult(
+        stage="tokenizer", steps=step, final_loss=loss_value,
+        val_psnr=last_val["psnr"] if val_images is not None else None,
+        codebook_usage=last_val["usage"], perplexity=last_val["perplexity"], checkpoint=str(ckpt_path),
+        seconds=seconds, images_per_second=seen / max(seconds, 1e-9), interrupted=interrupted, epochs=epochs)

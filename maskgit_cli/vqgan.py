@@ -1,0 +1,272 @@
+"""The stage-1 tokenizer: a VQGAN encoder, vector quantizer and decoder.
+
+    ids = model.encode(x)       x (B, 3, H, W) normalized  -> ids (B, h, w) int64 in [0, K)
+    x   = model.decode_ids(ids) ids (B, h, w)              -> x (B, 3, H, W) normalized
+
+Two architectures share the blocks below (named as in the course lab, so state_dict keys match):
+`arch: vqgan`, ours, sized from the config, and `arch: lab`, the lab's VQGAN built exactly,
+which loads the course's bare `VQGAN.pt` state_dict strictly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from maskgit_cli.config import Config, TokenizerConfig
+
+
+class GroupNorm(nn.Module):
+    def __init__(self, channels: int, groups: int = 32):
+        super().__init__()
+        self.gn = nn.GroupNorm(math.gcd(groups, channels), channels, eps=1e-6, affine=True)
+
+    def forward(self, x):
+        return self.gn(x)
+
+
+class Swish(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(x)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            GroupNorm(c_in), Swish(), nn.Conv2d(c_in, c_out, 3, 1, 1),
+            GroupNorm(c_out), Swish(), nn.Conv2d(c_out, c_out, 3, 1, 1),
+        )
+        if c_in != c_out:
+            self.channel_up = nn.Conv2d(c_in, c_out, 1, 1, 0)
+
+    def forward(self, x):
+        skip = self.channel_up(x) if hasattr(self, "channel_up") else x
+        return skip + self.block(x)
+
+
+class NonLocalBlock(nn.Module):
+    """Single-head self-attention over the h*w positions of a feature map."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = GroupNorm(channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        h = self.norm(x)
+        q, k, v = (m(h).reshape(B, C, H * W).transpose(1, 2) for m in (self.q, self.k, self.v))
+        a = F.scaled_dot_product_attention(q, k, v)  # (B, HW, C), scale 1/sqrt(C)
+        return x + self.proj_out(a.transpose(1, 2).reshape(B, C, H, W))
+
+
+class DownSample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, 2, 0)
+
+    def forward(self, x):
+        return self.conv(F.pad(x, (0, 1, 0, 1)))  # asymmetric pad, as in taming-transformers
+
+
+class UpSample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Codebook(nn.Module):
+    """Vector quantizer: nearest of K codes (squared L2, or cosine with l2_codes), a
+    straight-through gradient, and the VQ-VAE codebook + beta * commitment losses."""
+
+    def __init__(self, K: int, D: int, beta: float = 0.25, l2_codes: bool = False):
+        super().__init__()
+        self.K, self.D, self.beta, self.l2_codes = K, D, beta, l2_codes
+        self.embedding = nn.Embedding(K, D)
+        self.embedding.weight.data.uniform_(-1.0 / K, 1.0 / K)
+
+    def codes(self) -> torch.Tensor:
+        w = self.embedding.weight
+        return F.normalize(w, dim=1) if self.l2_codes else w
+
+    def nearest(self, z_flat: torch.Tensor) -> torch.Tensor:
+        """z_flat (M, D) -> ids (M,) int64."""
+        e = self.codes()
+        if self.l2_codes:
+            return (F.normalize(z_flat, dim=1) @ e.t()).argmax(dim=1)
+        d = (z_flat.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * z_flat @ e.t())
+        return d.argmin(dim=1)
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, h, w) -> z_q (B, D, h, w)."""
+        return F.embedding(ids, self.codes()).permute(0, 3, 1, 2).contiguous()
+
+    def forward(self, z: torch.Tensor):
+        """z (B, D, h, w) -> (z_q with straight-through gradient, ids (B, h, w), vq loss)."""
+        B, D, h, w = z.shape
+        z_flat = z.permute(0, 2, 3, 1).reshape(-1, D)
+        ids = self.nearest(z_flat.detach()).view(B, h, w)
+        z_q = self.lookup(ids)
+        if self.l2_codes:
+            z = F.normalize(z, dim=1)
+        loss = F.mse_loss(z_q, z.detach()) + self.beta * F.mse_loss(z, z_q.detach())
+        return z + (z_q - z).detach(), ids, loss
+
+
+class _VQModel(nn.Module):
+    """encoder -> quant_conv -> codebook -> post_quant_conv -> decoder."""
+
+    encoder: nn.Module
+    decoder: nn.Module
+
+    def __init__(self, code_dim: int, K: int, beta: float, l2_codes: bool = False):
+        super().__init__()
+        self.codebook = Codebook(K, code_dim, beta, l2_codes)
+        self.quant_conv = nn.Conv2d(code_dim, code_dim, 1)
+        self.post_quant_conv = nn.Conv2d(code_dim, code_dim, 1)
+
+    @property
+    def codebook_size(self) -> int:
+        return self.codebook.K
+
+    def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quant_conv(self.encoder(x))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, 3, H, W) -> ids (B, h, w)."""
+        z = self.encode_latent(x)
+        B, D, h, w = z.shape
+        return self.codebook.nearest(z.permute(0, 2, 3, 1).reshape(-1, D)).view(B, h, w)
+
+    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(z_q))
+
+    def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.codebook.lookup(ids))
+
+    def forward(self, x: torch.Tensor):
+        """x -> (reconstruction, ids, vq loss, z_e) ; z_e feeds dead-code restarts."""
+        z = self.encode_latent(x)
+        z_q, ids, vq_loss = self.codebook(z)
+        return self.decode(z_q), ids, vq_loss, z
+
+
+class VQGAN(_VQModel):
+    """Ours: levels of `res_blocks` residual blocks, a 2x downsample between levels, attention
+    at `attn_resolutions`, mirrored decoder. 64x64 with 3 levels -> 16x16 tokens."""
+
+    def __init__(self, cfg: TokenizerConfig, image_size: int):
+        super().__init__(cfg.code_dim, cfg.codebook_size, cfg.beta, cfg.l2_codes)
+        ch, n = list(cfg.channels), cfg.res_blocks
+        res = image_size
+        enc: list[nn.Module] = [nn.Conv2d(3, ch[0], 3, 1, 1)]
+        c_in = ch[0]
+        for i, c in enumerate(ch):
+            for _ in range(n):
+                enc.append(ResidualBlock(c_in, c))
+                c_in = c
+                if res in cfg.attn_resolutions:
+                    enc.append(NonLocalBlock(c))
+            if i < len(ch) - 1:
+                enc.append(DownSample(c))
+                res //= 2
+        enc += [ResidualBlock(c_in, c_in), GroupNorm(c_in), Swish(), nn.Conv2d(c_in, cfg.code_dim, 3, 1, 1)]
+        self.encoder = nn.Sequential(*enc)
+
+        dec: list[nn.Module] = [nn.Conv2d(cfg.code_dim, ch[-1], 3, 1, 1), ResidualBlock(ch[-1], ch[-1])]
+        c_in = ch[-1]
+        for i, c in enumerate(reversed(ch)):
+            for _ in range(n):
+                dec.append(ResidualBlock(c_in, c))
+                c_in = c
+                if res in cfg.attn_resolutions:
+                    dec.append(NonLocalBlock(c))
+            if i < len(ch) - 1:
+                dec.append(UpSample(c))
+                res *= 2
+        dec += [GroupNorm(c_in), Swish(), nn.Conv2d(c_in, 3, 3, 1, 1)]
+        self.decoder = nn.Sequential(*dec)
+
+
+class LabEncoder(nn.Module):
+    def __init__(self, channels: list[int], latent_dim: int):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, channels[0], 3, 1, 1)]
+        for i in range(len(channels) - 1):
+            c_in, c_out = channels[i], channels[i + 1]
+            layers += [ResidualBlock(c_in, c_out), ResidualBlock(c_out, c_out)]
+            if i in (2, 4):  # 64 -> 32 -> 16
+                layers.append(DownSample(c_out))
+        c = channels[-1]
+        layers += [ResidualBlock(c, c), NonLocalBlock(c), ResidualBlock(c, c),
+                   GroupNorm(c), Swish(), nn.Conv2d(c, latent_dim, 3, 1, 1)]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.model(x)
+
+
+class LabDecoder(nn.Module):
+    def __init__(self, channels: list[int], latent_dim: int):
+        super().__init__()
+        ch = list(reversed(channels))  # [512, 256, 256, 128, 128]
+        c = ch[0]
+        layers: list[nn.Module] = [nn.Conv2d(latent_dim, c, 3, 1, 1),
+                                   ResidualBlock(c, c), NonLocalBlock(c), ResidualBlock(c, c)]
+        for i, c_out in enumerate(ch):
+            for _ in range(3):
+                layers.append(ResidualBlock(c, c_out))
+                c = c_out
+                if i == 0:  # attention only at 16x16
+                    layers.append(NonLocalBlock(c))
+            if i in (0, 2):  # 16 -> 32 -> 64
+                layers.append(UpSample(c))
+        layers += [GroupNorm(c), nn.Conv2d(c, 3, 3, 1, 1)]  # no Swish before the last conv
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.model(x)
+
+
+class LabVQGAN(_VQModel):
+    """The course lab's VQGAN (VQGAN.yml); state_dict keys equal the course's VQGAN.pt."""
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__(cfg.code_dim, cfg.codebook_size, cfg.beta)
+        self.encoder = LabEncoder(list(cfg.channels), cfg.code_dim)
+        self.decoder = LabDecoder(list(cfg.dec_channels), cfg.code_dim)
+
+
+def build(cfg: Config) -> _VQModel:
+    if cfg.tokenizer.arch == "lab":
+        return LabVQGAN(cfg.tokenizer)
+    return VQGAN(cfg.tokenizer, cfg.data.image_size)
+
+
+class PatchDiscriminator(nn.Module):
+    """A small PatchGAN (pix2pix) critic for the optional adversarial loss."""
+
+    def __init__(self, channels: int = 64, layers: int = 3):
+        super().__init__()
+        seq: list[nn.Module] = [nn.Conv2d(3, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
+        c = channels
+        for i in range(1, layers):
+            c_out = channels * min(2**i, 8)
+            seq += [nn.Conv2d(c, c_out, 4, 2, 1), nn.GroupNorm(math.gcd(32, c_out), c_out),
+                    nn.LeakyReLU(0.2)]
+            c = c_out
+        seq.append(nn.Conv2d(c, 1, 4, 1, 1))
+        self.model = nn.Sequential(*seq)
+
+    def forward(self, x):
+        return self.model(x)
