@@ -59,11 +59,77 @@ def train(config_path: str | Path, stage: str, data_path: str | Path, out: str |
         val_images = data.load_folder(val, cfg.data.image_size, resize)[0] if val else None
         return training.train_tokenizer(cfg, images, out, val_images=val_images, device=dev, seed=seed,
                                      resume=resume, on_step=on_step, on_epoch=on_epoch)
-    from maskgit_cli import train_mvtm
+    rank, _world, dev = runtime.init_distributed(dev)
+    status = on_status or (lambda _msg: None)
+    tok_model, tok_id = _run_tokenizer(cfg, out, tokenizer, dev, rank)
+    status("preparing tokens")
+    ids = _stage2_tokens(data_path, "train", cfg, tok_model, tok_id, out, dev, resize, rank, flips=cfg.data.hflip)
+    val_ids = _stage2_tokens(val, "val", cfg, tok_model, tok_id, out, dev, resize, rank) if val else None
+    del tok_model  # the tokenizer never runs inside the training loop
+    return training.train_transformer(cfg, ids, out, tokenizer_id=tok_id, val_ids=val_ids, device=dev, seed=seed,
+                                      resume=resume, compile=compile, on_step=on_step if rank == 0 else None,
+                                      on_epoch=on_epoch if rank == 0 else None)
 
-    return train_mvtm.run(cfg, data_path, out, val=val, tokenizer=tokenizer, device=dev, seed=seed,
-                          resume=resume, resize=resize, compile=compile, on_step=on_step,
-                          on_epoch=on_epoch, on_status=on_status)
+
+def _run_tokenizer(cfg: Config, out: Path, tokenizer: str | Path | None, device: torch.device, rank: int):
+    """The tokenizer a transformer run uses, copied into RUN_DIR/tokenizer.pt so the run
+    directory is self-contained. Returns (model, tokenizer id)."""
+    dest = out / checkpoint.TOKENIZER
+    src = Path(tokenizer) if tokenizer else dest
+    if src.is_dir():
+        src = src / checkpoint.TOKENIZER
+    if not src.is_file():
+        raise DataError(f"no tokenizer at {src}: train one with --stage tokenizer --out {out}, or pass --tokenizer")
+    model, tok_cfg, tok_id = checkpoint.load_tokenizer(src, cfg, device)
+    if model.codebook_size != cfg.tokenizer.codebook_size:
+        raise ConfigError(f"tokenizer {src} has {model.codebook_size} codes but the config says "
+                          f"tokenizer.codebook_size={cfg.tokenizer.codebook_size}; fix the config")
+    if tok_cfg.grid != cfg.grid or tok_cfg.data.image_size != cfg.data.image_size:
+        raise ConfigError(f"tokenizer {src} makes a {tok_cfg.grid}x{tok_cfg.grid} grid from "
+                          f"{tok_cfg.data.image_size}px images but the config gives {cfg.grid}x{cfg.grid} "
+                          f"from {cfg.data.image_size}px; fix the config")
+    if rank == 0 and src.resolve() != dest.resolve():
+        if dest.exists():
+            existing = checkpoint.load(dest)
+            if (existing.get("model_id") or checkpoint.model_id(existing["model"])) != tok_id:
+                raise DataError(f"{dest} holds another tokenizer than {src}; use a new --out")
+        else:
+            sd = model.state_dict()
+            checkpoint.save(dest, {"kind": "tokenizer", "config": tok_cfg.to_dict(), "model": sd,
+                                   "model_id": tok_id, "step": None, "metrics": {}})
+    return model, tok_id
+
+
+def _stage2_tokens(path: str | Path, split: str, cfg: Config, tok_model, tok_id: str, out: Path,
+                   device: torch.device, resize: bool, rank: int, flips: bool = False) -> torch.Tensor:
+    """ids (M, h, w) from a token file, or from an image folder encoded once and cached in
+    RUN_DIR/tokens_<split>.npz (with horizontally flipped copies for training)."""
+    path = Path(path)
+    if path.is_file():
+        tokens = data.load_tokens(path)
+        if tokens.tokenizer_id != tok_id:
+            raise DataError(f"{path} was encoded by tokenizer {tokens.tokenizer_id}, not by the run's "
+                            f"tokenizer {tok_id}; re-encode it with `maskgit encode --tokenizer {out}`")
+    else:
+        cache = out / f"tokens_{split}.npz"
+        paths = data.list_images(path)
+        names = [p.name for p in paths] + ([f"flip:{p.name}" for p in paths] if flips else [])
+        tokens = data.load_tokens(cache) if cache.exists() else None
+        if tokens is None or tokens.tokenizer_id != tok_id or tokens.files != names:
+            images = data.load_images(paths, cfg.data.image_size, resize)
+            if flips:
+                images = torch.cat([images, images.flip(-1)])
+            ids = encode_images(tok_model, images, cfg, device)
+            tokens = data.TokenFile(ids=ids, files=names, tokenizer_id=tok_id, codebook_size=tok_model.codebook_size)
+            if rank == 0:
+                data.save_tokens(cache, tokens)
+    if tokens.codebook_size != cfg.tokenizer.codebook_size:
+        raise ConfigError(f"{path}: tokens index {tokens.codebook_size} codes but the config says "
+                          f"tokenizer.codebook_size={cfg.tokenizer.codebook_size}")
+    if tokens.grid != cfg.grid:
+        raise ConfigError(f"{path}: token grid is {tokens.grid}x{tokens.grid} but the config's is "
+                          f"{cfg.grid}x{cfg.grid}")
+    return tokens.ids
 
 
 _MODEL_SECTIONS = ("data", "tokenizer", "transformer")

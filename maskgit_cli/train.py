@@ -285,3 +285,223 @@ def train_tokenizer(cfg: Config, images: torch.Tensor, run_dir: Path, *, val_ima
         val_psnr=last_val["psnr"] if val_images is not None else None,
         codebook_usage=last_val["usage"], perplexity=last_val["perplexity"], checkpoint=str(ckpt_path),
         seconds=seconds, images_per_second=seen / max(seconds, 1e-9), interrupted=interrupted, epochs=epochs)
+
+
+# =========================================================================== stage 2: MVTM
+
+
+def mvtm_mask(ids: torch.Tensor, schedule: str, generator: torch.Generator, mode: str = "random",
+              image_size: int = 64) -> torch.Tensor:
+    """The MVTM training mask, bool (B, N), True = replaced by MASK.
+
+    random: per sample r ~ U(0, 1), n = ceil(gamma(r) * N) clamped to [1, N], the n positions
+    with the smallest uniform noise. region: a random hole (blob or box) drawn in pixel space
+    and mapped to tokens like an inpainting mask; inside it n = ceil(gamma(r) * |hole|) tokens
+    are masked, which is what decoding sees mid-way through filling a hole. mixed: half each.
+    """
+    from maskgit_cli import schedules
+
+    B, N = ids.shape
+    r = torch.rand(B, generator=generator)
+    noise = torch.rand(B, N, generator=generator)
+    region = torch.ones(B, N, dtype=torch.bool)
+    if mode != "random":
+        grid = int(math.isqrt(N))
+        holes = data.token_mask(data.random_region_masks(B, image_size, generator), grid).view(B, N)
+        use = torch.ones(B, dtype=torch.bool) if mode == "region" else torch.rand(B, generator=generator) < 0.5
+        holes[holes.sum(1) == 0] = True  # an empty hole falls back to the whole image
+        region = torch.where(use.view(B, 1), holes, region)
+    size = region.sum(1)
+    n = torch.ceil(schedules.gamma(schedule, r).float() * size).long().clamp(min=1)
+    n = torch.minimum(n, size)
+    noise = noise.masked_fill(~region, 2.0)  # positions outside the region are never chosen
+    rank = noise.argsort(dim=1).argsort(dim=1)
+    return rank < n.view(B, 1)
+
+
+def masked_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy over the masked positions only. logits (B, N, K), target (B, N), mask (B, N)."""
+    return F.cross_entropy(logits[mask].float(), target[mask], label_smoothing=label_smoothing)
+
+
+@dataclass
+class TransformerResult:
+    stage: str
+    steps: int
+    final_loss: float | None
+    val_loss: float | None
+    val_accuracy: dict[str, float] | None
+    tokens_per_second: float
+    checkpoint: str
+    best_checkpoint: str | None
+    seconds: float
+    interrupted: bool = False
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def fixed_ratio_mask(B: int, N: int, ratio: float, seed: int) -> torch.Tensor:
+    """Exactly round(ratio * N) masked positions per sample, from a fixed seed (comparable runs)."""
+    g = torch.Generator().manual_seed(seed)
+    rank = torch.rand(B, N, generator=g).argsort(dim=1).argsort(dim=1)
+    return rank < max(1, round(ratio * N))
+
+
+@torch.no_grad()
+def evaluate_transformer(model, ids: torch.Tensor, ratios: tuple[float, ...], device, batch_size: int = 128,
+                         seed: int = 1234) -> dict[str, Any]:
+    """Loss and masked-token accuracy at fixed mask ratios; val_loss is their mean."""
+    model.eval()
+    K = model.K
+    ids = ids.flatten(1)
+    out: dict[str, Any] = {"accuracy": {}, "loss": {}}
+    for j, ratio in enumerate(ratios):
+        mask = fixed_ratio_mask(len(ids), ids.shape[1], ratio, seed + j)
+        total_loss, correct, count = 0.0, 0, 0
+        for i in range(0, len(ids), batch_size):
+            x, m = ids[i:i + batch_size].to(device), mask[i:i + batch_size].to(device)
+            with runtime.autocast(device):
+                logits = model(x.masked_fill(m, K))
+            total_loss += F.cross_entropy(logits[m].float(), x[m], reduction="sum").item()
+            correct += (logits[m].argmax(-1) == x[m]).sum().item()
+            count += m.sum().item()
+        out["loss"][str(ratio)] = total_loss / count
+        out["accuracy"][str(ratio)] = correct / count
+    out["val_loss"] = sum(out["loss"].values()) / len(ratios)
+    return out
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on weight matrices only: not on biases, norms or embeddings' positions."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and not name.endswith("pos_emb") else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train_transformer(cfg: Config, ids: torch.Tensor, run_dir: Path, *, tokenizer_id: str,
+                      val_ids: torch.Tensor | None = None, device: torch.device = torch.device("cpu"),
+                      seed: int = 0, resume: bool = False, compile: bool = False,
+                      on_step: Callback = None, on_epoch: Callback = None) -> TransformerResult:
+    """Train the MVTM transformer on token grids ids (M, h, w). Writes RUN_DIR/transformer.pt
+    (and transformer_best.pt by val loss). Under torchrun: DDP, rank 0 writes."""
+    from maskgit_cli import transformer as transformer_mod
+
+    tc = cfg.transformer_train
+    rank, world = runtime.dist_info()
+    run_dir = Path(run_dir)
+    ckpt_path, best_path = run_dir / checkpoint.TRANSFORMER, run_dir / "transformer_best.pt"
+    grid, K = int(ids.shape[-1]), cfg.tokenizer.codebook_size
+    ids = ids.flatten(1)
+    M, N = ids.shape
+    torch.manual_seed(seed)
+    model = transformer_mod.build(cfg.transformer, grid, K).to(device)
+    ema = transformer_mod.build(cfg.transformer, grid, K).to(device).eval() if tc.ema > 0 else None
+    if ema is not None:
+        ema.load_state_dict(model.state_dict())
+        ema.requires_grad_(False)
+    opt = torch.optim.AdamW(_param_groups(model, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2))
+    scaler = runtime.grad_scaler(device)
+    step, best = 0, float("inf")
+    per_epoch = math.ceil(M / tc.batch_size / tc.grad_accum)
+    total = tc.max_steps if tc.max_steps > 0 else tc.epochs * per_epoch
+    if resume:
+        ck = checkpoint.load(ckpt_path, "transformer")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        scaler.load_state_dict(ck["scaler"])
+        if ema is not None and ck.get("ema") is not None:
+            ema.load_state_dict(ck["ema"])
+        step, best = ck["step"], ck.get("best_val_loss", float("inf"))
+        _set_rng_state(ck["rng"])
+    if rank == 0:
+        _prepare_run_dir(run_dir, cfg)
+    log = MetricsLog(run_dir / "metrics_transformer.jsonl", step if resume else None) if rank == 0 else None
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile:
+        net = torch.compile(net)
+    eval_model = ema if ema is not None else model
+
+    def save(path: Path, metrics: dict[str, Any]) -> None:
+        if rank != 0:
+            return
+        checkpoint.save(path, {
+            "kind": "transformer", "config": cfg.to_dict(), "model": model.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None, "optimizer": opt.state_dict(),
+            "scaler": scaler.state_dict(), "step": step, "rng": _rng_state(), "tokenizer_id": tokenizer_id,
+            "best_val_loss": best, "metrics": metrics,
+        })
+
+    t0, tokens_seen, loss_value, last_val = time.time(), 0, None, None
+    epochs: list[dict[str, Any]] = []
+    epoch_losses: list[float] = []
+    interrupted = False
+    try:
+        while step < total:
+            net.train()
+            lr = lr_at(step, total, tc.lr, tc.warmup_steps, tc.min_lr_ratio)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for micro in range(tc.grad_accum):
+                g = runtime.step_generator(seed, step * tc.grad_accum + micro, rank)
+                idx = batch_indices(M, tc.batch_size, seed, step * tc.grad_accum + micro, rank, world)
+                target = ids[idx]
+                mask = mvtm_mask(target, tc.schedule, g, tc.mask_mode, cfg.data.image_size)
+                target, mask = target.to(device), mask.to(device)
+                with runtime.autocast(device):
+                    logits = net(target.masked_fill(mask, K))
+                    loss = masked_loss(logits, target, mask, tc.label_smoothing) / tc.grad_accum
+                _check_finite(loss, step, ckpt_path, "lower transformer_train.lr")
+                scaler.scale(loss).backward()
+                step_loss += loss.item()
+                tokens_seen += target.numel() * world
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            if ema is not None:
+                with torch.no_grad():
+                    for pe, pm in zip(ema.parameters(), model.parameters()):
+                        pe.lerp_(pm, 1 - tc.ema)
+            step += 1
+            loss_value = step_loss
+            epoch_losses.append(step_loss)
+            tps = tokens_seen / max(1e-9, time.time() - t0)
+            if rank == 0 and (step % tc.log_every == 0 or step == total):
+                rec = {"step": step, "loss": step_loss, "lr": lr, "tokens_per_second": tps}
+                log.write(rec)
+                if on_step:
+                    on_step({**rec, "total": total})
+            if step % tc.checkpoint_every == 0:
+                save(ckpt_path, {})
+            if step % per_epoch == 0 or step == total:
+                row = {"epoch": math.ceil(step / per_epoch), "step": step,
+                       "train_loss": sum(epoch_losses) / len(epoch_losses), "lr": lr, "tokens_per_second": tps}
+                epoch_losses = []
+                if val_ids is not None and rank == 0:
+                    last_val = evaluate_transformer(eval_model, val_ids, tc.val_ratios, device)
+                    row["val_loss"] = last_val["val_loss"]
+                    row.update({f"val_acc@{r}": a for r, a in last_val["accuracy"].items()})
+                    if last_val["val_loss"] < best:
+                        best = last_val["val_loss"]
+                        save(best_path, last_val)
+                if rank == 0:
+                    epochs.append(row)
+                    log.write(row)
+                    if on_epoch:
+                        on_epoch(row)
+    except KeyboardInterrupt:
+        interrupted = True
+    save(ckpt_path, last_val or {})
+    seconds = time.time() - t0
+    return TransformerResult(
+        stage="transformer", steps=step, final_loss=loss_value,
+        val_loss=last_val["val_loss"] if last_val else None,
+        val_accuracy=last_val["accuracy"] if last_val else None,
+        tokens_per_second=tokens_seen / max(seconds, 1e-9), checkpoint=str(ckpt_path),
+        best_checkpoint=str(best_path) if best_path.exists() else None, seconds=seconds,
+        interrupted=interrupted, epochs=epochs)
