@@ -109,3 +109,28 @@ def load_tokenizer(path: str | Path, fallback: Config | None = None, device: str
     load_state(model, ckpt["model"], ckpt["path"])
     mid = ckpt.get("model_id") or model_id(ckpt["model"])
     return model.to(device).eval(), cfg, mid
+
+
+def load_transformer(path: str | Path, device: str | torch.device = "cpu"):
+    """A transformer run directory (or transformer.pt beside its tokenizer.pt) ->
+    (tokenizer, transformer, config). EMA weights are used when the run kept them."""
+    from maskgit_cli import transformer as transformer_mod
+
+    path = Path(path)
+    ckpt = load(path, "transformer")
+    run_dir = Path(ckpt["path"]).parent
+    tok_path = run_dir / TOKENIZER
+    if not tok_path.is_file():
+        raise CheckpointError(f"{run_dir}: no {TOKENIZER} beside the transformer; a run directory must be "
+                              "self-contained (train the transformer with --out in this directory)")
+    tokenizer, tok_cfg, tok_id = load_tokenizer(tok_path, device=device)
+    cfg = config_of(ckpt)
+    if ckpt.get("tokenizer_id") and ckpt["tokenizer_id"] != tok_id:
+        raise CheckpointError(f"{run_dir}: the transformer was trained on tokenizer {ckpt['tokenizer_id']} "
+                              f"but {tok_path} is {tok_id}; use the tokenizer it was trained with")
+    if cfg.tokenizer.codebook_size != tokenizer.codebook_size:
+        raise CheckpointError(f"{run_dir}: tokenizer has {tokenizer.codebook_size} codes but the transformer "
+                              f"predicts {cfg.tokenizer.codebook_size}; they do not belong together")
+    model = transformer_mod.build(cfg.transformer, tok_cfg.grid, tokenizer.codebook_size)
+    load_state(model, ckpt.get("ema") or ckpt["model"], ckpt["path"])
+    return tokenizer, model.to(device).eval(), tok_cfg

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -57,6 +58,8 @@ def command(fn: Callable) -> Callable:
 
 
 def _render_train(result: Any, json_out: bool) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return
     payload = {k: v for k, v in vars(result).items()}
     rows = payload.pop("epochs", [])
     if json_out:
@@ -135,6 +138,60 @@ def encode(
         ui.emit_json(pipeline.as_dict(result))
     else:
         ui.kv_table("encode", pipeline.as_dict(result))
+
+
+def _schedule_help() -> str:
+    from maskgit_cli.schedules import SCHEDULES
+
+    return "Mask schedule gamma: " + ", ".join(SCHEDULES) + "."
+
+
+@app.command()
+@command
+def inpaint(
+    masked: Path = typer.Argument(..., help="Folder of masked images."),
+    masks: Path = typer.Option(..., "--masks", help="Folder of masks (paired by name, or by number: image_000 <-> mask_000)."),
+    out: Path = typer.Option(..., "--out", help="Output folder; results keep the input names."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Run directory with tokenizer.pt + transformer.pt (default: the bundled cats64 model)."),
+    schedule: str = typer.Option("cosine", "--schedule", help=_schedule_help()),
+    total_iter: int = typer.Option(12, "--total-iter", "-T", help="Total decoding iterations T."),
+    sweet_spot: int = typer.Option(0, "--sweet-spot", "-t", help="Stop after t <= T steps and commit the sampled tokens (0 = T)."),
+    choice_temperature: float = typer.Option(4.5, "--choice-temperature", help="Gumbel noise on confidences, annealed by 1 - (t+1)/T."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature of the token distribution."),
+    sampling: str = typer.Option("sample", "--sampling", help="sample or greedy."),
+    token_mask: str = typer.Option("any", "--token-mask", help="Pixel to token mask rule: any (the lab's), all, majority."),
+    dilate: int = typer.Option(0, "--dilate", help="Grow the token mask by K tokens."),
+    paste_back_: bool = typer.Option(True, "--paste-back/--no-paste-back", help="Copy the known pixels back from the input."),
+    feather: int = typer.Option(0, "--feather", help="Blend the seam over PX known pixels."),
+    mask_missing: str = typer.Option("black", "--mask-missing", help="Which mask value means missing: black (0, the lab's) or white."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    save_steps: bool = typer.Option(False, "--save-steps", help="Also write per-image strips of the mask and the image at every step (OUT/steps/)."),
+    ground_truth: Optional[Path] = typer.Option(None, "--ground-truth", help="Folder of originals: report PSNR / SSIM / L1 (whole and masked region)."),
+    seed: int = SeedOpt,
+    device: str = DeviceOpt,
+    overwrite: bool = OverwriteOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Fill the masked regions of a folder of images by iterative decoding."""
+    from maskgit_cli import pipeline
+    from maskgit_cli.inpaint import InpaintSettings
+
+    settings = InpaintSettings(schedule=schedule, total_iter=total_iter, sweet_spot=sweet_spot,
+                               choice_temperature=choice_temperature, temperature=temperature, sampling=sampling,
+                               token_mask=token_mask, dilate=dilate, paste_back=paste_back_, feather=feather)
+    with ui.progress("inpaint") as bar:
+        result = pipeline.inpaint(masked, masks, out, model=model, settings=settings, batch_size=batch_size, seed=seed,
+                                  device=device, mask_missing=mask_missing, save_steps=save_steps,
+                                  ground_truth=ground_truth, overwrite=overwrite,
+                                  on_progress=lambda i, n: bar.update(completed=i, total=n))
+    payload = pipeline.as_dict(result)
+    if json_out:
+        ui.emit_json(payload)
+        return
+    summary = {k: v for k, v in payload.items() if k not in ("settings", "metrics", "per_image")}
+    ui.kv_table("inpaint", summary | {f"settings.{k}": v for k, v in result.settings.items()})
+    if result.metrics:
+        ui.kv_table("metrics vs ground truth (mean over images)", result.metrics)
 
 
 def run() -> None:  # pragma: no cover - console-script shim

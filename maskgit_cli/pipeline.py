@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 
 from maskgit_cli import checkpoint, config, data, runtime
 from maskgit_cli import train as training
@@ -198,3 +199,152 @@ def as_dict(result: Any) -> dict[str, Any]:
     import dataclasses
 
     return dataclasses.asdict(result)
+
+
+# -------------------------------------------------------------------------------- inpaint
+
+BUNDLED = Path(__file__).parent / "assets" / "cats64"
+
+
+def load_model(model: str | Path | None, device: torch.device):
+    """(tokenizer, transformer, config) from a run directory, or the bundled cats64 model."""
+    if model is None:
+        if not (BUNDLED / checkpoint.TRANSFORMER).is_file():
+            raise DataError("no --model given and no bundled model in this install; pass --model RUN_DIR")
+        model = BUNDLED
+    return checkpoint.load_transformer(model, device)
+
+
+def image_generator(seed: int, index: int) -> torch.Generator:
+    """Each image's own generator: results do not depend on the batch size or batch position."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + index)
+
+
+class OutputDir:
+    """Write into a hidden sibling folder, then rename over OUT_DIR: all files or none."""
+
+    def __init__(self, out: Path, overwrite: bool):
+        data.check_output(out, overwrite)
+        self.out = Path(out)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        import tempfile
+
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
+
+    def commit(self) -> None:
+        import shutil
+
+        old = None
+        if self.out.exists():
+            old = self.out.with_name(f".{self.out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            self.out.rename(old)
+        self.tmp.rename(self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def abort(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> Path:
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.commit() if exc_type is None else self.abort()
+
+
+@dataclass
+class InpaintResult:
+    count: int
+    seconds: float
+    images_per_second: float
+    out: str
+    settings: dict[str, Any]
+    model: str
+    transformer_passes: int
+    metrics: dict[str, float] | None
+    per_image: list[dict[str, Any]]
+
+
+def _strip(images: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(images, dim=-1)
+
+
+def _mask_strip(masks: list[torch.Tensor], size: int) -> torch.Tensor:
+    """Token masks (h, w) per step -> one gray strip, white = still masked, upscaled to `size`."""
+    tiles = [F.interpolate(m[None, None].float(), size=size, mode="nearest")[0, 0] for m in masks]
+    return data.to_uint8(_strip(tiles))
+
+
+def inpaint_folder(inpainter, pairs: list[tuple[Path, Path]], out_dir: Path, *, size: int, seed: int,
+                   batch_size: int, mask_missing: str = "black", save_steps: bool = False,
+                   ground_truth: str | Path | None = None, on_progress: Progress = None
+                   ) -> tuple[dict[str, float] | None, list[dict[str, Any]]]:
+    """Inpaint every (image, mask) pair into out_dir (same names); per-image metrics with GT."""
+    from maskgit_cli import metrics as metrics_mod
+
+    gt_paths = _ground_truth_paths(ground_truth, [p for p, _ in pairs]) if ground_truth else None
+    per_image: list[dict[str, Any]] = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        masked = data.load_images([p for p, _ in chunk], size)
+        missing = torch.stack([data.read_mask(m, size, mask_missing) for _, m in chunk])
+        gens = [image_generator(seed, start + i) for i in range(len(chunk))]
+        batch = inpainter(masked, missing, gens, record=save_steps)
+        for i, (p, _m) in enumerate(chunk):
+            data.save_png(batch.images[i], out_dir / f"{p.stem}.png")
+            row: dict[str, Any] = {"file": p.name, "missing_fraction": missing[i].float().mean().item(),
+                                   "masked_tokens": int(batch.unknown[i].sum())}
+            if save_steps and batch.masks:
+                data.save_png(_mask_strip([m[i] for m in batch.masks], size), out_dir / "steps" / f"{p.stem}_mask.png")
+                data.save_png(_strip([s[i] for s in batch.step_images]), out_dir / "steps" / f"{p.stem}_steps.png")
+            per_image.append(row)
+        if gt_paths is not None:
+            gt = data.load_images(gt_paths[start:start + len(chunk)], size).float() / 255
+            vals = metrics_mod.all_metrics(batch.images.float() / 255, gt, missing)
+            for i in range(len(chunk)):
+                per_image[start + i].update({k: v[i].item() for k, v in vals.items()})
+        if on_progress:
+            on_progress(min(start + batch_size, len(pairs)), len(pairs))
+    summary = None
+    if gt_paths is not None:
+        keys = ["psnr", "ssim", "l1", "psnr_masked", "ssim_masked", "l1_masked"]
+        summary = {}
+        for k in keys:
+            vals = torch.tensor([r[k] for r in per_image], dtype=torch.float64)
+            vals = vals[torch.isfinite(vals)]  # an image with no hole has no masked-region value
+            summary[k] = vals.mean().item() if len(vals) else None
+    return summary, per_image
+
+
+def _ground_truth_paths(folder: str | Path, images: list[Path]) -> list[Path]:
+    gt = data.pair_masks(Path(images[0]).parent, folder)  # same pairing rules as masks
+    by_image = {p: g for p, g in gt}
+    return [by_image[p] for p in images]
+
+
+def inpaint(masked_dir: str | Path, masks_dir: str | Path, out: str | Path, *, model: str | Path | None = None,
+            settings=None, batch_size: int = 32, seed: int = 0, device: str = "auto",
+            mask_missing: str = "black", save_steps: bool = False, ground_truth: str | Path | None = None,
+            overwrite: bool = False, on_progress: Progress = None) -> InpaintResult:
+    from maskgit_cli.inpaint import Inpainter, InpaintSettings
+
+    settings = (settings or InpaintSettings()).check()
+    if mask_missing not in ("black", "white"):
+        raise ConfigError("--mask-missing must be 'black' (0 = missing, the lab's) or 'white'")
+    pairs = data.pair_masks(masked_dir, masks_dir)
+    dev = runtime.resolve_device(device)
+    tokenizer, transformer, cfg = load_model(model, dev)
+    inpainter = Inpainter(tokenizer, transformer, cfg, settings, dev)
+    t0 = time.time()
+    with OutputDir(Path(out), overwrite) as tmp:
+        summary, per_image = inpaint_folder(inpainter, pairs, tmp, size=cfg.data.image_size, seed=seed,
+                                            batch_size=batch_size, mask_missing=mask_missing,
+                                            save_steps=save_steps, ground_truth=ground_truth,
+                                            on_progress=on_progress)
+    seconds = time.time() - t0
+    return InpaintResult(count=len(pairs), seconds=seconds, images_per_second=len(pairs) / max(seconds, 1e-9),
+                         out=str(out), settings=settings.to_dict(), model=str(model or BUNDLED),
+                         transformer_passes=inpainter.transformer_passes, metrics=summary, per_image=per_image)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from maskgit_cli import checkpoint, data, runtime, vqgan
+from maskgit_cli.metrics import psnr
 from maskgit_cli.config import Config, dump
 from maskgit_cli.errors import CheckpointError, TrainingDiverged
 
@@ -108,12 +109,6 @@ class TokenizerResult:
     images_per_second: float
     interrupted: bool = False
     epochs: list[dict[str, Any]] = field(default_factory=list)
-
-
-def psnr(a01: torch.Tensor, b01: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of images in [0, 1], (B,)."""
-    mse = (a01 - b01).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return 10 * torch.log10(1.0 / mse)
 
 
 @torch.no_grad()

@@ -1,0 +1,98 @@
+"""Iterative decoding (MaskGIT, Chang et al. 2022, sec. 3.2), for inpainting and generation.
+
+Start from the image's tokens with the hole set to MASK. At step t = 0..T-1, with ratio = (t+1)/T:
+  1. predict: logits = logits_fn(ids) over the K codes, for every position;
+  2. sample a token at every masked position (or argmax with greedy);
+  3. score: confidence = log p(sampled) + choice_temperature * (1 - ratio) * Gumbel noise,
+     +inf at positions already known (they are never re-masked, never changed);
+  4. re-mask: keep masked the floor(gamma(ratio) * unknown0) least confident positions, where
+     unknown0 is the sample's number of masked tokens at the start (not the current count), clamped
+     so each step reveals at least one token and the last step reveals all.
+A sweet spot t < T runs t steps of the T-step schedule, then commits the last sampled tokens at
+every position still masked. Everything is per sample, vectorized over the batch; each sample has
+its own generator, so a batch decodes exactly as its images would one by one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from maskgit_cli import schedules
+
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]  # ids (B, N) -> logits (B, N, K)
+
+
+@dataclass
+class DecodeResult:
+    ids: torch.Tensor  # (B, N) final tokens, no MASK left
+    steps: int  # transformer passes run
+    masks: list[torch.Tensor] = field(default_factory=list)  # (B, N) still masked after each step
+    predictions: list[torch.Tensor] = field(default_factory=list)  # (B, N) committed + sampled, each step
+
+
+def gumbel(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    u = torch.rand(shape, generator=generator).clamp_(1e-20, 1.0)
+    return -torch.log((-torch.log(u)).clamp_min(1e-20))
+
+
+def num_masked_after(step: int, total_iter: int, unknown0: torch.Tensor, schedule: str) -> torch.Tensor:
+    """Tokens left masked after step `step` (0-based) before clamping: floor(gamma((t+1)/T) * unknown0)."""
+    ratio = (step + 1) / total_iter
+    return torch.floor(schedules.gamma(schedule, ratio) * unknown0.double()).long()
+
+
+@torch.no_grad()
+def decode(ids: torch.Tensor, unknown: torch.Tensor, logits_fn: LogitsFn, *, mask_id: int,
+           generators: list[torch.Generator], schedule: str = "cosine", total_iter: int = 12,
+           sweet_spot: int | None = None, choice_temperature: float = 4.5, temperature: float = 1.0,
+           greedy: bool = False, record: bool = False) -> DecodeResult:
+    """ids (B, N) int64 (any value at unknown positions), unknown (B, N) bool -> DecodeResult."""
+    B, N = ids.shape
+    device = ids.device
+    T = total_iter
+    t_stop = T if not sweet_spot else min(sweet_spot, T)
+    schedules.get(schedule)  # fail early on an unknown name
+    cur = ids.masked_fill(unknown, mask_id)
+    unknown0 = unknown.sum(1).cpu()  # (B,)
+    result = DecodeResult(ids=cur, steps=0)
+    for t in range(t_stop):
+        still = cur == mask_id  # (B, N)
+        if not still.any():
+            break
+        logits = logits_fn(cur).float() / max(temperature, 1e-6)  # (B, N, K)
+        logp = torch.log_softmax(logits, dim=-1)
+        ratio = (t + 1) / T
+        sampled = torch.empty(B, N, dtype=torch.long)
+        conf = torch.empty(B, N)
+        logp_cpu = logp.cpu()
+        for b in range(B):  # noise per sample from its own generator
+            g = generators[b]
+            if greedy:
+                s = logp_cpu[b].argmax(-1)
+            else:
+                s = (logp_cpu[b] + gumbel(tuple(logp_cpu[b].shape), g)).argmax(-1)
+            sampled[b] = s
+            conf[b] = logp_cpu[b].gather(-1, s[:, None]).squeeze(-1) + \
+                choice_temperature * (1 - ratio) * gumbel((N,), g)
+        sampled, conf = sampled.to(device), conf.to(device)
+        sampled = torch.where(still, sampled, cur)  # known tokens never change
+        conf = conf.masked_fill(~still, math.inf)
+        if t == t_stop - 1:
+            keep = torch.zeros(B, dtype=torch.long)  # last step (or sweet spot): commit all
+        else:
+            now = still.sum(1).cpu()
+            keep = num_masked_after(t, T, unknown0, schedule)
+            keep = torch.minimum(keep, (now - 1).clamp(min=0))  # reveal at least one per step
+        rank = conf.argsort(dim=1).argsort(dim=1)
+        remask = rank < keep.to(device).view(B, 1)
+        cur = torch.where(remask, torch.full_like(cur, mask_id), sampled)
+        result.steps = t + 1
+        if record:
+            result.masks.append(remask.cpu())
+            result.predictions.append(sampled.cpu())
+    result.ids = cur
+    return result

@@ -1,0 +1,122 @@
+"""Inpainting one batch: masked image -> tokens -> iterative decoding -> pixels, known pixels back.
+
+    out = Inpainter(tokenizer, transformer, cfg, settings)(masked_u8, missing, generators)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from maskgit_cli import data, decode, runtime, schedules
+from maskgit_cli.config import Config
+from maskgit_cli.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class InpaintSettings:
+    schedule: str = "cosine"
+    total_iter: int = 12
+    sweet_spot: int = 0  # 0 = total_iter
+    choice_temperature: float = 4.5
+    temperature: float = 1.0
+    sampling: str = "sample"
+    token_mask: str = "any"
+    dilate: int = 0
+    paste_back: bool = True
+    feather: int = 0
+
+    def check(self) -> "InpaintSettings":
+        schedules.get(self.schedule)
+        if self.total_iter < 1:
+            raise ConfigError("--total-iter must be at least 1")
+        if self.sweet_spot < 0 or self.sweet_spot > self.total_iter:
+            raise ConfigError(f"--sweet-spot must be between 1 and --total-iter ({self.total_iter}), "
+                              f"got {self.sweet_spot}")
+        if self.sampling not in ("sample", "greedy"):
+            raise ConfigError("--sampling must be 'sample' or 'greedy'")
+        if self.token_mask not in ("any", "all", "majority"):
+            raise ConfigError("--token-mask must be 'any', 'all' or 'majority'")
+        if self.temperature <= 0:
+            raise ConfigError("--temperature must be positive")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def feather_alpha(missing: torch.Tensor, feather: int) -> torch.Tensor:
+    """Weight of the generated image, (B, 1, H, W): 1 in the hole, falling linearly to 0 over
+    `feather` pixels into the known region (chessboard distance), 0 beyond."""
+    m = missing.float().unsqueeze(1)
+    alpha = m.clone()
+    grown = m
+    for i in range(1, feather + 1):
+        bigger = F.max_pool2d(grown, 3, stride=1, padding=1)
+        alpha = torch.where((bigger > 0) & (grown == 0), torch.full_like(alpha, 1 - i / (feather + 1)), alpha)
+        grown = bigger
+    return alpha
+
+
+def paste_back(generated01: torch.Tensor, masked_u8: torch.Tensor, missing: torch.Tensor, feather: int = 0) -> torch.Tensor:
+    """uint8 result: generated pixels in the hole, the input's own pixels (bit-identical) elsewhere."""
+    gen_u8 = data.to_uint8(generated01)
+    if feather <= 0:
+        return torch.where(missing.unsqueeze(1).to(gen_u8.device), gen_u8, masked_u8.to(gen_u8.device))
+    alpha = feather_alpha(missing.to(generated01.device), feather)
+    mixed = alpha * generated01 + (1 - alpha) * masked_u8.to(generated01.device).float() / 255
+    return torch.where(alpha > 0, data.to_uint8(mixed), masked_u8.to(gen_u8.device))
+
+
+@dataclass
+class InpaintBatch:
+    images: torch.Tensor  # uint8 (B, 3, H, W)
+    ids: torch.Tensor  # (B, h, w)
+    unknown: torch.Tensor  # (B, h, w) token mask
+    steps: int
+    masks: list[torch.Tensor]  # per step (B, h, w), with record
+    step_images: list[torch.Tensor]  # per step uint8 (B, 3, H, W), with record
+
+
+class Inpainter:
+    def __init__(self, tokenizer, transformer, cfg: Config, settings: InpaintSettings, device: torch.device):
+        self.tok, self.tr, self.cfg, self.s, self.device = tokenizer, transformer, cfg, settings.check(), device
+        self.grid = cfg.grid
+        self.transformer_passes = 0
+
+    def logits(self, ids_flat: torch.Tensor) -> torch.Tensor:
+        self.transformer_passes += ids_flat.shape[0]
+        with runtime.autocast(self.device):
+            return self.tr(ids_flat)
+
+    def _pixels(self, ids: torch.Tensor) -> torch.Tensor:
+        with runtime.autocast(self.device):
+            return data.denormalize(self.tok.decode_ids(ids).float(), self.cfg.data)
+
+    @torch.no_grad()
+    def __call__(self, masked_u8: torch.Tensor, missing: torch.Tensor, generators: list[torch.Generator],
+                 record: bool = False) -> InpaintBatch:
+        """masked_u8 (B, 3, H, W) uint8, missing (B, H, W) bool (True = to fill)."""
+        s, dev = self.s, self.device
+        B = masked_u8.shape[0]
+        x = data.normalize(masked_u8.to(dev), self.cfg.data)
+        with runtime.autocast(dev):
+            ids = self.tok.encode(x)  # (B, h, w)
+        unknown = data.token_mask(missing, self.grid, s.token_mask, s.dilate).to(dev)
+        res = decode.decode(
+            ids.flatten(1), unknown.flatten(1), self.logits, mask_id=self.tr.mask_id, generators=generators,
+            schedule=s.schedule, total_iter=s.total_iter, sweet_spot=s.sweet_spot or None,
+            choice_temperature=s.choice_temperature, temperature=s.temperature,
+            greedy=s.sampling == "greedy", record=record)
+        final = res.ids.view(B, self.grid, self.grid)
+        gen = self._pixels(final)
+        images = paste_back(gen, masked_u8, missing, s.feather) if s.paste_back else data.to_uint8(gen)
+        step_images, masks = [], []
+        if record:
+            for m, pred in zip(res.masks, res.predictions):
+                masks.append(m.view(B, self.grid, self.grid))
+                step_images.append(data.to_uint8(self._pixels(pred.to(dev).view(B, self.grid, self.grid))).cpu())
+        return InpaintBatch(images=images.cpu(), ids=final.cpu(), unknown=unknown.cpu(), steps=res.steps,
+                            masks=masks, step_images=step_images)

@@ -1,0 +1,102 @@
+"""Tiny fixtures: 16x16 images with structure (so models can learn something), masks, and a
+tiny trained run directory (tokenizer + transformer) shared by the whole session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+SHARED = ROOT.parent / "shared"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def make_images(folder: Path, n: int, size: int = 16, seed: int = 0, fmt: str = "PNG", prefix: str = "") -> list[Path]:
+    """Smooth color blobs on gradients: learnable, not noise."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    paths = []
+    for i in range(n):
+        c0, c1 = rng.random(3), rng.random(3)
+        cy, cx, r = rng.random(), rng.random(), 0.2 + 0.2 * rng.random()
+        blob = ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2)[..., None]
+        img = c0 * (1 - xx[..., None]) + c1 * xx[..., None]
+        img = np.where(blob, 1 - c0, img)
+        p = folder / f"{prefix}{i:03d}.png"
+        Image.fromarray((img * 255).astype(np.uint8)).save(p, format=fmt)
+        paths.append(p)
+    return paths
+
+
+def make_masks(folder: Path, n: int, size: int = 16, seed: int = 1, prefix: str = "") -> list[Path]:
+    """Lab convention: 0 = missing. One box per mask."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        m = np.full((size, size), 255, np.uint8)
+        y, x = rng.integers(0, size // 2, 2)
+        m[y:y + size // 3, x:x + size // 3] = 0
+        p = folder / f"{prefix}{i:03d}.png"
+        Image.fromarray(m).save(p)
+        paths.append(p)
+    return paths
+
+
+def mask_out(images: Path, masks: Path, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for p in sorted(images.iterdir()):
+        img = np.asarray(Image.open(p).convert("RGB")).copy()
+        m = np.asarray(Image.open(masks / p.name))
+        img[m < 128] = 128
+        Image.fromarray(img).save(out / p.name)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny_data")
+    make_images(root / "train", 48, seed=0)
+    make_images(root / "val", 16, seed=1)
+    make_images(root / "test", 10, seed=2)
+    make_masks(root / "masks", 10)
+    mask_out(root / "test", root / "masks", root / "masked")
+    return {"root": root, "train": root / "train", "val": root / "val", "test": root / "test",
+            "masks": root / "masks", "masked": root / "masked"}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory) -> Path:
+    """A tiny run directory with a trained tokenizer and transformer (a few seconds)."""
+    from maskgit_cli import pipeline
+
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    pipeline.train(TINY, "tokenizer", tiny_data["train"], run, val=tiny_data["val"], device="cpu",
+                   overrides=["tokenizer_train.epochs=4"])
+    pipeline.train(TINY, "transformer", tiny_data["train"], run, val=tiny_data["val"], device="cpu",
+                   overrides=["transformer_train.epochs=3"])
+    return run
+
+
+@pytest.fixture()
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def invoke_json(runner: CliRunner, args: list[str], code: int = 0) -> dict:
+    """Run `maskgit ARGS --json`, check the exit code, parse stdout as exactly one JSON object."""
+    from maskgit_cli.cli import app
+
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == code, (result.exit_code, result.stdout, getattr(result, "stderr", ""), result.exception)
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stdout
+    return json.loads(lines[0])

@@ -1,0 +1,89 @@
+"""Every command through typer's CliRunner with --json: exit codes and the JSON contract."""
+
+import json
+
+import pytest
+
+from conftest import TINY, invoke_json
+from maskgit_cli import __version__
+from maskgit_cli.cli import app
+
+
+def test_version(runner):
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and __version__ in r.stdout
+
+
+def test_usage_errors_exit_2(runner):
+    assert runner.invoke(app, ["train"]).exit_code == 2
+    assert runner.invoke(app, ["inpaint", "x", "--bogus"]).exit_code == 2
+
+
+def test_train_tokenizer_and_transformer_json(runner, tiny_data, tmp_path):
+    run = tmp_path / "run"
+    tok = invoke_json(runner, ["train", str(TINY), "--stage", "tokenizer", "--data", str(tiny_data["train"]),
+                               "--val", str(tiny_data["val"]), "--out", str(run), "--max-steps", "3",
+                               "--device", "cpu", "--seed", "1"])
+    for key in ("stage", "steps", "final_loss", "val_psnr", "codebook_usage", "checkpoint", "seconds"):
+        assert key in tok
+    assert tok["stage"] == "tokenizer" and tok["steps"] == 3 and tok["val_psnr"] is not None
+    tr = invoke_json(runner, ["train", str(TINY), "--stage", "transformer", "--data", str(tiny_data["train"]),
+                              "--val", str(tiny_data["val"]), "--out", str(run), "--max-steps", "3",
+                              "--batch-size", "4", "--set", "transformer_train.log_every=1", "--device", "cpu"])
+    for key in ("stage", "steps", "final_loss", "val_loss", "val_accuracy", "tokens_per_second", "checkpoint",
+                "seconds"):
+        assert key in tr
+    assert set(tr["val_accuracy"]) == {"0.25", "0.5", "0.75"}
+    resumed = invoke_json(runner, ["train", str(TINY), "--stage", "transformer", "--data", str(tiny_data["train"]),
+                                   "--out", str(run), "--max-steps", "5", "--batch-size", "4",
+                                   "--set", "transformer_train.log_every=1", "--resume", "--device", "cpu"])
+    assert resumed["steps"] == 5
+
+
+def test_train_without_val_reports_null_psnr(runner, tiny_data, tmp_path):
+    out = invoke_json(runner, ["train", str(TINY), "--stage", "tokenizer", "--data", str(tiny_data["train"]),
+                               "--out", str(tmp_path / "r"), "--max-steps", "2", "--device", "cpu"])
+    assert out["val_psnr"] is None and out["codebook_usage"] > 0
+
+
+def test_encode_json_and_determinism(runner, tiny_run, tiny_data, tmp_path):
+    import numpy as np
+
+    a = invoke_json(runner, ["encode", str(tiny_data["test"]), "--tokenizer", str(tiny_run), "--out",
+                             str(tmp_path / "a.npz"), "--device", "cpu"])
+    for key in ("count", "grid", "codebook_size", "codebook_usage", "out", "seconds"):
+        assert key in a
+    assert a["count"] == 10 and a["grid"] == 4 and a["codebook_size"] == 32
+    invoke_json(runner, ["encode", str(tiny_data["test"]), "--tokenizer", str(tiny_run / "tokenizer.pt"),
+                         "--out", str(tmp_path / "b.npz"), "--batch-size", "3", "--device", "cpu"])
+    assert np.array_equal(np.load(tmp_path / "a.npz")["ids"], np.load(tmp_path / "b.npz")["ids"])
+    err = invoke_json(runner, ["encode", str(tiny_data["test"]), "--tokenizer", str(tiny_run), "--out",
+                               str(tmp_path / "a.npz"), "--device", "cpu"], code=1)
+    assert "--overwrite" in err["error"]
+
+
+def test_inpaint_json(runner, tiny_run, tiny_data, tmp_path):
+    out = invoke_json(runner, ["inpaint", str(tiny_data["masked"]), "--masks", str(tiny_data["masks"]), "--out",
+                               str(tmp_path / "o"), "--model", str(tiny_run), "--schedule", "square", "-T", "6",
+                               "-t", "4", "--ground-truth", str(tiny_data["test"]), "--device", "cpu"])
+    for key in ("count", "seconds", "images_per_second", "out", "settings", "metrics"):
+        assert key in out
+    assert out["count"] == 10 and out["settings"]["schedule"] == "square" and out["settings"]["sweet_spot"] == 4
+    assert out["metrics"]["psnr_masked"] is not None
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["train", "CFG", "--stage", "tokenizer", "--data", "/nonexistent", "--out", "OUT"], "not found"),
+    (["train", "CFG", "--stage", "decoder", "--data", "/nonexistent", "--out", "OUT"], "--stage"),
+    (["train", "CFG", "--stage", "tokenizer", "--data", "/x", "--out", "OUT", "--set", "nope=1"], "unknown config key"),
+    (["inpaint", "/nonexistent", "--masks", "/nonexistent", "--out", "OUT"], "not found"),
+    (["encode", "/nonexistent", "--tokenizer", "/nonexistent", "--out", "OUT/t.npz"], "not found"),
+])
+def test_user_errors_exit_1_with_one_line_and_no_traceback(runner, tmp_path, args, fragment):
+    args = [str(TINY) if a == "CFG" else str(tmp_path / "o") if a == "OUT" else a.replace("OUT", str(tmp_path))
+            for a in args]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1, (r.stdout, r.exception)
+    assert "Traceback" not in r.output and fragment in r.output
+    rj = runner.invoke(app, [*args, "--json"])
+    assert rj.exit_code == 1 and fragment in json.loads(rj.stdout)["error"]

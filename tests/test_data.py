@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_images, make_masks
+from maskgit_cli import data
+from maskgit_cli.config import DataConfig
+from maskgit_cli.errors import DataError
+
+
+def test_format_is_detected_from_bytes_not_the_name(tmp_path):
+    # the lab's ".png" files are JPEG bytes
+    make_images(tmp_path, 2, fmt="JPEG")
+    x, names = data.load_folder(tmp_path, 16)
+    assert x.shape == (2, 3, 16, 16) and x.dtype == torch.uint8 and names == ["000.png", "001.png"]
+
+
+def test_files_are_sorted_and_converted_to_rgb(tmp_path):
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "b.png")  # grayscale
+    Image.fromarray(np.zeros((16, 16, 4), np.uint8)).save(tmp_path / "a.png")  # RGBA
+    x, names = data.load_folder(tmp_path, 16)
+    assert names == ["a.png", "b.png"] and x.shape == (2, 3, 16, 16)
+
+
+def test_folder_errors_name_the_file(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        data.list_images(tmp_path / "nope")
+    with pytest.raises(DataError, match="no images"):
+        data.list_images(tmp_path)
+    make_images(tmp_path, 1)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="notes.txt: not an image"):
+        data.list_images(tmp_path)
+    (tmp_path / "notes.txt").unlink()
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match="broken.png: cannot read"):
+        data.load_folder(tmp_path, 16)
+
+
+def test_wrong_size_needs_resize(tmp_path):
+    make_images(tmp_path, 1, size=20)
+    with pytest.raises(DataError, match="20x20, expected 16x16.*--resize"):
+        data.load_folder(tmp_path, 16)
+    x, _ = data.load_folder(tmp_path, 16, resize=True)
+    assert x.shape == (1, 3, 16, 16)
+
+
+def test_normalize_round_trip():
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    for cfg in (DataConfig(), DataConfig(mean=(0.48, 0.43, 0.38), std=(0.26, 0.25, 0.25))):
+        y = data.normalize(x, cfg)
+        assert torch.equal(data.to_uint8(data.denormalize(y, cfg)), x)
+    assert data.normalize(torch.tensor([[[[0]], [[255]], [[0]]]], dtype=torch.uint8), DataConfig()).flatten().tolist() == [-1, 1, -1]
+
+
+def test_token_mask_rules():
+    missing = torch.zeros(1, 8, 8, dtype=torch.bool)
+    missing[0, 0, 0] = True  # one pixel in token (0, 0)
+    missing[0, 4:8, 4:8] = True  # all of token (1, 1)
+    missing[0, 0:3, 4:8] = True  # 12 of 16 pixels of token (0, 1)
+    assert data.token_mask(missing, 2, "any")[0].tolist() == [[True, True], [False, True]]
+    assert data.token_mask(missing, 2, "all")[0].tolist() == [[False, False], [False, True]]
+    assert data.token_mask(missing, 2, "majority")[0].tolist() == [[False, True], [False, True]]
+    one = torch.zeros(1, 16, 16, dtype=torch.bool)
+    one[0, 8, 8] = True
+    assert data.token_mask(one, 4, "any", dilate=1).sum() == 9
+
+
+def test_masks_zero_means_missing(tmp_path):
+    make_masks(tmp_path, 1)
+    m = data.read_mask(tmp_path / "000.png", 16)
+    raw = np.asarray(Image.open(tmp_path / "000.png"))
+    assert torch.equal(m, torch.from_numpy(raw == 0))
+    assert torch.equal(data.read_mask(tmp_path / "000.png", 16, "white"), ~m)
+
+
+def test_pairing_by_name_and_by_lab_number(tmp_path):
+    make_images(tmp_path / "img", 3, prefix="image_")
+    make_masks(tmp_path / "mask", 3, prefix="mask_")
+    pairs = data.pair_masks(tmp_path / "img", tmp_path / "mask")
+    assert [(a.name, b.name) for a, b in pairs][1] == ("image_001.png", "mask_001.png")
+    (tmp_path / "mask" / "mask_002.png").unlink()
+    with pytest.raises(DataError, match="no mask .* for: image_002.png"):
+        data.pair_masks(tmp_path / "img", tmp_path / "mask")
+
+
+def test_token_file_round_trip_and_errors(tmp_path):
+    ids = torch.randint(0, 1024, (3, 4, 4))
+    tf = data.TokenFile(ids=ids, files=["a", "b", "c"], tokenizer_id="abc", codebook_size=1024)
+    data.save_tokens(tmp_path / "t.npz", tf)
+    back = data.load_tokens(tmp_path / "t.npz")
+    assert torch.equal(back.ids, ids) and back.files == ["a", "b", "c"] and back.tokenizer_id == "abc"
+    assert np.load(tmp_path / "t.npz")["ids"].dtype == np.uint16
+    (tmp_path / "bad.npz").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="corrupt token file"):
+        data.load_tokens(tmp_path / "bad.npz")
+    with pytest.raises(DataError, match="not found"):
+        data.load_tokens(tmp_path / "none.npz")
+    np.savez(tmp_path / "empty.npz", ids=np.zeros((0, 4, 4), np.uint16), files=np.array([]),
+             tokenizer_id=np.array("x"), grid=np.array(4), codebook_size=np.array(8))
+    with pytest.raises(DataError, match="no token grids"):
+        data.load_tokens(tmp_path / "empty.npz")
+
+
+def test_region_masks_cover_a_sensible_fraction():
+    m = data.random_region_masks(64, 64, torch.Generator().manual_seed(0))
+    frac = m.float().mean((1, 2))
+    assert (frac > 0).all() and frac.mean() < 0.7

@@ -1,0 +1,113 @@
+"""Inpainting a folder with the tiny trained model."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from maskgit_cli import data, pipeline
+from maskgit_cli.errors import CheckpointError, ConfigError, DataError, OutputExistsError
+from maskgit_cli.inpaint import InpaintSettings, feather_alpha, paste_back
+
+
+def _run(tiny_run, tiny_data, out, **kw):
+    return pipeline.inpaint(tiny_data["masked"], tiny_data["masks"], out, model=tiny_run, device="cpu", **kw)
+
+
+def test_paste_back_leaves_known_pixels_bit_identical(tiny_run, tiny_data, tmp_path):
+    res = _run(tiny_run, tiny_data, tmp_path / "out", settings=InpaintSettings(total_iter=4))
+    assert res.count == 10 and res.images_per_second > 0
+    for p in sorted(tiny_data["masked"].iterdir()):
+        inp = np.asarray(Image.open(p).convert("RGB"))
+        out = np.asarray(Image.open(tmp_path / "out" / p.name).convert("RGB"))
+        known = np.asarray(Image.open(tiny_data["masks"] / p.name)) >= 128
+        assert (inp[known] == out[known]).all()
+        assert out.shape == inp.shape
+
+
+def test_same_seed_same_output_and_batch_equals_one_by_one(tiny_run, tiny_data, tmp_path):
+    s = InpaintSettings(total_iter=5)
+    _run(tiny_run, tiny_data, tmp_path / "a", settings=s, batch_size=10, seed=3)
+    _run(tiny_run, tiny_data, tmp_path / "b", settings=s, batch_size=1, seed=3)
+    _run(tiny_run, tiny_data, tmp_path / "c", settings=s, batch_size=4, seed=4)
+    same = [np.array_equal(np.asarray(Image.open(tmp_path / "a" / n)), np.asarray(Image.open(tmp_path / "b" / n)))
+            for n in sorted(x.name for x in (tmp_path / "a").iterdir())]
+    assert all(same)
+    differs = [not np.array_equal(np.asarray(Image.open(tmp_path / "a" / n)), np.asarray(Image.open(tmp_path / "c" / n)))
+               for n in sorted(x.name for x in (tmp_path / "a").iterdir())]
+    assert any(differs)
+
+
+def test_no_paste_back_gives_the_full_reconstruction(tiny_run, tiny_data, tmp_path):
+    res = _run(tiny_run, tiny_data, tmp_path / "o", settings=InpaintSettings(total_iter=3, paste_back=False),
+               ground_truth=tiny_data["test"])
+    assert res.metrics is not None and res.metrics["psnr"] < 99
+
+
+def test_ground_truth_metrics_and_save_steps(tiny_run, tiny_data, tmp_path):
+    res = _run(tiny_run, tiny_data, tmp_path / "o", settings=InpaintSettings(total_iter=4, sweet_spot=3),
+               ground_truth=tiny_data["test"], save_steps=True)
+    m = res.metrics
+    assert set(m) == {"psnr", "ssim", "l1", "psnr_masked", "ssim_masked", "l1_masked"}
+    assert m["psnr"] > m["psnr_masked"]  # known pixels are exact, so the whole image scores higher
+    strip = Image.open(tmp_path / "o" / "steps" / "000_steps.png")
+    assert strip.size == (16 * 3, 16)  # one tile per step run (sweet spot 3)
+    assert Image.open(tmp_path / "o" / "steps" / "000_mask.png").size == (16 * 3, 16)
+
+
+def test_nothing_missing_copies_through_and_all_missing_generates(tiny_run, tiny_data, tmp_path):
+    masks = tmp_path / "m"
+    masks.mkdir()
+    names = sorted(p.name for p in tiny_data["test"].iterdir())
+    for i, n in enumerate(names):
+        Image.fromarray(np.full((16, 16), 255 if i % 2 == 0 else 0, np.uint8)).save(masks / n)
+    res = pipeline.inpaint(tiny_data["test"], masks, tmp_path / "o", model=tiny_run, device="cpu",
+                           settings=InpaintSettings(total_iter=3), ground_truth=tiny_data["test"])
+    for r in res.per_image[::2]:
+        assert r["masked_tokens"] == 0 and r["psnr"] >= 99  # copied through
+    for r in res.per_image[1::2]:
+        assert r["masked_tokens"] == 16  # generated from scratch
+
+
+def test_feather_blends_only_near_the_seam():
+    missing = torch.zeros(1, 9, 9, dtype=torch.bool)
+    missing[0, 4, 4] = True
+    a = feather_alpha(missing, 2)[0, 0]
+    assert a[4, 4] == 1 and a[3, 3] == pytest.approx(2 / 3) and a[2, 2] == pytest.approx(1 / 3) and a[0, 0] == 0
+    gen = torch.ones(1, 3, 9, 9)
+    inp = torch.zeros(1, 3, 9, 9, dtype=torch.uint8)
+    out = paste_back(gen, inp, missing, feather=2)
+    assert out[0, 0, 4, 4] == 255 and out[0, 0, 0, 0] == 0 and 0 < out[0, 0, 3, 3] < 255
+
+
+def test_error_cases(tiny_run, tiny_data, tmp_path):
+    _run(tiny_run, tiny_data, tmp_path / "exists", settings=InpaintSettings(total_iter=2))
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        _run(tiny_run, tiny_data, tmp_path / "exists")
+    bad = tmp_path / "badmasks"
+    bad.mkdir()
+    for p in tiny_data["masks"].iterdir():
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(bad / p.name)
+    with pytest.raises(DataError, match="mask is 8x8, expected 16x16"):
+        pipeline.inpaint(tiny_data["masked"], bad, tmp_path / "o2", model=tiny_run, device="cpu")
+    assert not (tmp_path / "o2").exists()  # nothing half-written
+    (bad / "000.png").unlink()
+    with pytest.raises(DataError, match="no mask .* for: 000.png"):
+        pipeline.inpaint(tiny_data["masked"], bad, tmp_path / "o3", model=tiny_run, device="cpu")
+    with pytest.raises(ConfigError, match="sweet-spot"):
+        _run(tiny_run, tiny_data, tmp_path / "o4", settings=InpaintSettings(total_iter=4, sweet_spot=6))
+    with pytest.raises(CheckpointError, match="not found"):
+        pipeline.inpaint(tiny_data["masked"], tiny_data["masks"], tmp_path / "o5", model=tmp_path, device="cpu")
+
+
+def test_tokenizer_and_transformer_with_different_codebooks(tiny_run, tiny_data, tmp_path):
+    import shutil
+
+    from conftest import TINY
+
+    bad = tmp_path / "mixed"
+    shutil.copytree(tiny_run, bad)
+    pipeline.train(TINY, "tokenizer", tiny_data["train"], bad, device="cpu", overwrite=True,
+                   overrides=["tokenizer.codebook_size=16", "tokenizer_train.max_steps=1"])
+    with pytest.raises(CheckpointError, match="trained on tokenizer|codes"):
+        pipeline.inpaint(tiny_data["masked"], tiny_data["masks"], tmp_path / "o", model=bad, device="cpu")

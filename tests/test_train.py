@@ -1,0 +1,146 @@
+"""Training loops through the pipeline: loss goes down, resume is exact, errors are clear."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import TINY
+from maskgit_cli import checkpoint, data, pipeline
+from maskgit_cli.errors import ConfigError, DataError
+
+
+def test_tiny_tokenizer_run_lowers_its_loss(tiny_data, tmp_path):
+    res = pipeline.train(TINY, "tokenizer", tiny_data["train"], tmp_path / "run", val=tiny_data["val"],
+                         device="cpu", overrides=["tokenizer_train.epochs=6"])
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [x["loss"] for x in lines if "loss" in x]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+    assert res.epochs[-1]["val_psnr"] > res.epochs[0]["val_psnr"]
+    assert 0 < res.codebook_usage <= 1 and res.val_psnr is not None
+    saved = checkpoint.load(tmp_path / "run" / "tokenizer.pt")
+    assert saved["kind"] == "tokenizer" and saved["config"]["tokenizer"]["codebook_size"] == 32
+    assert (tmp_path / "run" / "config.yaml").exists()
+
+
+def _interrupt_at(step):
+    def on_step(rec):
+        if rec["step"] == step:
+            raise KeyboardInterrupt
+    return on_step
+
+
+def _losses(path):
+    return [round(json.loads(x)["loss"], 6) for x in path.read_text().splitlines() if '"loss"' in x]
+
+
+def test_tokenizer_resume_equals_an_uninterrupted_run(tiny_data, tmp_path):
+    over = ["tokenizer_train.max_steps=12", "tokenizer_train.restart_every=5"]
+    full = pipeline.train(TINY, "tokenizer", tiny_data["train"], tmp_path / "a", device="cpu", overrides=over)
+    cut = pipeline.train(TINY, "tokenizer", tiny_data["train"], tmp_path / "b", device="cpu", overrides=over,
+                         on_step=_interrupt_at(6))
+    assert cut.interrupted and cut.steps == 6
+    rest = pipeline.train(TINY, "tokenizer", tiny_data["train"], tmp_path / "b", device="cpu", overrides=over,
+                          resume=True)
+    assert rest.steps == full.steps == 12
+    assert _losses(tmp_path / "b" / "metrics.jsonl") == _losses(tmp_path / "a" / "metrics.jsonl")
+
+
+def test_transformer_resume_equals_an_uninterrupted_run(tiny_run, tiny_data, tmp_path):
+    """N steps, then N resumed steps, give the losses of 2N uninterrupted steps (EMA, accumulation,
+    dropout and data order included)."""
+    over = ["transformer_train.max_steps=10", "transformer_train.ema=0.9", "transformer_train.grad_accum=2",
+            "transformer.dropout=0.1", "transformer_train.mask_mode=mixed"]
+    tok = tiny_run / "tokenizer.pt"
+    kw = dict(device="cpu", overrides=over, tokenizer=tok, val=tiny_data["val"])
+    full = pipeline.train(TINY, "transformer", tiny_data["train"], tmp_path / "a", **kw)
+    cut = pipeline.train(TINY, "transformer", tiny_data["train"], tmp_path / "b", **kw, on_step=_interrupt_at(5))
+    assert cut.interrupted
+    rest = pipeline.train(TINY, "transformer", tiny_data["train"], tmp_path / "b", **kw, resume=True)
+    assert rest.steps == full.steps == 10
+    a = _losses(tmp_path / "a" / "metrics_transformer.jsonl")
+    b = _losses(tmp_path / "b" / "metrics_transformer.jsonl")
+    assert a == b and len(a) == 10
+    assert rest.val_loss == pytest.approx(full.val_loss, abs=1e-6)
+
+
+def test_tiny_transformer_run_lowers_val_loss(tiny_run):
+    rows = [json.loads(x) for x in (tiny_run / "metrics_transformer.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert len(val) == 3 and val[-1] < val[0]
+    assert (tiny_run / "transformer_best.pt").exists()
+
+
+def test_run_directory_is_self_contained(tiny_run, tiny_data, tmp_path):
+    # tokens were cached once; the tokenizer sits beside the transformer
+    assert (tiny_run / "tokens_train.npz").exists() and (tiny_run / "tokenizer.pt").exists()
+    cached = data.load_tokens(tiny_run / "tokens_train.npz")
+    assert len(cached.ids) == 2 * 48  # images and their mirror images
+    tok, tr, cfg = checkpoint.load_transformer(tiny_run)
+    assert tr.K == tok.codebook_size
+
+
+def test_transformer_trains_from_a_token_file_and_copies_the_tokenizer(tiny_run, tiny_data, tmp_path):
+    res = pipeline.encode(tiny_data["train"], tiny_run, tmp_path / "tok.npz", device="cpu")
+    out = tmp_path / "run2"
+    r = pipeline.train(TINY, "transformer", res.out, out, tokenizer=tiny_run, device="cpu",
+                       overrides=["transformer_train.max_steps=2"])
+    assert r.steps == 2 and (out / "tokenizer.pt").exists()
+    assert checkpoint.load(out / "tokenizer.pt")["model_id"] == res.tokenizer_id
+
+
+def test_token_file_from_another_tokenizer_is_refused(tiny_run, tiny_data, tmp_path):
+    other = tmp_path / "other"
+    pipeline.train(TINY, "tokenizer", tiny_data["train"], other, device="cpu", seed=5,
+                   overrides=["tokenizer_train.max_steps=2"])
+    enc = pipeline.encode(tiny_data["train"], other, tmp_path / "other.npz", device="cpu")
+    with pytest.raises(DataError, match="encoded by tokenizer .* not by the run's tokenizer"):
+        pipeline.train(TINY, "transformer", enc.out, tmp_path / "x", tokenizer=tiny_run, device="cpu",
+                       overrides=["transformer_train.max_steps=1"])
+
+
+def test_codebook_and_grid_mismatches_are_clear(tiny_run, tmp_path):
+    with pytest.raises(ConfigError, match="codebook"):
+        pipeline.train(TINY, "transformer", tiny_run / "tokens_train.npz", tmp_path / "x", tokenizer=tiny_run,
+                       device="cpu", overrides=["tokenizer.codebook_size=64"])
+    with pytest.raises(ConfigError, match="grid"):
+        pipeline.train(TINY, "transformer", tiny_run / "tokens_train.npz", tmp_path / "y", tokenizer=tiny_run,
+                       device="cpu", overrides=["data.image_size=32"])
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
+    from maskgit_cli.errors import TrainingDiverged
+
+    over = ["tokenizer_train.max_steps=30", "tokenizer_train.checkpoint_every=2", "tokenizer_train.lr=1e30",
+            "tokenizer_train.warmup_steps=0", "tokenizer_train.grad_clip=1e30"]
+    with pytest.raises(TrainingDiverged, match="loss became .* at step"):
+        pipeline.train(TINY, "tokenizer", tiny_data["train"], tmp_path / "r", device="cpu", overrides=over)
+
+
+def test_existing_run_needs_resume_or_overwrite(tiny_run, tiny_data):
+    with pytest.raises(DataError, match="--resume .* or --overwrite"):
+        pipeline.train(TINY, "tokenizer", tiny_data["train"], tiny_run, device="cpu")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes(tiny_run, tiny_data, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
+           "-m", "maskgit_cli", "train", str(TINY), "--stage", "transformer", "--data", str(tiny_data["train"]),
+           "--tokenizer", str(tiny_run), "--out", str(out), "--max-steps", "4", "--device", "cpu", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    payloads = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    assert payloads and payloads[0]["steps"] == 4
+    assert torch.load(out / "transformer.pt", weights_only=True)["step"] == 4

@@ -1,0 +1,115 @@
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, SHARED
+from maskgit_cli import checkpoint, config, data, vqgan
+from maskgit_cli.errors import CheckpointError
+
+LAB = SHARED / "fixtures" / "lab"
+
+
+def tiny_model(**over):
+    cfg = config.load(ROOT / "configs" / "tiny.yaml", [f"tokenizer.{k}={v}" for k, v in over.items()])
+    return vqgan.build(cfg), cfg
+
+
+@pytest.mark.parametrize("l2", [False, True])
+def test_quantizer_ids_in_range_with_shapes(l2):
+    model, cfg = tiny_model(l2_codes=l2)
+    x = torch.randn(3, 3, 16, 16)
+    rec, ids, vq_loss, z = model(x)
+    assert rec.shape == x.shape and ids.shape == (3, cfg.grid, cfg.grid) and ids.dtype == torch.int64
+    assert ids.min() >= 0 and ids.max() < cfg.tokenizer.codebook_size
+    assert torch.equal(model.encode(x), ids)
+    assert vq_loss.ndim == 0 and vq_loss >= 0
+
+
+def test_nearest_code_is_the_true_nearest():
+    cb = vqgan.Codebook(16, 4)
+    z = torch.randn(50, 4)
+    brute = torch.cdist(z, cb.embedding.weight).argmin(1)
+    assert torch.equal(cb.nearest(z), brute)
+
+
+def test_gradients_flow_through_the_straight_through_path():
+    model, _ = tiny_model()
+    x = torch.randn(2, 3, 16, 16)
+    rec, _, vq_loss, _ = model(x)
+    (rec.abs().mean()).backward()
+    # the reconstruction loss alone reaches the encoder only through the straight-through estimator
+    enc_grad = sum(p.grad.abs().sum() for p in model.encoder.parameters() if p.grad is not None)
+    assert enc_grad > 0
+    assert model.codebook.embedding.weight.grad is None or model.codebook.embedding.weight.grad.abs().sum() == 0
+    model.zero_grad()
+    model(x)[2].backward()  # the codebook term moves the codes
+    assert model.codebook.embedding.weight.grad.abs().sum() > 0
+
+
+def test_decode_ids_matches_forward_reconstruction():
+    model, _ = tiny_model()
+    model.eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        rec, ids, _, _ = model(x)
+        assert torch.allclose(model.decode_ids(ids), rec, atol=1e-5)
+
+
+def test_lab_state_dict_keys_and_shapes_match_the_fixture():
+    cfg = config.load(ROOT / "configs" / "lab.yaml")
+    sd = vqgan.build(cfg).state_dict()
+    ref = json.loads((LAB / "vqgan_state_dict_shapes.json").read_text())
+    assert list(sorted(sd)) == list(sorted(ref))
+    assert {k: list(v.shape) for k, v in sd.items()} == ref
+    assert sum(v.numel() for v in sd.values()) == 70_775_299
+
+
+def _lab_fill(sd: dict) -> dict:
+    out = {}
+    for i, k in enumerate(sorted(sd)):
+        g = torch.Generator().manual_seed(i)
+        shape = sd[k].shape
+        if k.endswith("bias"):
+            out[k] = 0.1 * torch.randn(shape, generator=g)
+        elif k.endswith("gn.weight"):
+            out[k] = 1 + 0.1 * torch.randn(shape, generator=g)
+        elif k == "codebook.embedding.weight":
+            out[k] = torch.randn(shape, generator=g)
+        else:
+            out[k] = torch.randn(shape, generator=g) * math.sqrt(1 / math.prod(shape[1:]))
+    return out
+
+
+@pytest.mark.slow
+def test_lab_vqgan_reproduces_the_synthetic_weight_fixture(tmp_path):
+    ref = json.loads((LAB / "vqgan_synthetic_weights_outputs.json").read_text())
+    cfg = config.load(ROOT / "configs" / "lab.yaml")
+    # a bare state_dict, like the course's VQGAN.pt, loads strictly with --config
+    torch.save(_lab_fill(vqgan.build(cfg).state_dict()), tmp_path / "VQGAN.pt")
+    model, cfg2, _ = checkpoint.load_tokenizer(tmp_path / "VQGAN.pt", cfg)
+    assert tuple(ref["normalize_mean"]) == cfg2.data.mean
+    paths = [SHARED / "data" / "cats64" / "test" / "images" / f for f in ref["files"]]
+    x = data.normalize(data.load_images(paths, 64), cfg2.data)
+    with torch.no_grad():
+        ids = model.encode(x)
+        dec = model.decode_ids(ids)
+    assert (ids != torch.tensor(ref["indices"])).sum() <= 2
+    assert dec.mean().item() == pytest.approx(ref["decoded_mean_std"][0], abs=1e-3)
+    assert dec.std().item() == pytest.approx(ref["decoded_mean_std"][1], abs=1e-3)
+    assert torch.allclose(dec[:, :, 0, :4], torch.tensor(ref["decoded_first_pixels"]), atol=1e-3)
+
+
+def test_bare_state_dict_needs_a_config_and_must_fit(tmp_path):
+    model, cfg = tiny_model()
+    torch.save(model.state_dict(), tmp_path / "bare.pt")
+    with pytest.raises(CheckpointError, match="pass --config"):
+        checkpoint.load_tokenizer(tmp_path / "bare.pt")
+    other = config.load(ROOT / "configs" / "tiny.yaml", ["tokenizer.codebook_size=64"])
+    with pytest.raises(CheckpointError, match="do not fit.*codebook.embedding.weight"):
+        checkpoint.load_tokenizer(tmp_path / "bare.pt", other)
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        checkpoint.load_tokenizer(tmp_path / "junk.pt", cfg)
