@@ -194,6 +194,85 @@ def inpaint(
         ui.kv_table("metrics vs ground truth (mean over images)", result.metrics)
 
 
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{flag} takes comma-separated integers, got '{text}'") from None
+
+
+@app.command()
+@command
+def fid(
+    a: Path = typer.Argument(..., help="Image folder or .npz statistics (mu, sigma as pytorch-fid saves them)."),
+    b: Path = typer.Argument(..., help="Image folder or .npz statistics."),
+    dims: int = typer.Option(2048, "--dims", help="Feature size: 64, 192, 768 or 2048 (pool3, the standard)."),
+    batch_size: int = typer.Option(50, "--batch-size"),
+    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (else $MASKGIT_INCEPTION_WEIGHTS, else the torch hub folder)."),
+    save_stats: Optional[Path] = typer.Option(None, "--save-stats", help="Save A's statistics (and features, for KID) to this .npz."),
+    device: str = DeviceOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """FID (pytorch-fid's FID-Inception, exact) and KID between two folders or saved statistics."""
+    from maskgit_cli import pipeline
+
+    with ui.progress("features") as bar:
+        result = pipeline.fid(a, b, dims=dims, batch_size=batch_size, device=device,
+                              inception_weights=inception_weights, save_stats=save_stats,
+                              on_progress=lambda i, n: bar.update(completed=i, total=n))
+    for note in result.warnings:
+        ui.warn(note)
+    if json_out:
+        ui.emit_json(pipeline.as_dict(result))
+    else:
+        ui.kv_table("FID", {k: v for k, v in pipeline.as_dict(result).items() if k != "warnings"})
+
+
+@app.command("compare-schedules")
+@command
+def compare_schedules(
+    masked: Path = typer.Argument(..., help="Folder of masked images."),
+    masks: Path = typer.Option(..., "--masks"),
+    ground_truth: Path = typer.Option(..., "--ground-truth", help="Folder of originals."),
+    out: Path = typer.Option(..., "--out", help="Output folder: cells/, results.json, results.csv, plot.png, examples.png."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Run directory (default: the bundled model)."),
+    schedules_: str = typer.Option("cosine,linear,square", "--schedules", help=_schedule_help()),
+    total_iter: int = typer.Option(12, "--total-iter", "-T"),
+    sweet_spots: str = typer.Option("2,4,8,12", "--sweet-spots", help="Comma-separated t values (each <= T)."),
+    seeds: str = typer.Option("0,1,2", "--seeds"),
+    reference_stats: Optional[Path] = typer.Option(None, "--reference-stats", help="FID reference .npz (default: statistics of --ground-truth)."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights"),
+    require_fid: bool = typer.Option(False, "--require-fid", help="Fail instead of ranking by PSNR when Inception weights are missing."),
+    choice_temperature: float = typer.Option(4.5, "--choice-temperature"),
+    device: str = DeviceOpt,
+    overwrite: bool = OverwriteOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Inpaint under schedules x sweet spots x seeds and tabulate FID, KID, PSNR and SSIM."""
+    from maskgit_cli import pipeline
+    from maskgit_cli.inpaint import InpaintSettings
+
+    with ui.progress("compare") as bar:
+        result = pipeline.compare_schedules(
+            masked, masks, ground_truth, out, model=model, schedules_=[s.strip() for s in schedules_.split(",") if s.strip()],
+            total_iter=total_iter, sweet_spots=_ints(sweet_spots, "--sweet-spots"), seeds=_ints(seeds, "--seeds"),
+            reference_stats=reference_stats, batch_size=batch_size, inception_weights=inception_weights,
+            require_fid=require_fid, device=device, overwrite=overwrite,
+            base_settings=InpaintSettings(choice_temperature=choice_temperature),
+            on_cell=lambda i, n, label: bar.update(completed=i, total=n, status=label))
+    for note in result.warnings:
+        ui.warn(note)
+    if json_out:
+        ui.emit_json(pipeline.as_dict(result))
+        return
+    cols = ["schedule", "total_iter", "sweet_spot", "fid_mean", "fid_std", "kid_mean", "psnr_mean", "psnr_std",
+            "ssim_mean", "seconds_per_image"]
+    ui.table(f"schedules ranked by {result.ranked_by} (best first, in bold)", cols,
+             [[r[c] for c in cols] for r in result.rows], highlight=0)
+    ui.info(f"wrote {', '.join(result.files.values())}")
+
+
 def run() -> None:  # pragma: no cover - console-script shim
     app(prog_name="maskgit")
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -348,3 +349,204 @@ def inpaint(masked_dir: str | Path, masks_dir: str | Path, out: str | Path, *, m
     return InpaintResult(count=len(pairs), seconds=seconds, images_per_second=len(pairs) / max(seconds, 1e-9),
                          out=str(out), settings=settings.to_dict(), model=str(model or BUNDLED),
                          transformer_passes=inpainter.transformer_passes, metrics=summary, per_image=per_image)
+
+
+# ------------------------------------------------------------------------------------ fid
+
+
+def _load_float_images(folder: str | Path) -> list[torch.Tensor]:
+    """RGB in [0, 1], any size (each image is resized to 299 inside the network)."""
+    out = []
+    for p in data.list_images(folder):
+        arr = data._open(p).convert("RGB")
+        t = torch.from_numpy(np.asarray(arr, dtype=np.uint8)).permute(2, 0, 1).float() / 255
+        out.append(t)
+    if len({tuple(t.shape) for t in out}) > 1:  # mixed sizes: resize each now, as the network would
+        out = [F.interpolate(t[None], size=(299, 299), mode="bilinear", align_corners=False)[0] for t in out]
+    return out
+
+
+def feature_extractor(dims: int, weights: str | Path | None, device: torch.device):
+    from maskgit_cli import fid as fid_mod
+
+    return fid_mod.load_inception(dims, weights, device)
+
+
+def statistics(source: str | Path, extractor, batch_size: int, device: torch.device, on_progress: Progress = None):
+    """Stats of an image folder (features kept for KID) or of a saved .npz."""
+    from maskgit_cli import fid as fid_mod
+
+    source = Path(source)
+    if source.is_file() and source.suffix == ".npz":
+        return fid_mod.Stats.load(source)
+    if not source.exists():
+        raise DataError(f"not found: {source} (give an image folder or a .npz of statistics)")
+    feats = fid_mod.features(_load_float_images(source), extractor(), batch_size, device, on_progress)
+    return fid_mod.Stats.of(feats)
+
+
+def fid(a: str | Path, b: str | Path, *, dims: int = 2048, batch_size: int = 50, device: str = "auto",
+        inception_weights: str | Path | None = None, save_stats: str | Path | None = None,
+        feature_fn=None, on_progress: Progress = None):
+    """FID (and KID when features are at hand) between two folders or .npz statistics."""
+    from maskgit_cli import fid as fid_mod
+
+    if dims not in fid_mod.DIMS:
+        raise ConfigError(f"--dims must be one of {', '.join(map(str, fid_mod.DIMS))}, got {dims}")
+    dev = runtime.resolve_device(device)
+    cache: dict[str, Any] = {}
+
+    def extractor():
+        if "m" not in cache:
+            cache["m"] = feature_fn or feature_extractor(dims, inception_weights, dev)
+        return cache["m"]
+
+    t0 = time.time()
+    sa = statistics(a, extractor, batch_size, dev, on_progress)
+    sb = statistics(b, extractor, batch_size, dev, on_progress)
+    if len(sa.mu) != dims or len(sb.mu) != dims:
+        raise DataError(f"statistics have {len(sa.mu)} and {len(sb.mu)} dims but --dims is {dims}")
+    if save_stats:
+        if Path(a).suffix == ".npz":
+            raise ConfigError("--save-stats saves the statistics of A; A is already a .npz")
+        sa.save(Path(save_stats))
+    return fid_mod.compare(sa, sb, dims, time.time() - t0)
+
+
+# ---------------------------------------------------------------------- compare-schedules
+
+
+@dataclass
+class CompareResult:
+    rows: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    ranked_by: str
+    fid_skipped: bool
+    count: int
+    out: str
+    files: dict[str, str]
+    seconds: float
+    warnings: list[str]
+
+
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    v = [x for x in values if x is not None and x == x]
+    if not v:
+        return None, None
+    t = torch.tensor(v, dtype=torch.float64)
+    return t.mean().item(), (t.std(unbiased=False).item() if len(v) > 1 else 0.0)
+
+
+def compare_schedules(masked_dir: str | Path, masks_dir: str | Path, ground_truth: str | Path, out: str | Path, *,
+                      model: str | Path | None = None, schedules_: list[str] | None = None, total_iter: int = 12,
+                      sweet_spots: list[int] | None = None, seeds: list[int] | None = None,
+                      reference_stats: str | Path | None = None, batch_size: int = 32,
+                      inception_weights: str | Path | None = None, require_fid: bool = False, dims: int = 2048,
+                      device: str = "auto", overwrite: bool = False, base_settings=None, feature_fn=None,
+                      on_cell: Callable[[int, int, str], None] | None = None) -> CompareResult:
+    """Inpaint under every (schedule, sweet spot, seed); tabulate FID / KID / masked PSNR / SSIM."""
+    import csv
+    import dataclasses
+    import json
+
+    from maskgit_cli import fid as fid_mod
+    from maskgit_cli import plots, schedules
+    from maskgit_cli.errors import WeightsNotFound
+    from maskgit_cli.inpaint import Inpainter, InpaintSettings
+
+    names = schedules_ or ["cosine", "linear", "square"]
+    for n in names:
+        schedules.get(n)
+    spots = sweet_spots or [total_iter]
+    seeds = seeds if seeds is not None else [0]
+    if any(t < 1 or t > total_iter for t in spots):
+        raise ConfigError(f"--sweet-spots must lie in 1..{total_iter} (--total-iter)")
+    pairs = data.pair_masks(masked_dir, masks_dir)
+    gt_paths = _ground_truth_paths(ground_truth, [p for p, _ in pairs])
+    dev = runtime.resolve_device(device)
+    tokenizer, transformer, cfg = load_model(model, dev)
+    t_start = time.time()
+    notes: list[str] = []
+
+    extractor = feature_fn
+    if extractor is None:
+        try:
+            extractor = feature_extractor(dims, inception_weights, dev)
+        except WeightsNotFound as err:
+            if require_fid:
+                raise
+            notes.append(f"FID skipped: {err}")
+    ref = None
+    if extractor is not None:
+        if reference_stats:
+            ref = fid_mod.Stats.load(reference_stats)
+        else:
+            gt_images = [img.float() / 255 for img in data.load_images(gt_paths, cfg.data.image_size)]
+            ref = fid_mod.Stats.of(fid_mod.features(gt_images, extractor, 50, dev))
+        if 0 < len(pairs) < (len(ref.mu)):
+            notes.append(f"{len(pairs)} images < {len(ref.mu)} feature dims: FID is biased upward; compare only at equal N")
+
+    base = base_settings or InpaintSettings()
+    cells = [(s, t) for s in names for t in spots]
+    total_runs = len(cells) * len(seeds)
+    rows, examples = [], {}
+    with OutputDir(Path(out), overwrite) as tmp:
+        run_i = 0
+        for sched, t in cells:
+            settings = dataclasses.replace(base, schedule=sched, total_iter=total_iter, sweet_spot=t)
+            inpainter = Inpainter(tokenizer, transformer, cfg, settings, dev)
+            per_seed = []
+            for seed in seeds:
+                cell_dir = tmp / "cells" / f"{sched}_T{total_iter}_t{t}_seed{seed}"
+                t0 = time.time()
+                summary, _ = inpaint_folder(inpainter, pairs, cell_dir, size=cfg.data.image_size, seed=seed,
+                                            batch_size=batch_size, ground_truth=ground_truth)
+                secs = time.time() - t0
+                f = k = None
+                if extractor is not None:
+                    imgs = [img.float() / 255 for img in data.load_images(sorted(cell_dir.glob("*.png")), cfg.data.image_size)]
+                    st = fid_mod.Stats.of(fid_mod.features(imgs, extractor, 50, dev))
+                    f = fid_mod.frechet_distance(st.mu, st.sigma, ref.mu, ref.sigma)
+                    if ref.features is not None:
+                        k = fid_mod.kid(st.features, ref.features)[0]
+                per_seed.append({"fid": f, "kid": k, "psnr": summary["psnr_masked"], "ssim": summary["ssim_masked"],
+                                 "seconds_per_image": secs / len(pairs)})
+                if seed == seeds[0]:
+                    examples[(sched, t)] = data.load_images([cell_dir / f"{pairs[0][0].stem}.png"], cfg.data.image_size)[0]
+                run_i += 1
+                if on_cell:
+                    on_cell(run_i, total_runs, f"{sched} T={total_iter} t={t} seed={seed}")
+            fm, fs = _mean_std([r["fid"] for r in per_seed])
+            km, _ = _mean_std([r["kid"] for r in per_seed])
+            pm, ps = _mean_std([r["psnr"] for r in per_seed])
+            sm, _ = _mean_std([r["ssim"] for r in per_seed])
+            spi, _ = _mean_std([r["seconds_per_image"] for r in per_seed])
+            rows.append({"schedule": sched, "total_iter": total_iter, "sweet_spot": t, "fid_mean": fm, "fid_std": fs,
+                         "kid_mean": km, "psnr_mean": pm, "psnr_std": ps, "ssim_mean": sm,
+                         "seconds_per_image": spi, "seeds": len(seeds)})
+        ranked_by = "fid" if extractor is not None else "psnr"
+        if ranked_by == "fid":
+            rows.sort(key=lambda r: (r["fid_mean"] is None, r["fid_mean"] or 0))
+        else:
+            rows.sort(key=lambda r: -(r["psnr_mean"] or -1e9))
+        best = rows[0] if rows else None
+        files = {"json": "results.json", "csv": "results.csv", "plot": "plot.png", "grid": "examples.png"}
+        (tmp / files["json"]).write_text(json.dumps({"rows": rows, "best": best, "ranked_by": ranked_by,
+                                                     "warnings": notes}, indent=2))
+        with open(tmp / files["csv"], "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        metric = "fid_mean" if ranked_by == "fid" else "psnr_mean"
+        series = {s: [(r["sweet_spot"], r[metric] if r[metric] is not None else float("nan")) for r in rows
+                      if r["schedule"] == s] for s in names}
+        plots.line_chart(series, tmp / files["plot"], f"{metric} vs sweet spot (T={total_iter})", "sweet spot t",
+                         metric)
+        first_masked = data.load_images([pairs[0][0]], cfg.data.image_size)[0]
+        first_gt = data.load_images([gt_paths[0]], cfg.data.image_size)[0]
+        plots.image_grid([[first_masked, *[examples[(s, t)] for t in spots], first_gt] for s in names],
+                         tmp / files["grid"], row_labels=names,
+                         col_labels=["input", *[f"t={t}" for t in spots], "truth"])
+    return CompareResult(rows=rows, best=best, ranked_by=ranked_by, fid_skipped=extractor is None,
+                         count=len(pairs), out=str(out), files={k: str(Path(out) / v) for k, v in files.items()},
+                         seconds=time.time() - t_start, warnings=notes)

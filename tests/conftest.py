@@ -4,6 +4,8 @@ tiny trained run directory (tokenizer + transformer) shared by the whole session
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,11 @@ TINY = ROOT / "configs" / "tiny.yaml"
 SHARED = ROOT.parent / "shared"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# Tests never download: no FID-Inception weights are found unless a test provides them.
+os.environ["MASKGIT_OFFLINE"] = "1"
+os.environ.pop("MASKGIT_INCEPTION_WEIGHTS", None)
+os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="maskgit-torch-home-")
 
 
 def make_images(folder: Path, n: int, size: int = 16, seed: int = 0, fmt: str = "PNG", prefix: str = "") -> list[Path]:
@@ -100,3 +107,16 @@ def invoke_json(runner: CliRunner, args: list[str], code: int = 0) -> dict:
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     assert len(lines) == 1, result.stdout
     return json.loads(lines[0])
+
+
+class TinyFeatures(torch.nn.Module):
+    """A small, fixed feature extractor standing in for FID-Inception in end-to-end tests."""
+
+    def __init__(self, dims: int = 8):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.proj = torch.randn(3 * 4 * 4, dims, generator=g)
+
+    def forward(self, x):
+        pooled = torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+        return torch.tanh(pooled @ self.proj)

@@ -1,0 +1,182 @@
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SHARED, TinyFeatures, invoke_json
+from maskgit_cli import data, fid, pipeline
+from maskgit_cli.errors import WeightsNotFound
+
+FIX = SHARED / "fixtures" / "fid"
+
+
+def _random_cov(d, rng, n=None):
+    x = rng.standard_normal((n or 2 * d, d))
+    return np.cov(x, rowvar=False)
+
+
+def test_identical_sets_give_zero():
+    rng = np.random.default_rng(0)
+    f = rng.standard_normal((300, 16))
+    s = fid.Stats.of(f)
+    assert abs(fid.frechet_distance(s.mu, s.sigma, s.mu, s.sigma)) < 1e-8
+
+
+def test_equal_covariances_give_squared_mean_distance():
+    rng = np.random.default_rng(1)
+    sigma = _random_cov(32, rng)
+    mu1, mu2 = rng.standard_normal(32), rng.standard_normal(32)
+    assert fid.frechet_distance(mu1, sigma, mu2, sigma) == pytest.approx(float(((mu1 - mu2) ** 2).sum()), rel=1e-8)
+
+
+@pytest.mark.parametrize("d,n", [(64, 500), (256, 100)])  # full rank and rank-deficient
+def test_agrees_with_the_scipy_sqrtm_formula(d, n):
+    rng = np.random.default_rng(d)
+    s1, s2 = _random_cov(d, rng, n), _random_cov(d, rng, n) * 1.3
+    mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
+    ours = fid.frechet_distance(mu1, s1, mu2, s2)
+    ref = fid.frechet_distance_scipy(mu1, s1, mu2, s2)
+    assert ours == pytest.approx(ref, rel=1e-6)
+
+
+def test_state_dict_matches_the_real_file_layout():
+    ref = json.loads((FIX / "pt_inception_state_dict_shapes.json").read_text())
+    sd = fid.FIDInception().state_dict()
+    assert {k: list(v.shape) for k, v in sd.items()} == ref
+
+
+def _synthetic(model):
+    out = {}
+    for i, k in enumerate(sorted(model.state_dict())):
+        g = torch.Generator().manual_seed(i)
+        v = model.state_dict()[k]
+        shape = v.shape
+        if k.endswith("num_batches_tracked"):
+            out[k] = torch.zeros(shape, dtype=v.dtype)
+        elif k.endswith("running_var"):
+            out[k] = 0.5 + torch.rand(shape, generator=g)
+        elif k.endswith("running_mean"):
+            out[k] = 0.1 * torch.randn(shape, generator=g)
+        elif k.endswith("bn.weight"):
+            out[k] = 1 + 0.1 * torch.randn(shape, generator=g)
+        elif k.endswith("bias"):
+            out[k] = 0.1 * torch.randn(shape, generator=g)
+        else:
+            out[k] = torch.randn(shape, generator=g) * math.sqrt(2 / math.prod(shape[1:]))
+    return out
+
+
+@pytest.mark.slow
+def test_reproduces_pytorch_fid_features_with_synthetic_weights(tmp_path):
+    ref = json.loads((FIX / "synthetic_weights_features.json").read_text())
+    model = fid.FIDInception(2048)
+    torch.save(_synthetic(model), tmp_path / fid.WEIGHTS_NAME)
+    model = fid.load_inception(2048, tmp_path / fid.WEIGHTS_NAME)  # the strict loading path
+    paths = [SHARED / "data" / "cats64" / "test" / "images" / f for f in ref["files"]]
+    x = data.load_images(paths, 64).float() / 255
+    with torch.no_grad():
+        feats = model(x)
+        assert (feats - torch.tensor(ref["pool3_2048"])).abs().max() < 1e-4
+        for dims, key in [(64, "block0_64_mean_std"), (192, "block1_192_mean_std"), (768, "block2_768_mean_std")]:
+            model.dims = dims
+            fmap = model.feature_map(x)
+            assert fmap.shape[1] == dims
+            assert fmap.mean().item() == pytest.approx(ref[key][0], abs=1e-4)
+            assert fmap.std().item() == pytest.approx(ref[key][1], abs=1e-4)
+
+
+def test_kid_of_identical_sets_is_near_zero_and_grows_with_shift():
+    rng = np.random.default_rng(0)
+    f = rng.standard_normal((400, 16))
+    g = rng.standard_normal((400, 16))
+    same, _ = fid.kid(f, f, num_subsets=10, subset_size=200)
+    close, _ = fid.kid(f, g, num_subsets=10, subset_size=200)
+    far, _ = fid.kid(f, g + 1.0, num_subsets=10, subset_size=200)
+    # unbiased estimates scatter around 0 for equal distributions, far below a real shift
+    assert far > 0 and abs(same) < 0.05 * far and abs(close) < 0.05 * far
+
+
+def test_clear_error_without_weights(tiny_data):
+    with pytest.raises(WeightsNotFound, match="pt_inception-2015-12-05-6726825d.pth.*--inception-weights"):
+        pipeline.fid(tiny_data["test"], tiny_data["val"], device="cpu")
+
+
+def test_fid_on_folders_and_npz_round_trip(tiny_data, tmp_path):
+    feat = TinyFeatures(8)
+    r = pipeline.fid(tiny_data["test"], tiny_data["test"], dims=64, device="cpu", feature_fn=_as_dims(feat, 64),
+                     save_stats=tmp_path / "a.npz")
+    # rank-deficient (10 images, 64 dims): float noise on the null space stays tiny
+    assert abs(r.fid) < 1e-3 and r.count_a == 10 and r.warnings  # N < dims is flagged
+    r2 = pipeline.fid(tmp_path / "a.npz", tiny_data["val"], dims=64, device="cpu", feature_fn=_as_dims(feat, 64))
+    r3 = pipeline.fid(tiny_data["test"], tiny_data["val"], dims=64, device="cpu", feature_fn=_as_dims(feat, 64))
+    assert r2.fid == pytest.approx(r3.fid) and r2.fid > 0 and r2.kid == pytest.approx(r3.kid)
+    # pytorch-fid's own .npz (mu, sigma only) works for FID; KID then needs features and is null
+    s = fid.Stats.load(tmp_path / "a.npz")
+    np.savez(tmp_path / "ptfid.npz", mu=s.mu, sigma=s.sigma)
+    r4 = pipeline.fid(tmp_path / "ptfid.npz", tmp_path / "a.npz", dims=64, device="cpu")
+    assert abs(r4.fid) < 1e-3 and r4.kid is None
+
+
+def _as_dims(feat, dims):
+    """Pad the tiny extractor's output to `dims` features with a fixed projection."""
+    g = torch.Generator().manual_seed(1)
+    proj = torch.randn(feat.proj.shape[1], dims, generator=g)
+    return lambda x: feat(x) @ proj
+
+
+def test_cli_fid_json_on_npz(runner, tmp_path):
+    rng = np.random.default_rng(0)
+    for name, shift in (("a", 0.0), ("b", 0.5)):
+        f = rng.standard_normal((300, 64)) + shift
+        np.savez(tmp_path / f"{name}.npz", mu=f.mean(0), sigma=np.cov(f, rowvar=False))
+    out = invoke_json(runner, ["fid", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--dims", "64"])
+    for key in ("fid", "kid", "count_a", "count_b", "dims", "seconds"):
+        assert key in out
+    a, b = fid.Stats.load(tmp_path / "a.npz"), fid.Stats.load(tmp_path / "b.npz")
+    assert out["fid"] == pytest.approx(fid.frechet_distance(a.mu, a.sigma, b.mu, b.sigma)) and out["dims"] == 64
+    assert out["fid"] > 64 * 0.25  # at least the squared mean shift
+    assert out["kid"] is None  # pytorch-fid statistics carry no features
+
+
+def test_cli_fid_without_weights_exits_1(runner, tiny_data):
+    from maskgit_cli.cli import app
+
+    r = runner.invoke(app, ["fid", str(tiny_data["test"]), str(tiny_data["val"])])
+    assert r.exit_code == 1 and "--inception-weights" in r.output and "Traceback" not in r.output
+
+
+def test_compare_schedules_end_to_end(tiny_run, tiny_data, tmp_path):
+    res = pipeline.compare_schedules(
+        tiny_data["masked"], tiny_data["masks"], tiny_data["test"], tmp_path / "cmp", model=tiny_run,
+        schedules_=["cosine", "linear"], total_iter=4, sweet_spots=[2, 4], seeds=[0, 1], device="cpu",
+        feature_fn=TinyFeatures(8))
+    assert res.ranked_by == "fid" and not res.fid_skipped and len(res.rows) == 4
+    fids = [r["fid_mean"] for r in res.rows]
+    assert fids == sorted(fids) and res.best == res.rows[0]
+    for r in res.rows:
+        assert r["psnr_mean"] is not None and r["fid_std"] is not None and r["seeds"] == 2
+    out = tmp_path / "cmp"
+    for f in ("results.json", "results.csv", "plot.png", "examples.png"):
+        assert (out / f).is_file()
+    assert len(list((out / "cells").iterdir())) == 8
+    assert json.loads((out / "results.json").read_text())["best"]["schedule"] == res.best["schedule"]
+
+
+def test_cli_compare_schedules_without_weights_ranks_by_psnr(runner, tiny_run, tiny_data, tmp_path):
+    out = invoke_json(runner, ["compare-schedules", str(tiny_data["masked"]), "--masks", str(tiny_data["masks"]),
+                               "--ground-truth", str(tiny_data["test"]), "--out", str(tmp_path / "c"), "--model",
+                               str(tiny_run), "--schedules", "cosine,square", "-T", "3", "--sweet-spots", "1,3",
+                               "--seeds", "0", "--device", "cpu"])
+    assert out["fid_skipped"] and out["ranked_by"] == "psnr" and len(out["rows"]) == 4
+    for key in ("schedule", "total_iter", "sweet_spot", "fid_mean", "fid_std", "kid_mean", "psnr_mean", "psnr_std",
+                "ssim_mean", "seconds_per_image"):
+        assert key in out["rows"][0]
+    psnrs = [r["psnr_mean"] for r in out["rows"]]
+    assert psnrs == sorted(psnrs, reverse=True) and out["best"] == out["rows"][0]
+    err = invoke_json(runner, ["compare-schedules", str(tiny_data["masked"]), "--masks", str(tiny_data["masks"]),
+                               "--ground-truth", str(tiny_data["test"]), "--out", str(tmp_path / "d"), "--model",
+                               str(tiny_run), "--require-fid", "--device", "cpu"], code=1)
+    assert "FID-Inception weights not found" in err["error"]
