@@ -266,10 +266,12 @@ def compare_schedules(
     if json_out:
         ui.emit_json(pipeline.as_dict(result))
         return
-    cols = ["schedule", "total_iter", "sweet_spot", "fid_mean", "fid_std", "kid_mean", "psnr_mean", "psnr_std",
-            "ssim_mean", "seconds_per_image"]
-    ui.table(f"schedules ranked by {result.ranked_by} (best first, in bold)", cols,
-             [[r[c] for c in cols] for r in result.rows], highlight=0)
+    cols = {"schedule": "schedule", "total_iter": "T", "sweet_spot": "t", "fid_mean": "FID", "fid_std": "±",
+            "kid_mean": "KID", "psnr_mean": "PSNR", "psnr_std": "±", "ssim_mean": "SSIM", "seconds_per_image": "s/img"}
+    if result.fid_skipped:
+        cols = {k: v for k, v in cols.items() if k not in ("fid_mean", "fid_std", "kid_mean")}
+    ui.table(f"schedules ranked by {result.ranked_by} (best first, highlighted); PSNR/SSIM over the hole",
+             list(cols.values()), [[r[c] for c in cols] for r in result.rows], highlight=0)
     ui.info(f"wrote {', '.join(result.files.values())}")
 
 

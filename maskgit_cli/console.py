@@ -64,7 +64,7 @@ def fmt(value: Any, digits: int = 4) -> str:
 def table(title: str, columns: list[str], rows: Iterable[Iterable[Any]], highlight: int | None = None) -> None:
     t = Table(title=title, title_justify="left")
     for c in columns:
-        t.add_column(c, justify="right" if c not in ("schedule", "key", "file", "setting") else "left")
+        t.add_column(c, justify="left" if c in ("schedule", "key", "file") else "right", no_wrap=c == "schedule")
     for i, row in enumerate(rows):
         t.add_row(*[fmt(v) for v in row], style="bold green" if i == highlight else None)
     console().print(t)

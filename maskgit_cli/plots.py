@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -48,7 +49,7 @@ def line_chart(series: dict[str, list[tuple[float, float]]], path: Path, title: 
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
     pts = [p for s in series.values() for p in s if p[1] == p[1]]  # drop NaN
-    d.text((ml, 8), title, fill="black", font=font)
+    d.text((ml + 80, 8), title, fill="black", font=font)
     if not pts:
         d.text((ml, h // 2), "no data", fill="black", font=font)
         _save(img, path)
@@ -71,11 +72,12 @@ def line_chart(series: dict[str, list[tuple[float, float]]], path: Path, title: 
         X, _ = px(x, y0)
         d.line([(X, h - mb), (X, h - mb + 4)], fill="black")
         d.text((X - 4, h - mb + 6), f"{x:g}", fill="black", font=font)
+    decimals = max(0, 1 - math.floor(math.log10((y1 - y0) / 4)))
     for k in range(5):
         y = y0 + (y1 - y0) * k / 4
         _, Y = px(x0, y)
         d.line([(ml - 4, Y), (ml, Y)], fill="black")
-        d.text((4, Y - 5), f"{y:.3g}", fill="black", font=font)
+        d.text((4, Y - 5), f"{y:.{decimals}f}", fill="black", font=font)
     d.text(((ml + w - mr) // 2 - 20, h - 18), xlabel, fill="black", font=font)
     d.text((4, mt - 20), ylabel, fill="black", font=font)
     for i, (name, s) in enumerate(series.items()):
