@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(VENV)/bin/maskgit demo --out demo_out --overwrite
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_tokenizer.py
+	for b in tokenizer transformer inpaint fid; do $(PY) benchmarks/bench_$$b.py; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache demo_out

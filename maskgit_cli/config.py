@@ -71,7 +71,9 @@ class TransformerConfig:
     layers: int = 8
     heads: int = 8
     mlp_dim: int = 1024
-    dropout: float = 0.1
+    dropout: float = 0.1  # on the embedding and the residual branches
+    # on the attention probabilities; > 0 forces SDPA onto its slow math path on the CPU
+    attn_dropout: float = 0.0
     norm: str = "pre"  # "pre" (default) or "post" (the lab's layout)
     head: str = "linear"  # "linear" or "tied" (token embedding + per-position bias, the lab's)
 

@@ -47,7 +47,7 @@ class Block(nn.Module):
         self.pre = cfg.norm == "pre"
         eps = 1e-5 if self.pre else 1e-12
         self.ln1 = nn.LayerNorm(cfg.dim, eps=eps)
-        self.attn = SelfAttention(cfg.dim, cfg.heads, cfg.dropout)
+        self.attn = SelfAttention(cfg.dim, cfg.heads, cfg.attn_dropout)
         self.ln2 = nn.LayerNorm(cfg.dim, eps=eps)
         self.mlp = nn.Sequential(nn.Linear(cfg.dim, cfg.mlp_dim), nn.GELU(), nn.Linear(cfg.mlp_dim, cfg.dim))
         self.drop = nn.Dropout(cfg.dropout)

@@ -1,0 +1,33 @@
+"""Tokenizer training images/s and encode images/s, cats64 and lab configs, on this machine."""
+
+from common import ROOT, emit, machine, timed
+
+import torch
+
+from maskgit_cli import config, data, vqgan
+
+
+def bench(name: str, batch: int) -> dict:
+    cfg = config.load(ROOT / "configs" / f"{name}.yaml")
+    model = vqgan.build(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, 3, cfg.data.image_size, cfg.data.image_size)
+
+    def train_step():
+        rec, _ids, vq_loss, _z = model(x)
+        loss = (rec - x).abs().mean() + vq_loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    model.train()
+    train_s = timed(train_step, warmup=1, repeats=3)
+    model.eval()
+    with torch.no_grad():
+        enc_s = timed(lambda: model.encode(x), warmup=1, repeats=3)
+    return {"config": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "batch": batch,
+            "train_images_per_second": batch / train_s, "encode_images_per_second": batch / enc_s}
+
+
+if __name__ == "__main__":
+    emit({"benchmark": "tokenizer", **machine(), "results": [bench("cats64", 16), bench("lab", 4)]})
