@@ -71,6 +71,10 @@ def _render_train(result: Any, json_out: bool) -> None:
         raise typer.Exit(130)
 
 
+_SHORT = {"train_loss": "train loss", "val_psnr": "val PSNR", "codebook_usage": "usage", "perplexity": "ppl",
+          "val_loss": "val loss", "tokens_per_second": "tok/s"}
+
+
 @app.command()
 @command
 def train(
@@ -105,7 +109,8 @@ def train(
             bar.update(completed=rec["step"], total=rec["total"], status=status)
 
         def on_epoch(row: dict) -> None:
-            ui.table(f"epoch {row['epoch']}", list(row), [list(row.values())])
+            shown = {_SHORT.get(k, k.replace("val_acc@", "acc@")): v for k, v in row.items() if k != "epoch"}
+            ui.table(f"{stage} epoch {row['epoch']}", list(shown), [list(shown.values())])
 
         result = pipeline.train(config, stage, data, out, val=val, overrides=set_, epochs=epochs, max_steps=max_steps,
                                 batch_size=batch_size, resume=resume, seed=seed, device=device, resize=resize,
@@ -273,6 +278,52 @@ def compare_schedules(
     ui.table(f"schedules ranked by {result.ranked_by} (best first, highlighted); PSNR/SSIM over the hole",
              list(cols.values()), [[r[c] for c in cols] for r in result.rows], highlight=0)
     ui.info(f"wrote {', '.join(result.files.values())}")
+
+
+@app.command()
+@command
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory with tokenizer.pt and transformer.pt."),
+    out: Path = typer.Option(..., "--out", help="Folder for the inference-only copy."),
+    full_precision: bool = typer.Option(False, "--fp32", help="Keep fp32 weights (default fp16, half the size)."),
+    overwrite: bool = OverwriteOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Write a small inference-only copy of a run (fp16 weights, no optimizer state)."""
+    from maskgit_cli import pipeline
+
+    result = pipeline.export(run_dir, out, half=not full_precision, overwrite=overwrite)
+    if json_out:
+        ui.emit_json(pipeline.as_dict(result))
+    else:
+        ui.kv_table("export", pipeline.as_dict(result))
+
+
+@app.command()
+@command
+def demo(
+    out: Path = typer.Option(Path("demo_out"), "--out", help="Output folder: results/ and grid.png."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Run directory (default: the bundled cats64 model)."),
+    samples: Optional[Path] = typer.Option(None, "--samples", help="Folder with masked/, masks/, images/ (default: the bundled samples)."),
+    seed: int = SeedOpt,
+    device: str = DeviceOpt,
+    overwrite: bool = OverwriteOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Inpaint the bundled sample cats with the bundled model and draw a grid."""
+    from maskgit_cli import pipeline
+
+    with ui.progress("demo") as bar:
+        result = pipeline.demo(out, model=model, samples=samples, seed=seed, device=device, overwrite=overwrite,
+                               on_progress=lambda i, n: bar.update(completed=i, total=n))
+    if json_out:
+        ui.emit_json(pipeline.as_dict(result))
+        return
+    ui.table("demo: masked-region metrics per sample", ["file", "missing", "PSNR", "SSIM"],
+             [[r["file"], r["missing_fraction"], r["psnr_masked"], r["ssim_masked"]] for r in result.per_image])
+    if result.metrics:
+        ui.kv_table("mean", {k: v for k, v in result.metrics.items()})
+    ui.info(f"grid: {result.grid}  (masked | inpainted | truth)")
 
 
 def run() -> None:  # pragma: no cover - console-script shim

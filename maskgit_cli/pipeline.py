@@ -550,3 +550,86 @@ def compare_schedules(masked_dir: str | Path, masks_dir: str | Path, ground_trut
     return CompareResult(rows=rows, best=best, ranked_by=ranked_by, fid_skipped=extractor is None,
                          count=len(pairs), out=str(out), files={k: str(Path(out) / v) for k, v in files.items()},
                          seconds=time.time() - t_start, warnings=notes)
+
+
+# --------------------------------------------------------------------------- export / demo
+
+
+@dataclass
+class ExportResult:
+    out: str
+    tokenizer_id: str
+    bytes: int
+    dtype: str
+
+
+def export(run_dir: str | Path, out: str | Path, *, half: bool = True, overwrite: bool = False) -> ExportResult:
+    """A run directory -> a small inference-only one: weights (EMA when kept) in fp16, no optimizer
+    state, the configs and metrics kept, the transformer re-pointed at the exported tokenizer."""
+    run_dir, out = Path(run_dir), Path(out)
+    tok = checkpoint.load(run_dir / checkpoint.TOKENIZER, "tokenizer")
+    tr = checkpoint.load(run_dir / checkpoint.TRANSFORMER, "transformer")
+    dtype = torch.float16 if half else torch.float32
+
+    def cast(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+
+    tok_sd = cast(tok["model"])
+    tok_id = checkpoint.model_id(tok_sd)
+    with OutputDir(out, overwrite) as tmp:
+        checkpoint.save(tmp / checkpoint.TOKENIZER, {"kind": "tokenizer", "config": tok["config"], "model": tok_sd,
+                                                     "model_id": tok_id, "step": tok.get("step"),
+                                                     "metrics": tok.get("metrics", {}), "source": tok.get("model_id")})
+        checkpoint.save(tmp / checkpoint.TRANSFORMER, {"kind": "transformer", "config": tr["config"],
+                                                       "model": cast(tr.get("ema") or tr["model"]), "ema": None,
+                                                       "tokenizer_id": tok_id, "step": tr.get("step"),
+                                                       "metrics": tr.get("metrics", {})})
+    size = sum(p.stat().st_size for p in out.iterdir())
+    return ExportResult(out=str(out), tokenizer_id=tok_id, bytes=size, dtype=str(dtype).replace("torch.", ""))
+
+
+SAMPLES = Path(__file__).parent / "assets" / "samples"
+
+
+@dataclass
+class DemoResult:
+    count: int
+    seconds: float
+    out: str
+    grid: str
+    model: str
+    settings: dict[str, Any]
+    metrics: dict[str, float] | None
+    per_image: list[dict[str, Any]]
+
+
+def demo(out: str | Path, *, model: str | Path | None = None, samples: str | Path | None = None, settings=None,
+         seed: int = 0, device: str = "auto", overwrite: bool = False, on_progress: Progress = None) -> DemoResult:
+    """Inpaint the bundled sample cats (SAMPLES/{masked,masks,images}) and draw
+    masked input | result | ground truth, one row per sample."""
+    from maskgit_cli import plots
+    from maskgit_cli.inpaint import Inpainter, InpaintSettings
+
+    samples = Path(samples) if samples else SAMPLES
+    if not (samples / "masked").is_dir():
+        raise DataError(f"no demo samples in {samples} (expected masked/, masks/ and images/ folders)")
+    dev = runtime.resolve_device(device)
+    tokenizer, transformer, cfg = load_model(model, dev)
+    d = cfg.decode
+    settings = settings or InpaintSettings(schedule=d.schedule, total_iter=d.total_iter, sweet_spot=d.sweet_spot,
+                                           choice_temperature=d.choice_temperature, temperature=d.temperature)
+    inpainter = Inpainter(tokenizer, transformer, cfg, settings, dev)
+    pairs = data.pair_masks(samples / "masked", samples / "masks")
+    t0 = time.time()
+    with OutputDir(Path(out), overwrite) as tmp:
+        summary, per_image = inpaint_folder(inpainter, pairs, tmp / "results", size=cfg.data.image_size, seed=seed,
+                                            batch_size=len(pairs), ground_truth=samples / "images",
+                                            on_progress=on_progress)
+        size = cfg.data.image_size
+        masked = data.load_images([p for p, _ in pairs], size)
+        results = data.load_images([tmp / "results" / f"{p.stem}.png" for p, _ in pairs], size)
+        truth = data.load_images(_ground_truth_paths(samples / "images", [p for p, _ in pairs]), size)
+        plots.image_grid([[masked[i], results[i], truth[i]] for i in range(len(pairs))], tmp / "grid.png",
+                         col_labels=["masked", "inpainted", "truth"], scale=3)
+    return DemoResult(count=len(pairs), seconds=time.time() - t0, out=str(out), grid=str(Path(out) / "grid.png"),
+                      model=str(model or BUNDLED), settings=settings.to_dict(), metrics=summary, per_image=per_image)

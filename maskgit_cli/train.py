@@ -82,6 +82,19 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+def _optimizer_step(opt: torch.optim.Optimizer, scaler, params, clip: float) -> None:
+    """Unscale (fp16 AMP), clip the global gradient norm, step, update the scaler."""
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    scaler.step(opt)
+    scaler.update()
+
+
 def _check_finite(loss: torch.Tensor, step: int, ckpt_path: Path, hint: str) -> None:
     if not torch.isfinite(loss):
         kept = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written yet"
@@ -206,8 +219,7 @@ def train_tokenizer(cfg: Config, images: torch.Tensor, run_dir: Path, *, val_ima
                 x8 = torch.where(flip.view(-1, 1, 1, 1), x8.flip(-1), x8)
             x = data.normalize(x8.to(device), cfg.data)
             lr = lr_at(step, total, tc.lr, tc.warmup_steps, tc.min_lr_ratio)
-            for group in opt.param_groups:
-                group["lr"] = lr
+            _set_lr(opt, lr)
 
             if step == 0 and not resume:
                 # data-dependent codebook init: codes start on encoder outputs, not near zero
@@ -225,10 +237,7 @@ def train_tokenizer(cfg: Config, images: torch.Tensor, run_dir: Path, *, val_ima
             _check_finite(loss, step, ckpt_path, "lower tokenizer_train.lr")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            scaler.step(opt)
-            scaler.update()
+            _optimizer_step(opt, scaler, model.parameters(), tc.grad_clip)
 
             if disc is not None and step >= tc.disc_start:
                 with runtime.autocast(device):
@@ -437,8 +446,7 @@ def train_transformer(cfg: Config, ids: torch.Tensor, run_dir: Path, *, tokenize
         while step < total:
             net.train()
             lr = lr_at(step, total, tc.lr, tc.warmup_steps, tc.min_lr_ratio)
-            for group in opt.param_groups:
-                group["lr"] = lr
+            _set_lr(opt, lr)
             opt.zero_grad(set_to_none=True)
             step_loss = 0.0
             for micro in range(tc.grad_accum):
@@ -454,10 +462,7 @@ def train_transformer(cfg: Config, ids: torch.Tensor, run_dir: Path, *, tokenize
                 scaler.scale(loss).backward()
                 step_loss += loss.item()
                 tokens_seen += target.numel() * world
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            scaler.step(opt)
-            scaler.update()
+            _optimizer_step(opt, scaler, model.parameters(), tc.grad_clip)
             if ema is not None:
                 with torch.no_grad():
                     for pe, pm in zip(ema.parameters(), model.parameters()):

@@ -87,3 +87,39 @@ def test_user_errors_exit_1_with_one_line_and_no_traceback(runner, tmp_path, arg
     assert "Traceback" not in r.output and fragment in r.output
     rj = runner.invoke(app, [*args, "--json"])
     assert rj.exit_code == 1 and fragment in json.loads(rj.stdout)["error"]
+
+
+def test_export_and_demo_json(runner, tiny_run, tiny_data, tmp_path):
+    from maskgit_cli import checkpoint
+
+    exp = invoke_json(runner, ["export", str(tiny_run), "--out", str(tmp_path / "exp")])
+    assert exp["dtype"] == "float16" and exp["bytes"] < (tiny_run / "transformer.pt").stat().st_size
+    saved = checkpoint.load(tmp_path / "exp" / "transformer.pt")
+    assert "optimizer" not in saved and saved["tokenizer_id"] == exp["tokenizer_id"]
+    samples = tmp_path / "samples"
+    import shutil
+
+    shutil.copytree(tiny_data["masked"], samples / "masked")
+    shutil.copytree(tiny_data["masks"], samples / "masks")
+    shutil.copytree(tiny_data["test"], samples / "images")
+    out = invoke_json(runner, ["demo", "--model", str(tmp_path / "exp"), "--samples", str(samples), "--out",
+                               str(tmp_path / "demo"), "--device", "cpu"])
+    for key in ("count", "seconds", "out", "grid", "settings", "metrics"):
+        assert key in out
+    assert out["count"] == 10 and (tmp_path / "demo" / "grid.png").is_file()
+    assert len(list((tmp_path / "demo" / "results").glob("*.png"))) == 10
+
+
+def test_encode_a_bare_state_dict_needs_config(runner, tiny_run, tiny_data, tmp_path):
+    """Like the course's VQGAN.pt: weights only, architecture from --config."""
+    import torch
+
+    from maskgit_cli import checkpoint
+
+    torch.save(checkpoint.load(tiny_run / "tokenizer.pt")["model"], tmp_path / "bare.pt")
+    out = invoke_json(runner, ["encode", str(tiny_data["test"]), "--tokenizer", str(tmp_path / "bare.pt"),
+                               "--config", str(TINY), "--out", str(tmp_path / "t.npz"), "--device", "cpu"])
+    assert out["count"] == 10
+    err = invoke_json(runner, ["encode", str(tiny_data["test"]), "--tokenizer", str(tmp_path / "bare.pt"),
+                               "--out", str(tmp_path / "u.npz"), "--device", "cpu"], code=1)
+    assert "--config" in err["error"]
