@@ -326,6 +326,26 @@ def demo(
     ui.info(f"grid: {result.grid}  (masked | inpainted | truth)")
 
 
+@app.command()
+@command
+def mask(
+    images: Path = typer.Argument(..., help="Image folder."),
+    out: Path = typer.Option(..., "--out", help="Writes OUT/masks (0 = missing), OUT/masked (gray 128), OUT/images."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N images."),
+    seed: int = SeedOpt,
+    overwrite: bool = OverwriteOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Make an inpainting set (random blob and box holes) from an image folder, e.g. for validation."""
+    from maskgit_cli import pipeline
+
+    result = pipeline.make_masks(images, out, seed=seed, limit=limit, overwrite=overwrite)
+    if json_out:
+        ui.emit_json(pipeline.as_dict(result))
+    else:
+        ui.kv_table("mask", pipeline.as_dict(result))
+
+
 def run() -> None:  # pragma: no cover - console-script shim
     app(prog_name="maskgit")
 

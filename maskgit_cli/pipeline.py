@@ -633,3 +633,35 @@ def demo(out: str | Path, *, model: str | Path | None = None, samples: str | Pat
                          col_labels=["masked", "inpainted", "truth"], scale=3)
     return DemoResult(count=len(pairs), seconds=time.time() - t0, out=str(out), grid=str(Path(out) / "grid.png"),
                       model=str(model or BUNDLED), settings=settings.to_dict(), metrics=summary, per_image=per_image)
+
+
+# ----------------------------------------------------------------------------------- mask
+
+
+@dataclass
+class MaskResult:
+    count: int
+    out: str
+    mean_missing_fraction: float
+
+
+def make_masks(images_dir: str | Path, out: str | Path, *, seed: int = 0, size: int | None = None,
+               limit: int | None = None, overwrite: bool = False) -> MaskResult:
+    """An inpainting set in the lab's conventions from any image folder: OUT/masks (0 = missing),
+    OUT/masked (missing pixels gray 128), OUT/images (the originals), random blobs and boxes."""
+    paths = data.list_images(images_dir)[:limit]
+    first = data._open(paths[0])
+    size = size or first.size[0]
+    g = torch.Generator().manual_seed(seed)
+    fractions = []
+    with OutputDir(Path(out), overwrite) as tmp:
+        for p in paths:
+            img = data.load_images([p], size)[0]
+            missing = data.random_region_masks(1, size, g)[0]
+            fractions.append(missing.float().mean().item())
+            name = f"{p.stem}.png"
+            data.save_png(torch.where(missing, torch.zeros((), dtype=torch.uint8), torch.full((), 255, dtype=torch.uint8)),
+                          tmp / "masks" / name)
+            data.save_png(torch.where(missing.unsqueeze(0), torch.full((), 128, dtype=torch.uint8), img), tmp / "masked" / name)
+            data.save_png(img, tmp / "images" / name)
+    return MaskResult(count=len(paths), out=str(out), mean_missing_fraction=sum(fractions) / len(fractions))

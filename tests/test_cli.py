@@ -123,3 +123,14 @@ def test_encode_a_bare_state_dict_needs_config(runner, tiny_run, tiny_data, tmp_
     err = invoke_json(runner, ["encode", str(tiny_data["test"]), "--tokenizer", str(tmp_path / "bare.pt"),
                                "--out", str(tmp_path / "u.npz"), "--device", "cpu"], code=1)
     assert "--config" in err["error"]
+
+
+def test_mask_makes_a_lab_convention_inpainting_set(runner, tiny_data, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    out = invoke_json(runner, ["mask", str(tiny_data["test"]), "--out", str(tmp_path / "set"), "--limit", "4"])
+    assert out["count"] == 4 and 0 < out["mean_missing_fraction"] < 1
+    m = np.asarray(Image.open(tmp_path / "set" / "masks" / "000.png"))
+    masked = np.asarray(Image.open(tmp_path / "set" / "masked" / "000.png"))
+    assert set(np.unique(m)) <= {0, 255} and (masked[m == 0] == 128).all()

@@ -106,4 +106,4 @@ def test_token_file_round_trip_and_errors(tmp_path):
 def test_region_masks_cover_a_sensible_fraction():
     m = data.random_region_masks(64, 64, torch.Generator().manual_seed(0))
     frac = m.float().mean((1, 2))
-    assert (frac > 0).all() and frac.mean() < 0.7
+    assert (frac > 0.03).all() and 0.15 < frac.mean() < 0.35  # like the test split (mean 25 %)
