@@ -63,24 +63,27 @@ def decode(ids: torch.Tensor, unknown: torch.Tensor, logits_fn: LogitsFn, *, mas
         still = cur == mask_id  # (B, N)
         if not still.any():
             break
-        logits = logits_fn(cur).float() / max(temperature, 1e-6)  # (B, N, K)
-        logp = torch.log_softmax(logits, dim=-1)
+        logits = logits_fn(cur)  # (B, N, K)
+        # Only the masked positions are sampled and scored (known ones are never re-masked): the
+        # sampling cost then shrinks with the hole instead of being paid over all B x N x K logits.
+        logp = torch.log_softmax(logits[still].float() / max(temperature, 1e-6), dim=-1).cpu()  # (M, K)
+        counts = still.sum(1).tolist()
         ratio = (t + 1) / T
-        sampled = torch.empty(B, N, dtype=torch.long)
-        conf = torch.empty(B, N)
-        logp_cpu = logp.cpu()
-        for b in range(B):  # noise per sample from its own generator
+        sampled = cur.cpu().clone()
+        conf = torch.full((B, N), math.inf)
+        still_cpu = still.cpu()
+        for b, rows in enumerate(torch.split(logp, counts)):  # noise per sample from its own generator
+            if not counts[b]:
+                continue
             g = generators[b]
             if greedy:
-                s = logp_cpu[b].argmax(-1)
+                s = rows.argmax(-1)
             else:
-                s = (logp_cpu[b] + gumbel(tuple(logp_cpu[b].shape), g)).argmax(-1)
-            sampled[b] = s
-            conf[b] = logp_cpu[b].gather(-1, s[:, None]).squeeze(-1) + \
-                choice_temperature * (1 - ratio) * gumbel((N,), g)
-        sampled, conf = sampled.to(device), conf.to(device)
-        sampled = torch.where(still, sampled, cur)  # known tokens never change
-        conf = conf.masked_fill(~still, math.inf)
+                s = torch.multinomial(rows.exp(), 1, generator=g).squeeze(1)
+            sampled[b, still_cpu[b]] = s
+            conf[b, still_cpu[b]] = rows.gather(-1, s[:, None]).squeeze(-1) + \
+                choice_temperature * (1 - ratio) * gumbel((counts[b],), g)
+        sampled, conf = sampled.to(device), conf.to(device)  # known tokens unchanged, confidence +inf
         if t == t_stop - 1:
             keep = torch.zeros(B, dtype=torch.long)  # last step (or sweet spot): commit all
         else:
