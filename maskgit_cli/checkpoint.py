@@ -9,6 +9,8 @@ a config that builds the matching architecture.
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import io
 from pathlib import Path
@@ -133,4 +135,6 @@ def load_transformer(path: str | Path, device: str | torch.device = "cpu"):
                               f"predicts {cfg.tokenizer.codebook_size}; they do not belong together")
     model = transformer_mod.build(cfg.transformer, tok_cfg.grid, tokenizer.codebook_size)
     load_state(model, ckpt.get("ema") or ckpt["model"], ckpt["path"])
-    return tokenizer, model.to(device).eval(), tok_cfg
+    # data and tokenizer sections from the tokenizer; the transformer and its decode defaults from its own
+    return tokenizer, model.to(device).eval(), dataclasses.replace(tok_cfg, transformer=cfg.transformer,
+                                                                   decode=cfg.decode)

@@ -286,13 +286,14 @@ def export(
     run_dir: Path = typer.Argument(..., help="A run directory with tokenizer.pt and transformer.pt."),
     out: Path = typer.Option(..., "--out", help="Folder for the inference-only copy."),
     full_precision: bool = typer.Option(False, "--fp32", help="Keep fp32 weights (default fp16, half the size)."),
+    set_: list[str] = typer.Option([], "--set", help="Override the saved config, e.g. the decode defaults: --set decode.sweet_spot=8 (repeatable)."),
     overwrite: bool = OverwriteOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Write a small inference-only copy of a run (fp16 weights, no optimizer state)."""
     from maskgit_cli import pipeline
 
-    result = pipeline.export(run_dir, out, half=not full_precision, overwrite=overwrite)
+    result = pipeline.export(run_dir, out, half=not full_precision, overrides=set_, overwrite=overwrite)
     if json_out:
         ui.emit_json(pipeline.as_dict(result))
     else:

@@ -267,10 +267,14 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    cfg = from_dict(data, str(path) if path else "config")
-    if overrides:
-        cfg = from_dict(_merge(cfg.to_dict(), parse_overrides(overrides)), "--set")
-    return cfg
+    return apply_overrides(from_dict(data, str(path) if path else "config"), overrides)
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | None) -> Config:
+    """cfg with `key=value` overrides applied, validated like the file."""
+    if not overrides:
+        return cfg
+    return from_dict(_merge(cfg.to_dict(), parse_overrides(overrides)), "--set")
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

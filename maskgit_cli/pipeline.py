@@ -563,12 +563,17 @@ class ExportResult:
     dtype: str
 
 
-def export(run_dir: str | Path, out: str | Path, *, half: bool = True, overwrite: bool = False) -> ExportResult:
+def export(run_dir: str | Path, out: str | Path, *, half: bool = True, overrides: list[str] | None = None,
+           overwrite: bool = False) -> ExportResult:
     """A run directory -> a small inference-only one: weights (EMA when kept) in fp16, no optimizer
-    state, the configs and metrics kept, the transformer re-pointed at the exported tokenizer."""
+    state, the configs and metrics kept, the transformer re-pointed at the exported tokenizer.
+    `overrides` (key=value) change the transformer's saved config, e.g. its decode defaults."""
     run_dir, out = Path(run_dir), Path(out)
     tok = checkpoint.load(run_dir / checkpoint.TOKENIZER, "tokenizer")
     tr = checkpoint.load(run_dir / checkpoint.TRANSFORMER, "transformer")
+    if overrides:
+        saved = config.from_dict(tr["config"], f"{run_dir / checkpoint.TRANSFORMER} (saved config)")
+        tr["config"] = config.apply_overrides(saved, overrides).to_dict()
     dtype = torch.float16 if half else torch.float32
 
     def cast(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

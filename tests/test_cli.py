@@ -92,13 +92,14 @@ def test_user_errors_exit_1_with_one_line_and_no_traceback(runner, tmp_path, arg
 def test_export_and_demo_json(runner, tiny_run, tiny_data, tmp_path):
     from maskgit_cli import checkpoint
 
-    exp = invoke_json(runner, ["export", str(tiny_run), "--out", str(tmp_path / "exp")])
+    exp = invoke_json(runner, ["export", str(tiny_run), "--out", str(tmp_path / "exp"), "--set", "decode.sweet_spot=3"])
     assert exp["dtype"] == "float16"
     for name in ("tokenizer.pt", "transformer.pt"):  # fp16 and no optimizer state: smaller than the run's files
         assert (tmp_path / "exp" / name).stat().st_size < (tiny_run / name).stat().st_size / 2
     assert exp["bytes"] == sum(p.stat().st_size for p in (tmp_path / "exp").iterdir())
     saved = checkpoint.load(tmp_path / "exp" / "transformer.pt")
     assert "optimizer" not in saved and saved["tokenizer_id"] == exp["tokenizer_id"]
+    assert saved["config"]["decode"]["sweet_spot"] == 3  # the export's --set reaches the saved defaults
     samples = tmp_path / "samples"
     import shutil
 
@@ -110,6 +111,7 @@ def test_export_and_demo_json(runner, tiny_run, tiny_data, tmp_path):
     for key in ("count", "seconds", "out", "grid", "settings", "metrics"):
         assert key in out
     assert out["count"] == 10 and (tmp_path / "demo" / "grid.png").is_file()
+    assert out["settings"]["sweet_spot"] == 3  # the model's decode defaults
     assert len(list((tmp_path / "demo" / "results").glob("*.png"))) == 10
 
 
