@@ -10,7 +10,6 @@ a config that builds the matching architecture.
 from __future__ import annotations
 
 import dataclasses
-
 import hashlib
 import io
 from pathlib import Path

@@ -158,14 +158,14 @@ def inpaint(
     masks: Path = typer.Option(..., "--masks", help="Folder of masks (paired by name, or by number: image_000 <-> mask_000)."),
     out: Path = typer.Option(..., "--out", help="Output folder; results keep the input names."),
     model: Optional[Path] = typer.Option(None, "--model", help="Run directory with tokenizer.pt + transformer.pt (default: the bundled cats64 model)."),
-    schedule: str = typer.Option("cosine", "--schedule", help=_schedule_help()),
-    total_iter: int = typer.Option(12, "--total-iter", "-T", help="Total decoding iterations T."),
-    sweet_spot: int = typer.Option(0, "--sweet-spot", "-t", help="Stop after t <= T steps and commit the sampled tokens (0 = T)."),
-    choice_temperature: float = typer.Option(4.5, "--choice-temperature", help="Gumbel noise on confidences, annealed by 1 - (t+1)/T."),
-    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature of the token distribution."),
-    sampling: str = typer.Option("sample", "--sampling", help="sample or greedy."),
-    token_mask: str = typer.Option("any", "--token-mask", help="Pixel to token mask rule: any (the lab's), all, majority."),
-    dilate: int = typer.Option(0, "--dilate", help="Grow the token mask by K tokens."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help=_schedule_help() + " [default: the model's]"),
+    total_iter: Optional[int] = typer.Option(None, "--total-iter", "-T", help="Total decoding iterations T. [default: the model's]"),
+    sweet_spot: Optional[int] = typer.Option(None, "--sweet-spot", "-t", help="Stop after t <= T steps and commit the sampled tokens (0 = T). [default: the model's]"),
+    choice_temperature: Optional[float] = typer.Option(None, "--choice-temperature", help="Gumbel noise on confidences, annealed by 1 - (t+1)/T. [default: the model's, 4.5]"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature of the token distribution. [default: the model's, 1.0]"),
+    sampling: Optional[str] = typer.Option(None, "--sampling", help="sample or greedy. [default: the model's, sample]"),
+    token_mask: Optional[str] = typer.Option(None, "--token-mask", help="Pixel to token mask rule: any (the lab's), all, majority. [default: the model's, any]"),
+    dilate: Optional[int] = typer.Option(None, "--dilate", help="Grow the token mask by K tokens. [default: the model's, 0]"),
     paste_back_: bool = typer.Option(True, "--paste-back/--no-paste-back", help="Copy the known pixels back from the input."),
     feather: int = typer.Option(0, "--feather", help="Blend the seam over PX known pixels."),
     mask_missing: str = typer.Option("black", "--mask-missing", help="Which mask value means missing: black (0, the lab's) or white."),
@@ -179,11 +179,10 @@ def inpaint(
 ) -> None:
     """Fill the masked regions of a folder of images by iterative decoding."""
     from maskgit_cli import pipeline
-    from maskgit_cli.inpaint import InpaintSettings
 
-    settings = InpaintSettings(schedule=schedule, total_iter=total_iter, sweet_spot=sweet_spot,
-                               choice_temperature=choice_temperature, temperature=temperature, sampling=sampling,
-                               token_mask=token_mask, dilate=dilate, paste_back=paste_back_, feather=feather)
+    settings = dict(schedule=schedule, total_iter=total_iter, sweet_spot=sweet_spot,  # None: the model's default
+                    choice_temperature=choice_temperature, temperature=temperature, sampling=sampling,
+                    token_mask=token_mask, dilate=dilate, paste_back=paste_back_, feather=feather)
     with ui.progress("inpaint") as bar:
         result = pipeline.inpaint(masked, masks, out, model=model, settings=settings, batch_size=batch_size, seed=seed,
                                   device=device, mask_missing=mask_missing, save_steps=save_steps,
@@ -249,14 +248,15 @@ def compare_schedules(
     batch_size: int = typer.Option(32, "--batch-size"),
     inception_weights: Optional[Path] = typer.Option(None, "--inception-weights"),
     require_fid: bool = typer.Option(False, "--require-fid", help="Fail instead of ranking by PSNR when Inception weights are missing."),
-    choice_temperature: float = typer.Option(4.5, "--choice-temperature"),
+    choice_temperature: Optional[float] = typer.Option(None, "--choice-temperature", help="[default: the model's, 4.5]"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="[default: the model's, 1.0]"),
+    token_mask: Optional[str] = typer.Option(None, "--token-mask", help="any, all or majority. [default: the model's, any]"),
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Inpaint under schedules x sweet spots x seeds and tabulate FID, KID, PSNR and SSIM."""
     from maskgit_cli import pipeline
-    from maskgit_cli.inpaint import InpaintSettings
 
     with ui.progress("compare") as bar:
         result = pipeline.compare_schedules(
@@ -264,7 +264,7 @@ def compare_schedules(
             total_iter=total_iter, sweet_spots=_ints(sweet_spots, "--sweet-spots"), seeds=_ints(seeds, "--seeds"),
             reference_stats=reference_stats, batch_size=batch_size, inception_weights=inception_weights,
             require_fid=require_fid, device=device, overwrite=overwrite,
-            base_settings=InpaintSettings(choice_temperature=choice_temperature),
+            base_settings=dict(choice_temperature=choice_temperature, temperature=temperature, token_mask=token_mask),
             on_cell=lambda i, n, label: bar.update(completed=i, total=n, status=label))
     for note in result.warnings:
         ui.warn(note)

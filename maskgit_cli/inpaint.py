@@ -6,12 +6,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from maskgit_cli import data, decode, runtime, schedules
-from maskgit_cli.config import Config
+from maskgit_cli.config import Config, DecodeConfig
 from maskgit_cli.errors import ConfigError
 
 
@@ -45,6 +46,15 @@ class InpaintSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def resolve(cls, decode: DecodeConfig, given: "InpaintSettings | dict[str, Any] | None") -> "InpaintSettings":
+        """Complete settings as given; otherwise the model's decode defaults (its config's `decode`
+        section) with the given overrides (None = not given) on top."""
+        if isinstance(given, cls):
+            return given.check()
+        base = {k: getattr(decode, k) for k in cls.__dataclass_fields__ if hasattr(decode, k)}
+        return cls(**{**base, **{k: v for k, v in (given or {}).items() if v is not None}}).check()
 
 
 def feather_alpha(missing: torch.Tensor, feather: int) -> torch.Tensor:

@@ -332,12 +332,12 @@ def inpaint(masked_dir: str | Path, masks_dir: str | Path, out: str | Path, *, m
             overwrite: bool = False, on_progress: Progress = None) -> InpaintResult:
     from maskgit_cli.inpaint import Inpainter, InpaintSettings
 
-    settings = (settings or InpaintSettings()).check()
     if mask_missing not in ("black", "white"):
         raise ConfigError("--mask-missing must be 'black' (0 = missing, the lab's) or 'white'")
     pairs = data.pair_masks(masked_dir, masks_dir)
     dev = runtime.resolve_device(device)
     tokenizer, transformer, cfg = load_model(model, dev)
+    settings = InpaintSettings.resolve(cfg.decode, settings)
     inpainter = Inpainter(tokenizer, transformer, cfg, settings, dev)
     t0 = time.time()
     with OutputDir(Path(out), overwrite) as tmp:
@@ -486,7 +486,7 @@ def compare_schedules(masked_dir: str | Path, masks_dir: str | Path, ground_trut
         if 0 < len(pairs) < (len(ref.mu)):
             notes.append(f"{len(pairs)} images < {len(ref.mu)} feature dims: FID is biased upward; compare only at equal N")
 
-    base = base_settings or InpaintSettings()
+    base = InpaintSettings.resolve(cfg.decode, base_settings)
     cells = [(s, t) for s in names for t in spots]
     total_runs = len(cells) * len(seeds)
     rows, examples = [], {}
@@ -620,9 +620,7 @@ def demo(out: str | Path, *, model: str | Path | None = None, samples: str | Pat
         raise DataError(f"no demo samples in {samples} (expected masked/, masks/ and images/ folders)")
     dev = runtime.resolve_device(device)
     tokenizer, transformer, cfg = load_model(model, dev)
-    d = cfg.decode
-    settings = settings or InpaintSettings(schedule=d.schedule, total_iter=d.total_iter, sweet_spot=d.sweet_spot,
-                                           choice_temperature=d.choice_temperature, temperature=d.temperature)
+    settings = InpaintSettings.resolve(cfg.decode, settings)
     inpainter = Inpainter(tokenizer, transformer, cfg, settings, dev)
     pairs = data.pair_masks(samples / "masked", samples / "masks")
     t0 = time.time()

@@ -1,0 +1,73 @@
+"""The bundled cats64 model and samples: present, small, of the quality the model card reports,
+and used by `maskgit inpaint` / `maskgit demo` when no --model is given."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from conftest import invoke_json
+from maskgit_cli import checkpoint, data, metrics, pipeline
+from maskgit_cli.train import evaluate_transformer
+
+SAMPLES = pipeline.SAMPLES
+
+
+def test_bundle_is_small_and_complete():
+    files = list(pipeline.BUNDLED.iterdir())
+    assert {f.name for f in files} >= {checkpoint.TOKENIZER, checkpoint.TRANSFORMER, "MODEL_CARD.md"}
+    assert sum(f.stat().st_size for f in files) <= 30 * 2**20
+    n = len(data.list_images(SAMPLES / "masked"))
+    assert 8 <= n <= 16 and n == len(data.list_images(SAMPLES / "masks")) == len(data.list_images(SAMPLES / "images"))
+
+
+def _bundled():
+    return checkpoint.load_transformer(pipeline.BUNDLED, "cpu")
+
+
+def test_bundled_tokenizer_reconstructs_test_cats():
+    """The model card's >= 24 dB val PSNR, checked on the 12 bundled test-split cats (fp16 weights)."""
+    tokenizer, _tr, cfg = _bundled()
+    images = data.load_images(data.list_images(SAMPLES / "images"), cfg.data.image_size)
+    with torch.no_grad():
+        ids = tokenizer.encode(data.normalize(images, cfg.data).float())
+        rec = data.denormalize(tokenizer.decode_ids(ids), cfg.data)
+    assert metrics.psnr(rec, images.float() / 255).mean().item() >= 24.0
+    assert ids.shape[1:] == (16, 16) and int(ids.max()) < tokenizer.codebook_size
+
+
+def test_bundled_transformer_beats_chance():
+    """Masked-token loss well below the uniform ln(K) and accuracy far above 1/K: it learned cats."""
+    tokenizer, tr, cfg = _bundled()
+    images = data.load_images(data.list_images(SAMPLES / "images"), cfg.data.image_size)
+    with torch.no_grad():
+        ids = tokenizer.encode(data.normalize(images, cfg.data).float())
+    ev = evaluate_transformer(tr, ids, (0.5,), torch.device("cpu"))
+    K = tokenizer.codebook_size
+    assert ev["val_loss"] < np.log(K) - 0.5
+    assert ev["accuracy"]["0.5"] > 5 / K
+
+
+def test_demo_on_bundled_model(runner, tmp_path):
+    out = invoke_json(runner, ["demo", "--out", str(tmp_path / "demo"), "--device", "cpu"])
+    n = len(data.list_images(SAMPLES / "masked"))
+    assert out["count"] == n and out["model"] == str(pipeline.BUNDLED)
+    grid = Image.open(tmp_path / "demo" / "grid.png")
+    assert grid.height > grid.width  # one row per sample, three columns
+    # paste-back: every known pixel of every result equals its input
+    for p, m in data.pair_masks(SAMPLES / "masked", SAMPLES / "masks"):
+        result = np.asarray(Image.open(tmp_path / "demo" / "results" / f"{p.stem}.png").convert("RGB"))
+        known = ~data.read_mask(m, 64).numpy()
+        assert (result[known] == np.asarray(Image.open(p).convert("RGB"))[known]).all()
+    assert np.isfinite(out["metrics"]["psnr_masked"]) and out["metrics"]["psnr"] > out["metrics"]["psnr_masked"]
+
+
+def test_inpaint_defaults_to_bundled_model(runner, tmp_path):
+    out = invoke_json(runner, ["inpaint", str(SAMPLES / "masked"), "--masks", str(SAMPLES / "masks"),
+                               "--out", str(tmp_path / "out"), "--device", "cpu", "--batch-size", "5"])
+    assert out["model"] == str(pipeline.BUNDLED)
+    cfg = pipeline.load_model(None, torch.device("cpu"))[2]  # settings default to the bundle's decode section
+    for key in ("schedule", "total_iter", "sweet_spot"):
+        assert out["settings"][key] == getattr(cfg.decode, key)
+    assert len(list((tmp_path / "out").glob("*.png"))) == out["count"]
