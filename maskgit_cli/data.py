@@ -190,6 +190,13 @@ def random_region_masks(B: int, size: int, generator: torch.Generator) -> torch.
 # ---------------------------------------------------------------------------------- files
 
 
+def usual_mode(directory: bool = False) -> int:
+    """The permissions open()/mkdir() would give under the current umask (mkstemp/mkdtemp give 0600/0700)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def atomic_write(path: Path, write) -> None:
     """Call write(tmp_path), then rename over `path`: readers never see a half-written file."""
     path = Path(path)
@@ -198,6 +205,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, usual_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

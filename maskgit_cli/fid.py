@@ -305,22 +305,30 @@ class Stats:
         return cls(mu=mu, sigma=sigma, count=count, features=feats)
 
 
-def _sqrt_psd(s: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh(s)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+def _psd_factor(s: np.ndarray) -> np.ndarray:
+    """W with W W^T = s: Cholesky when s is positive definite (n^3 / 3 flops), else from the
+    symmetric eigendecomposition (rank-deficient covariances, N <= dims)."""
+    try:
+        return np.linalg.cholesky(s)
+    except np.linalg.LinAlgError:
+        w, v = np.linalg.eigh(s)
+        return v * np.sqrt(np.clip(w, 0, None))
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr sqrt(S1 S2), all float64.
 
-    sqrt(S1) S2 sqrt(S1) is symmetric PSD and similar to S1 S2, so its eigenvalues are those of
-    S1 S2: tr sqrt(S1 S2) = sum of their square roots, from two symmetric eigendecompositions."""
+    With S1 = W W^T, the symmetric PSD matrix W^T S2 W is similar to S1 S2 (W^T S2 W = W^-1 (S1 S2) W
+    when W is invertible, and has the same nonzero eigenvalues otherwise), so tr sqrt(S1 S2) is the
+    sum of the square roots of its eigenvalues. With W = V sqrt(L) from S1's eigendecomposition this
+    is sqrt(S1) S2 sqrt(S1) in S1's eigenbasis; Cholesky gives the same spectrum cheaper. No complex
+    matrix square root; eigenvectors only for a singular S1."""
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     if mu1.shape != mu2.shape or s1.shape != s2.shape:
         raise DataError(f"statistics of different sizes: {mu1.shape} vs {mu2.shape}; use the same --dims")
-    r1 = _sqrt_psd((s1 + s1.T) / 2)
-    m = r1 @ s2 @ r1
+    w = _psd_factor((s1 + s1.T) / 2)
+    m = w.T @ s2 @ w
     eig = np.linalg.eigvalsh((m + m.T) / 2)
     tr_covmean = np.sqrt(np.clip(eig, 0, None)).sum()
     diff = mu1 - mu2

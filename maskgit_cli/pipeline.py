@@ -231,6 +231,7 @@ class OutputDir:
         import tempfile
 
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
+        self.tmp.chmod(data.usual_mode(directory=True))
 
     def commit(self) -> None:
         import shutil

@@ -42,6 +42,13 @@ def test_agrees_with_the_scipy_sqrtm_formula(d, n):
     assert ours == pytest.approx(ref, rel=1e-6)
 
 
+@pytest.mark.parametrize("n", [500, 40])  # Cholesky path; singular covariance -> eigendecomposition path
+def test_psd_factor_reproduces_the_covariance(n):
+    s = _random_cov(64, np.random.default_rng(n), n)
+    w = fid._psd_factor(s)
+    assert np.allclose(w @ w.T, s, atol=1e-10)
+
+
 def test_state_dict_matches_the_real_file_layout():
     ref = json.loads((FIX / "pt_inception_state_dict_shapes.json").read_text())
     sd = fid.FIDInception().state_dict()
