@@ -360,7 +360,7 @@ def _load_float_images(folder: str | Path) -> list[torch.Tensor]:
     out = []
     for p in data.list_images(folder):
         arr = data._open(p).convert("RGB")
-        t = torch.from_numpy(np.asarray(arr, dtype=np.uint8)).permute(2, 0, 1).float() / 255
+        t = torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1).float() / 255
         out.append(t)
     if len({tuple(t.shape) for t in out}) > 1:  # mixed sizes: resize each now, as the network would
         out = [F.interpolate(t[None], size=(299, 299), mode="bilinear", align_corners=False)[0] for t in out]
