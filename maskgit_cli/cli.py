@@ -323,7 +323,7 @@ def demo(
     ui.table("demo: masked-region metrics per sample", ["file", "missing", "PSNR", "SSIM"],
              [[r["file"], r["missing_fraction"], r["psnr_masked"], r["ssim_masked"]] for r in result.per_image])
     if result.metrics:
-        ui.kv_table("mean", {k: v for k, v in result.metrics.items()})
+        ui.kv_table("mean", result.metrics)
     ui.info(f"grid: {result.grid}  (masked | inpainted | truth)")
 
 

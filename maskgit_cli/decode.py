@@ -67,11 +67,12 @@ def decode(ids: torch.Tensor, unknown: torch.Tensor, logits_fn: LogitsFn, *, mas
         # Only the masked positions are sampled and scored (known ones are never re-masked): the
         # sampling cost then shrinks with the hole instead of being paid over all B x N x K logits.
         logp = torch.log_softmax(logits[still].float() / max(temperature, 1e-6), dim=-1).cpu()  # (M, K)
-        counts = still.sum(1).tolist()
+        still_cpu = still.cpu()
+        now = still_cpu.sum(1)  # (B,) still masked before this step
+        counts = now.tolist()
         ratio = (t + 1) / T
         sampled = cur.cpu().clone()
         conf = torch.full((B, N), math.inf)
-        still_cpu = still.cpu()
         for b, rows in enumerate(torch.split(logp, counts)):  # noise per sample from its own generator
             if not counts[b]:
                 continue
@@ -87,7 +88,6 @@ def decode(ids: torch.Tensor, unknown: torch.Tensor, logits_fn: LogitsFn, *, mas
         if t == t_stop - 1:
             keep = torch.zeros(B, dtype=torch.long)  # last step (or sweet spot): commit all
         else:
-            now = still.sum(1).cpu()
             keep = num_masked_after(t, T, unknown0, schedule)
             keep = torch.minimum(keep, (now - 1).clamp(min=0))  # reveal at least one per step
         rank = conf.argsort(dim=1).argsort(dim=1)

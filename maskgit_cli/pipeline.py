@@ -573,8 +573,7 @@ def export(run_dir: str | Path, out: str | Path, *, half: bool = True, overrides
     tok = checkpoint.load(run_dir / checkpoint.TOKENIZER, "tokenizer")
     tr = checkpoint.load(run_dir / checkpoint.TRANSFORMER, "transformer")
     if overrides:
-        saved = config.from_dict(tr["config"], f"{run_dir / checkpoint.TRANSFORMER} (saved config)")
-        tr["config"] = config.apply_overrides(saved, overrides).to_dict()
+        tr["config"] = config.apply_overrides(checkpoint.config_of(tr), overrides).to_dict()
     dtype = torch.float16 if half else torch.float32
 
     def cast(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -4,6 +4,7 @@ and used by `maskgit inpaint` / `maskgit demo` when no --model is given."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -23,27 +24,28 @@ def test_bundle_is_small_and_complete():
     assert 8 <= n <= 16 and n == len(data.list_images(SAMPLES / "masks")) == len(data.list_images(SAMPLES / "images"))
 
 
-def _bundled():
-    return checkpoint.load_transformer(pipeline.BUNDLED, "cpu")
-
-
-def test_bundled_tokenizer_reconstructs_test_cats():
-    """The model card's >= 24 dB val PSNR, checked on the 12 bundled test-split cats (fp16 weights)."""
-    tokenizer, _tr, cfg = _bundled()
+@pytest.fixture(scope="module")
+def bundled():
+    """The bundled model, loaded once, and the bundled ground-truth cats with their tokens."""
+    tokenizer, tr, cfg = checkpoint.load_transformer(pipeline.BUNDLED, "cpu")
     images = data.load_images(data.list_images(SAMPLES / "images"), cfg.data.image_size)
     with torch.no_grad():
         ids = tokenizer.encode(data.normalize(images, cfg.data).float())
+    return tokenizer, tr, cfg, images, ids
+
+
+def test_bundled_tokenizer_reconstructs_test_cats(bundled):
+    """The model card's >= 24 dB val PSNR, checked on the 12 bundled test-split cats (fp16 weights)."""
+    tokenizer, _tr, cfg, images, ids = bundled
+    with torch.no_grad():
         rec = data.denormalize(tokenizer.decode_ids(ids), cfg.data)
     assert metrics.psnr(rec, images.float() / 255).mean().item() >= 24.0
     assert ids.shape[1:] == (16, 16) and int(ids.max()) < tokenizer.codebook_size
 
 
-def test_bundled_transformer_beats_chance():
+def test_bundled_transformer_beats_chance(bundled):
     """Masked-token loss well below the uniform ln(K) and accuracy far above 1/K: it learned cats."""
-    tokenizer, tr, cfg = _bundled()
-    images = data.load_images(data.list_images(SAMPLES / "images"), cfg.data.image_size)
-    with torch.no_grad():
-        ids = tokenizer.encode(data.normalize(images, cfg.data).float())
+    tokenizer, tr, _cfg, _images, ids = bundled
     ev = evaluate_transformer(tr, ids, (0.5,), torch.device("cpu"))
     K = tokenizer.codebook_size
     assert ev["val_loss"] < np.log(K) - 0.5
@@ -64,11 +66,11 @@ def test_demo_on_bundled_model(runner, tmp_path):
     assert np.isfinite(out["metrics"]["psnr_masked"]) and out["metrics"]["psnr"] > out["metrics"]["psnr_masked"]
 
 
-def test_inpaint_defaults_to_bundled_model(runner, tmp_path):
+def test_inpaint_defaults_to_bundled_model(runner, tmp_path, bundled):
     out = invoke_json(runner, ["inpaint", str(SAMPLES / "masked"), "--masks", str(SAMPLES / "masks"),
                                "--out", str(tmp_path / "out"), "--device", "cpu", "--batch-size", "5"])
     assert out["model"] == str(pipeline.BUNDLED)
-    cfg = pipeline.load_model(None, torch.device("cpu"))[2]  # settings default to the bundle's decode section
+    cfg = bundled[2]  # settings default to the bundle's decode section
     for key in ("schedule", "total_iter", "sweet_spot"):
         assert out["settings"][key] == getattr(cfg.decode, key)
     assert len(list((tmp_path / "out").glob("*.png"))) == out["count"]
