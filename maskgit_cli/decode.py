@@ -1,7 +1,7 @@
 """Iterative decoding (MaskGIT, Chang et al. 2022, sec. 3.2), for inpainting and generation.
 
 Start from the image's tokens with the hole set to MASK. At step t = 0..T-1, with ratio = (t+1)/T:
-  1. predict: logits = logits_fn(ids) over the K codes, for every position;
+  1. predict: logits = logits_fn(ids, still_masked) over the K codes, at the masked positions;
   2. sample a token at every masked position (or argmax with greedy);
   3. score: confidence = log p(sampled) + choice_temperature * (1 - ratio) * Gumbel noise,
      +inf at positions already known (they are never re-masked, never changed);
@@ -23,7 +23,8 @@ import torch
 
 from maskgit_cli import schedules
 
-LogitsFn = Callable[[torch.Tensor], torch.Tensor]  # ids (B, N) -> logits (B, N, K)
+# ids (B, N), where (B, N) bool -> logits (M, K) at the `where` positions, in row-major order
+LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -63,10 +64,10 @@ def decode(ids: torch.Tensor, unknown: torch.Tensor, logits_fn: LogitsFn, *, mas
         still = cur == mask_id  # (B, N)
         if not still.any():
             break
-        logits = logits_fn(cur)  # (B, N, K)
-        # Only the masked positions are sampled and scored (known ones are never re-masked): the
-        # sampling cost then shrinks with the hole instead of being paid over all B x N x K logits.
-        logp = torch.log_softmax(logits[still].float() / max(temperature, 1e-6), dim=-1).cpu()  # (M, K)
+        # Only the masked positions are predicted, sampled and scored (known ones are never
+        # re-masked): the cost of the head and of sampling shrinks with the hole.
+        logits = logits_fn(cur, still)  # (M, K)
+        logp = torch.log_softmax(logits.float() / max(temperature, 1e-6), dim=-1).cpu()  # (M, K)
         still_cpu = still.cpu()
         now = still_cpu.sum(1)  # (B,) still masked before this step
         counts = now.tolist()

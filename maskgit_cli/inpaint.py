@@ -96,10 +96,10 @@ class Inpainter:
         self.grid = cfg.grid
         self.transformer_passes = 0
 
-    def logits(self, ids_flat: torch.Tensor) -> torch.Tensor:
+    def logits(self, ids_flat: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
         self.transformer_passes += ids_flat.shape[0]
         with runtime.autocast(self.device):
-            return self.tr(ids_flat)
+            return self.tr(ids_flat, where)
 
     def _pixels(self, ids: torch.Tensor) -> torch.Tensor:
         with runtime.autocast(self.device):

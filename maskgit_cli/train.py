@@ -325,8 +325,11 @@ def mvtm_mask(ids: torch.Tensor, schedule: str, generator: torch.Generator, mode
 
 def masked_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                 label_smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy over the masked positions only. logits (B, N, K), target (B, N), mask (B, N)."""
-    return F.cross_entropy(logits[mask].float(), target[mask], label_smoothing=label_smoothing)
+    """Cross-entropy over the masked positions only. logits (B, N, K), or (M, K) already taken at
+    the mask as `model(ids, mask)` returns them; target (B, N), mask (B, N)."""
+    if logits.dim() == 3:
+        logits = logits[mask]
+    return F.cross_entropy(logits.float(), target[mask], label_smoothing=label_smoothing)
 
 
 @dataclass
@@ -365,9 +368,9 @@ def evaluate_transformer(model, ids: torch.Tensor, ratios: tuple[float, ...], de
         for i in range(0, len(ids), batch_size):
             x, m = ids[i:i + batch_size].to(device), mask[i:i + batch_size].to(device)
             with runtime.autocast(device):
-                logits = model(x.masked_fill(m, K))
-            total_loss += F.cross_entropy(logits[m].float(), x[m], reduction="sum").item()
-            correct += (logits[m].argmax(-1) == x[m]).sum().item()
+                logits = model(x.masked_fill(m, K), m)  # (M, K), at the masked positions only
+            total_loss += F.cross_entropy(logits.float(), x[m], reduction="sum").item()
+            correct += (logits.argmax(-1) == x[m]).sum().item()
             count += m.sum().item()
         out["loss"][str(ratio)] = total_loss / count
         out["accuracy"][str(ratio)] = correct / count
@@ -456,7 +459,7 @@ def train_transformer(cfg: Config, ids: torch.Tensor, run_dir: Path, *, tokenize
                 mask = mvtm_mask(target, tc.schedule, g, tc.mask_mode, cfg.data.image_size)
                 target, mask = target.to(device), mask.to(device)
                 with runtime.autocast(device):
-                    logits = net(target.masked_fill(mask, K))
+                    logits = net(target.masked_fill(mask, K), mask)  # the last block and head at the mask only
                     loss = masked_loss(logits, target, mask, tc.label_smoothing) / tc.grad_accum
                 _check_finite(loss, step, ckpt_path, "lower transformer_train.lr")
                 scaler.scale(loss).backward()

@@ -30,15 +30,23 @@ class SelfAttention(nn.Module):
         self.attn_drop = nn.Dropout(dropout)
         self.fast = True  # F.scaled_dot_product_attention; False = the plain math below
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, N, C) -> (B, N, C); with `queries` (B, M, C), only those rows attend (to all of
+        x): -> (B, M, C). The latter is what the last layer needs when only some outputs are used."""
         B, N, C = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, N, d)
+        H, d = self.heads, C // self.heads
+        if queries is None:
+            q, k, v = self.qkv(x).view(B, N, 3, H, d).permute(2, 0, 3, 1, 4)  # 3 x (B, H, N, d)
+        else:
+            w, b = self.qkv.weight, self.qkv.bias
+            k, v = F.linear(x, w[C:], b[C:]).view(B, N, 2, H, d).permute(2, 0, 3, 1, 4)
+            q = F.linear(queries, w[:C], b[:C]).view(B, -1, H, d).transpose(1, 2)
         if self.fast:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         else:
-            att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, N, N), no causal mask
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, M, N), no causal mask
             y = self.attn_drop(att.softmax(dim=-1)) @ v
-        return self.proj(y.transpose(1, 2).reshape(B, N, C))
+        return self.proj(y.transpose(1, 2).reshape(B, q.shape[2], C))
 
 
 class Block(nn.Module):
@@ -52,12 +60,27 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.dim, cfg.mlp_dim), nn.GELU(), nn.Linear(cfg.mlp_dim, cfg.dim))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, N, C) -> (B, N, C); with `rows` (B, M) position indices, only those outputs:
+        (B, M, C). Every position still serves as a key and value."""
         if self.pre:
-            x = x + self.drop(self.attn(self.ln1(x)))
+            h = self.ln1(x)
+            if rows is None:
+                x = x + self.drop(self.attn(h))
+            else:
+                x = _take(x, rows) + self.drop(self.attn(h, _take(h, rows)))
             return x + self.drop(self.mlp(self.ln2(x)))
-        x = self.ln1(x + self.drop(self.attn(x)))
+        if rows is None:
+            x = self.ln1(x + self.drop(self.attn(x)))
+        else:
+            q = _take(x, rows)
+            x = self.ln1(q + self.drop(self.attn(x, q)))
         return self.ln2(x + self.drop(self.mlp(x)))
+
+
+def _take(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """x (B, N, C), rows (B, M) -> (B, M, C)."""
+    return x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
 class MaskTransformer(nn.Module):
@@ -86,30 +109,46 @@ class MaskTransformer(nn.Module):
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, N) -> logits (B, N, K)."""
+    def forward(self, ids: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+        """ids (B, N) -> logits (B, N, K); with `where` (B, N) bool, the logits at those positions
+        only, as `logits[where]` (M, K) would give, for less work: the last block computes queries,
+        MLP and head only there (every position is still a key and value), so decoding pays for
+        the masked positions instead of all N in that layer and in the head."""
         x = self.tok_emb(ids) + self.pos_emb
         if self.cfg.norm == "post":
             x = self.ln(x)
         x = self.drop(x)
-        for block in self.blocks:
-            x = block(x)
+        rows = None
+        if where is not None:
+            # per sample, the wanted positions first (in order), padded to the batch's largest count
+            count = where.sum(1)
+            rows = where.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, : int(count.max())]
+        for i, block in enumerate(self.blocks):
+            x = block(x, rows if i == len(self.blocks) - 1 else None)
+        if rows is not None:
+            keep = torch.arange(rows.shape[1], device=ids.device) < count.unsqueeze(1)  # drop the padding
+            x, rows = x[keep], rows[keep]
         if self.cfg.norm == "pre":
             x = self.ln(x)
         if self.cfg.head == "tied":
-            return self.prediction(x) @ self.tok_emb.weight[: self.K].t() + self.bias
+            bias = self.bias if rows is None else self.bias[rows]
+            return self.prediction(x) @ self.tok_emb.weight[: self.K].t() + bias
         return self.head(x)
 
     def set_fast_attention(self, fast: bool) -> None:
         for block in self.blocks:
             block.attn.fast = fast
 
-    def flops_per_token(self, training: bool = True) -> float:
-        """Matmul FLOPs per token (2 per multiply-add), x3 for a training step (fwd + bwd)."""
+    def flops_per_token(self, training: bool = True, out_fraction: float = 1.0) -> float:
+        """Matmul FLOPs per input token (2 per multiply-add), x3 for a training step (fwd + bwd).
+        `out_fraction`: the share of positions whose logits are asked for (`where`); the last
+        block's queries, attention, MLP and the head are paid only for those."""
         d, L, N, m = self.cfg.dim, self.cfg.layers, self.N, self.cfg.mlp_dim
-        per_layer = 2 * (3 * d * d + d * d + 2 * d * m) + 2 * 2 * N * d  # projections + QK^T and AV
+        per_query = 2 * (d * d + d * d + 2 * d * m) + 2 * 2 * N * d  # q and out proj, MLP, QK^T and AV
+        kv = 2 * 2 * d * d
         head = 2 * d * self.K + (2 * d * d if self.cfg.head == "tied" else 0)
-        return (L * per_layer + head) * (3 if training else 1)
+        total = (L - 1) * (kv + per_query) + kv + out_fraction * (per_query + head)
+        return total * (3 if training else 1)
 
 
 def build(cfg: TransformerConfig, grid: int, codebook_size: int) -> MaskTransformer:

@@ -10,13 +10,13 @@ from maskgit_cli import decode, schedules
 K, N = 10, 36
 
 
-def logits_fn(ids: torch.Tensor) -> torch.Tensor:
+def logits_fn(ids: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     """Depends on each sample's own ids only (like a transformer), deterministic."""
     out = []
     for row in ids:
         g = torch.Generator().manual_seed(int((row * torch.arange(1, N + 1)).sum()) % 100_003)
         out.append(torch.randn(N, K, generator=g) * 3)
-    return torch.stack(out)
+    return torch.stack(out)[where]
 
 
 def run(B=4, frac=0.6, seed=0, T=8, **kw):
@@ -122,7 +122,7 @@ def test_confidence_uses_log_probabilities_and_annealed_noise():
     logits = torch.full((1, 4, K), -10.0)
     for pos, p in enumerate([5.0, 1.0, 3.0, 0.0]):
         logits[0, pos, pos] = p
-    fn = lambda ids: logits  # noqa: E731
+    fn = lambda ids, where: logits[where]  # noqa: E731
     res = decode.decode(torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.bool), fn, mask_id=K,
                         generators=[torch.Generator()], total_iter=4, schedule="linear", greedy=True,
                         choice_temperature=0.0, record=True)

@@ -30,6 +30,23 @@ def test_logits_cover_the_K_codes_only(norm, head):
     assert logits.shape == (2, 16, 32) and model.mask_id == 32  # MASK = K is never a class
 
 
+@pytest.mark.parametrize("norm,head", [("pre", "linear"), ("post", "tied")])
+@pytest.mark.parametrize("fast", [True, False])
+def test_logits_at_chosen_positions_equal_the_full_pass(norm, head, fast):
+    # the last block computes only the wanted rows; the answer must be the full pass's rows
+    torch.manual_seed(1)
+    model = tiny(norm, head).eval()
+    model.set_fast_attention(fast)
+    ids = torch.randint(0, 33, (4, 16))
+    where = torch.rand(4, 16) < torch.tensor([[0.2], [0.7], [0.0], [1.0]])
+    where[0, 3] = True  # sample 0 non-empty, sample 2 empty, sample 3 full
+    full = model(ids)
+    part = model(ids, where)
+    assert part.shape == (int(where.sum()), 32)
+    assert (part - full[where]).abs().max() < 1e-5
+    assert model(ids, torch.zeros(4, 16, dtype=torch.bool)).shape == (0, 32)
+
+
 def test_lab_transformer_sizes():
     cfg = config.load(ROOT / "configs" / "lab.yaml")
     t = cfg.transformer
