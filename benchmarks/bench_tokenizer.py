@@ -1,6 +1,6 @@
 """Tokenizer training images/s and encode images/s, cats64 and lab configs, on this machine."""
 
-from common import ROOT, emit, machine, timed
+from common import ROOT, emit, interleaved, machine
 
 import torch
 
@@ -21,10 +21,10 @@ def bench(name: str, batch: int) -> dict:
         opt.step()
 
     model.train()
-    train_s = timed(train_step, warmup=1, repeats=3)
+    train_s = interleaved({"train": train_step})["train"]
     model.eval()
     with torch.no_grad():
-        enc_s = timed(lambda: model.encode(x), warmup=1, repeats=3)
+        enc_s = interleaved({"encode": lambda: model.encode(x)})["encode"]
     return {"config": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "batch": batch,
             "train_images_per_second": batch / train_s, "encode_images_per_second": batch / enc_s}
 

@@ -44,18 +44,6 @@ def interleaved(fns: dict, rounds: int = 3) -> dict:
     return {k: min(v) for k, v in times.items()}
 
 
-def timed(fn, warmup: int = 1, repeats: int = 3) -> float:
-    """Median seconds of fn() after warmup."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
-
-
 def machine() -> dict:
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
 
