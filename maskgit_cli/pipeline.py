@@ -216,6 +216,26 @@ def load_model(model: str | Path | None, device: torch.device):
     return checkpoint.load_transformer(model, device)
 
 
+def _fill_of(settings) -> str:
+    return (settings.fill if hasattr(settings, "fill") else (settings or {}).get("fill")) or "maskgit"
+
+
+def _model_label(model: str | Path | None, settings) -> str:
+    return "none (harmonic fill)" if settings.fill == "harmonic" else str(model or BUNDLED)
+
+
+def make_inpainter(model: str | Path | None, settings, device: torch.device, first_image: Path):
+    """(Inpainter, image size). The harmonic fill needs no model: it works at the images' own size."""
+    from maskgit_cli.inpaint import Inpainter, InpaintSettings
+
+    if _fill_of(settings) == "harmonic":
+        size = data._open(first_image).size[0]
+        return Inpainter(None, None, None, InpaintSettings.resolve(config.DecodeConfig(), settings), device), size
+    tokenizer, transformer, cfg = load_model(model, device)
+    settings = InpaintSettings.resolve(cfg.decode, settings)
+    return Inpainter(tokenizer, transformer, cfg, settings, device), cfg.data.image_size
+
+
 def image_generator(seed: int, index: int) -> torch.Generator:
     """Each image's own generator: results do not depend on the batch size or batch position."""
     return torch.Generator().manual_seed(seed * 1_000_003 + index)
@@ -294,18 +314,18 @@ def inpaint_folder(inpainter, pairs: list[tuple[Path, Path]], out_dir: Path, *, 
         masked = data.load_images([p for p, _ in chunk], size)
         missing = torch.stack([data.read_mask(m, size, mask_missing) for _, m in chunk])
         gens = [image_generator(seed, start + i) for i in range(len(chunk))]
-        batch = inpainter(masked, missing, gens, record=save_steps)
+        truth = data.load_images(gt_paths[start:start + len(chunk)], size) if gt_paths is not None else None
+        batch = inpainter(masked, missing, gens, record=save_steps, truth_u8=truth)
         for i, (p, _m) in enumerate(chunk):
             data.save_png(batch.images[i], out_dir / f"{p.stem}.png")
             row: dict[str, Any] = {"file": p.name, "missing_fraction": missing[i].float().mean().item(),
-                                   "masked_tokens": int(batch.unknown[i].sum())}
+                                   "masked_tokens": int(batch.unknown[i].sum()) if batch.unknown is not None else None}
             if save_steps and batch.masks:
                 data.save_png(_mask_strip([m[i] for m in batch.masks], size), out_dir / "steps" / f"{p.stem}_mask.png")
                 data.save_png(_strip([s[i] for s in batch.step_images]), out_dir / "steps" / f"{p.stem}_steps.png")
             per_image.append(row)
-        if gt_paths is not None:
-            gt = data.load_images(gt_paths[start:start + len(chunk)], size).float() / 255
-            vals = metrics_mod.all_metrics(batch.images.float() / 255, gt, missing)
+        if truth is not None:
+            vals = metrics_mod.all_metrics(batch.images.float() / 255, truth.float() / 255, missing)
             for i in range(len(chunk)):
                 per_image[start + i].update({k: v[i].item() for k, v in vals.items()})
         if on_progress:
@@ -331,24 +351,23 @@ def inpaint(masked_dir: str | Path, masks_dir: str | Path, out: str | Path, *, m
             settings=None, batch_size: int = 32, seed: int = 0, device: str = "auto",
             mask_missing: str = "black", save_steps: bool = False, ground_truth: str | Path | None = None,
             overwrite: bool = False, on_progress: Progress = None) -> InpaintResult:
-    from maskgit_cli.inpaint import Inpainter, InpaintSettings
-
     if mask_missing not in ("black", "white"):
         raise ConfigError("--mask-missing must be 'black' (0 = missing, the lab's) or 'white'")
     pairs = data.pair_masks(masked_dir, masks_dir)
+    if ground_truth is None and _fill_of(settings) == "oracle":
+        raise ConfigError("--fill oracle needs --ground-truth: it decodes the true images' own tokens")
     dev = runtime.resolve_device(device)
-    tokenizer, transformer, cfg = load_model(model, dev)
-    settings = InpaintSettings.resolve(cfg.decode, settings)
-    inpainter = Inpainter(tokenizer, transformer, cfg, settings, dev)
+    inpainter, size = make_inpainter(model, settings, dev, pairs[0][0])
+    settings = inpainter.s
     t0 = time.time()
     with OutputDir(Path(out), overwrite) as tmp:
-        summary, per_image = inpaint_folder(inpainter, pairs, tmp, size=cfg.data.image_size, seed=seed,
+        summary, per_image = inpaint_folder(inpainter, pairs, tmp, size=size, seed=seed,
                                             batch_size=batch_size, mask_missing=mask_missing,
                                             save_steps=save_steps, ground_truth=ground_truth,
                                             on_progress=on_progress)
     seconds = time.time() - t0
     return InpaintResult(count=len(pairs), seconds=seconds, images_per_second=len(pairs) / max(seconds, 1e-9),
-                         out=str(out), settings=settings.to_dict(), model=str(model or BUNDLED),
+                         out=str(out), settings=settings.to_dict(), model=_model_label(model, settings),
                          transformer_passes=inpainter.transformer_passes, metrics=summary, per_image=per_image)
 
 
@@ -368,9 +387,9 @@ def _load_float_images(folder: str | Path) -> list[torch.Tensor]:
 
 
 def feature_extractor(dims: int, weights: str | Path | None, device: torch.device):
-    from maskgit_cli import fid as fid_mod
+    from maskgit_cli import fid_weights
 
-    return fid_mod.load_inception(dims, weights, device)
+    return fid_weights.load_inception(dims, weights, device)
 
 
 def statistics(source: str | Path, extractor, batch_size: int, device: torch.device, on_progress: Progress = None):

@@ -20,6 +20,12 @@ SHARED = ROOT.parent / "shared"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+# The real FID-Inception weights, as `make fid-weights` (run by `make test`) stored them, found
+# before TORCH_HOME is redirected below; tests that need them pass this path explicitly.
+from maskgit_cli import fid_weights  # noqa: E402
+
+REAL_INCEPTION = fid_weights.default_path()
+
 # Tests never download: no FID-Inception weights are found unless a test provides them.
 os.environ["MASKGIT_OFFLINE"] = "1"
 os.environ.pop("MASKGIT_INCEPTION_WEIGHTS", None)
@@ -91,6 +97,14 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
     pipeline.train(TINY, "transformer", tiny_data["train"], run, val=tiny_data["val"], device="cpu",
                    overrides=["transformer_train.epochs=3"])
     return run
+
+
+@pytest.fixture(scope="session")
+def real_inception() -> Path:
+    """The verified real weights; missing them is a failure (not a skip): `make test` fetches them."""
+    if not REAL_INCEPTION.is_file():
+        pytest.fail(f"no FID-Inception weights at {REAL_INCEPTION}: run `make fid-weights` (make test does)")
+    return REAL_INCEPTION
 
 
 @pytest.fixture()

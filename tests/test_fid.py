@@ -1,5 +1,4 @@
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -55,59 +54,29 @@ def test_state_dict_matches_the_real_file_layout():
     assert {k: list(v.shape) for k, v in sd.items()} == ref
 
 
-def _synthetic(model):
-    out = {}
-    for i, k in enumerate(sorted(model.state_dict())):
-        g = torch.Generator().manual_seed(i)
-        v = model.state_dict()[k]
-        shape = v.shape
-        if k.endswith("num_batches_tracked"):
-            out[k] = torch.zeros(shape, dtype=v.dtype)
-        elif k.endswith("running_var"):
-            out[k] = 0.5 + torch.rand(shape, generator=g)
-        elif k.endswith("running_mean"):
-            out[k] = 0.1 * torch.randn(shape, generator=g)
-        elif k.endswith("bn.weight"):
-            out[k] = 1 + 0.1 * torch.randn(shape, generator=g)
-        elif k.endswith("bias"):
-            out[k] = 0.1 * torch.randn(shape, generator=g)
-        else:
-            out[k] = torch.randn(shape, generator=g) * math.sqrt(2 / math.prod(shape[1:]))
-    return out
-
-
-@pytest.mark.slow
-def test_reproduces_pytorch_fid_features_with_synthetic_weights(tmp_path):
-    ref = json.loads((FIX / "synthetic_weights_features.json").read_text())
-    model = fid.FIDInception(2048)
-    torch.save(_synthetic(model), tmp_path / fid.WEIGHTS_NAME)
-    model = fid.load_inception(2048, tmp_path / fid.WEIGHTS_NAME)  # the strict loading path
-    paths = [SHARED / "data" / "cats64" / "test" / "images" / f for f in ref["files"]]
-    x = data.load_images(paths, 64).float() / 255
-    with torch.no_grad():
-        feats = model(x)
-        assert (feats - torch.tensor(ref["pool3_2048"])).abs().max() < 1e-4
-        for dims, key in [(64, "block0_64_mean_std"), (192, "block1_192_mean_std"), (768, "block2_768_mean_std")]:
-            model.dims = dims
-            fmap = model.feature_map(x)
-            assert fmap.shape[1] == dims
-            assert fmap.mean().item() == pytest.approx(ref[key][0], abs=1e-4)
-            assert fmap.std().item() == pytest.approx(ref[key][1], abs=1e-4)
-
-
 def test_kid_of_identical_sets_is_near_zero_and_grows_with_shift():
     rng = np.random.default_rng(0)
     f = rng.standard_normal((400, 16))
     g = rng.standard_normal((400, 16))
-    same, _ = fid.kid(f, f, num_subsets=10, subset_size=200)
-    close, _ = fid.kid(f, g, num_subsets=10, subset_size=200)
-    far, _ = fid.kid(f, g + 1.0, num_subsets=10, subset_size=200)
+    same, _, m = fid.kid(f, f, num_subsets=10, subset_size=150)
+    close, _, _ = fid.kid(f, g, num_subsets=10, subset_size=150)
+    far, _, _ = fid.kid(f, g + 1.0, num_subsets=10, subset_size=150)
     # unbiased estimates scatter around 0 for equal distributions, far below a real shift
-    assert far > 0 and abs(same) < 0.05 * far and abs(close) < 0.05 * far
+    assert m == 150 and far > 0 and abs(same) < 0.05 * far and abs(close) < 0.05 * far
+
+
+def test_kid_subsets_are_never_the_whole_set():
+    """At N = 500 vs 500 a subset of 1000 (or of N) is the whole set every time and the std is 0;
+    subsets are N // 2 then, and the std says something."""
+    rng = np.random.default_rng(0)
+    f, g = rng.standard_normal((500, 16)), rng.standard_normal((500, 16)) + 0.3
+    mean, std, m = fid.kid(f, g)
+    assert m == 250 and std > 0.01 * abs(mean)
+    assert fid.kid_subset_size(5000, 2500) == 1000 and fid.kid_subset_size(1999, 3000) == 999
 
 
 def test_clear_error_without_weights(tiny_data):
-    with pytest.raises(WeightsNotFound, match="pt_inception-2015-12-05-6726825d.pth.*--inception-weights"):
+    with pytest.raises(WeightsNotFound, match="make fid-weights.*--inception-weights.*MASKGIT_INCEPTION_WEIGHTS"):
         pipeline.fid(tiny_data["test"], tiny_data["val"], device="cpu")
 
 
@@ -120,11 +89,12 @@ def test_fid_on_folders_and_npz_round_trip(tiny_data, tmp_path):
     r2 = pipeline.fid(tmp_path / "a.npz", tiny_data["val"], dims=64, device="cpu", feature_fn=_as_dims(feat, 64))
     r3 = pipeline.fid(tiny_data["test"], tiny_data["val"], dims=64, device="cpu", feature_fn=_as_dims(feat, 64))
     assert r2.fid == pytest.approx(r3.fid) and r2.fid > 0 and r2.kid == pytest.approx(r3.kid)
+    assert r3.kid_subset_size == 5 and r3.kid_std > 0 and any("KID over 100 subsets of 5" in w for w in r3.warnings)
     # pytorch-fid's own .npz (mu, sigma only) works for FID; KID then needs features and is null
     s = fid.Stats.load(tmp_path / "a.npz")
     np.savez(tmp_path / "ptfid.npz", mu=s.mu, sigma=s.sigma)
     r4 = pipeline.fid(tmp_path / "ptfid.npz", tmp_path / "a.npz", dims=64, device="cpu")
-    assert abs(r4.fid) < 1e-3 and r4.kid is None
+    assert abs(r4.fid) < 1e-3 and r4.kid is None and r4.kid_subset_size is None
 
 
 def _as_dims(feat, dims):
