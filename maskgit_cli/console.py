@@ -105,4 +105,8 @@ def progress(description: str, total: int | None = None, enabled: bool = True):
                  TextColumn("{task.fields[status]}"), console=console(), transient=False)
     with p:
         task = p.add_task(description, total=total, status="")
-        yield _Bar(p, task)
+        try:
+            yield _Bar(p, task)
+        except BaseException:
+            p.live.transient = True  # on an error or Ctrl-C the one-line message replaces the bar
+            raise

@@ -55,20 +55,20 @@ def _open(path: Path) -> Image.Image:
                         "replace or remove the file") from None
 
 
-def read_image(path: Path, size: int, resize: bool = False) -> np.ndarray:
-    """One image as uint8 (H, W, 3)."""
+def read_image(path: Path, size: int, resize: bool = False, hint: str | None = None) -> np.ndarray:
+    """One image as uint8 (H, W, 3). `hint`: what to do about another size (default: --resize)."""
     img = _open(path).convert("RGB")
     if img.size != (size, size):
         if not resize:
             raise DataError(f"{path}: image is {img.size[0]}x{img.size[1]}, expected "
-                            f"{size}x{size}; pass --resize to resize it")
+                            f"{size}x{size}; {hint or 'pass --resize to resize it'}")
         img = img.resize((size, size), Image.BICUBIC)
     return np.asarray(img, dtype=np.uint8)
 
 
-def load_images(paths: list[Path], size: int, resize: bool = False) -> torch.Tensor:
+def load_images(paths: list[Path], size: int, resize: bool = False, hint: str | None = None) -> torch.Tensor:
     """uint8 (N, 3, H, W)."""
-    arr = np.stack([read_image(p, size, resize) for p in paths])
+    arr = np.stack([read_image(p, size, resize, hint) for p in paths])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
 
@@ -130,36 +130,70 @@ def token_mask(missing: torch.Tensor, grid: int, rule: str = "any", dilate: int 
     return out
 
 
-def _lab_number(name: str) -> str | None:
-    m = re.search(r"(\d+)(?=\.[^.]+$)", name)
-    return str(int(m.group(1))) if m else None
+def _base(name: str) -> str:
+    """A file name without its image suffixes: cat.jpg.png -> cat, mask_000.png -> mask_000."""
+    while Path(name).suffix.lower() in IMAGE_SUFFIXES:
+        name = Path(name).stem
+    return name
 
 
-def pair_masks(image_dir: str | Path, mask_dir: str | Path) -> list[tuple[Path, Path]]:
-    """Pair images with masks by file name, else by number (lab: image_000.png <-> mask_000.png)."""
-    images, masks = list_images(image_dir), list_images(mask_dir)
-    by_name = {p.name: p for p in masks}
-    if all(p.name in by_name for p in images):
-        return [(p, by_name[p.name]) for p in images]
-    by_stem = {p.stem: p for p in masks}
-    if all(p.stem in by_stem for p in images):
-        return [(p, by_stem[p.stem]) for p in images]
-    by_num: dict[str, Path] = {}
-    for p in masks:
-        n = _lab_number(p.name)
-        if n is not None:
-            by_num.setdefault(n, p)
-    pairs, unpaired = [], []
-    for p in images:
-        n = _lab_number(p.name)
-        if n is not None and n in by_num:
-            pairs.append((p, by_num[n]))
-        else:
-            unpaired.append(p.name)
+def _digits(name: str) -> str | None:
+    """The last run of digits in the base name, as written: image_007 -> '007'."""
+    found = re.findall(r"\d+", _base(name))
+    return found[-1] if found else None
+
+
+def _number(name: str) -> int | None:
+    d = _digits(name)
+    return int(d) if d is not None else None
+
+
+@dataclass
+class Pairing:
+    pairs: list[tuple[Path, Path]]  # (image, partner) in image order
+    unused: list[Path]  # partners no image claimed
+
+
+def pair_files(images: list[Path], partners: list[Path], what: str, where: str | Path) -> Pairing:
+    """Pair each image with one partner file (a mask, a ground-truth image).
+
+    Rules, in order, each over what is still unpaired: the same file name; the same name without
+    image suffixes (cat.jpg.png <-> cat.jpg); the same digits as written (image_007 <-> mask_007);
+    the same number (image_7 <-> mask_007). A key counts only when exactly one image and one
+    partner share it; a key shared on either side is an error naming the files, so img_1 and
+    img_01 never silently share a mask."""
+    pairs: dict[Path, Path] = {}
+    free = list(partners)
+    for key in (lambda p: p.name, lambda p: _base(p.name), lambda p: _digits(p.name), lambda p: _number(p.name)):
+        todo = [p for p in images if p not in pairs]
+        if not todo or not free:
+            break
+        by_image: dict = {}
+        for p in todo:
+            by_image.setdefault(key(p), []).append(p)
+        by_partner: dict = {}
+        for q in free:
+            by_partner.setdefault(key(q), []).append(q)
+        for k, imgs in by_image.items():
+            if k is None or k not in by_partner:
+                continue
+            cands = by_partner[k]
+            if len(imgs) > 1 or len(cands) > 1:
+                names = ", ".join(p.name for p in imgs + cands)
+                raise DataError(f"ambiguous pairing of images and {what}s ({names}): rename them so that each "
+                                f"image has one {what} of the same name")
+            pairs[imgs[0]] = cands[0]
+            free.remove(cands[0])
+    unpaired = [p.name for p in images if p not in pairs]
     if unpaired:
         shown = ", ".join(unpaired[:5]) + (f" (+{len(unpaired) - 5} more)" if len(unpaired) > 5 else "")
-        raise DataError(f"no mask in {mask_dir} for: {shown}; masks pair by name or by number")
-    return pairs
+        raise DataError(f"no {what} in {where} for: {shown}; {what}s pair with images by name or by number")
+    return Pairing(pairs=[(p, pairs[p]) for p in images], unused=free)
+
+
+def pair_masks(image_dir: str | Path, mask_dir: str | Path) -> Pairing:
+    """Pair masked images with masks (see pair_files); lab: image_000.png <-> mask_000.png."""
+    return pair_files(list_images(image_dir), list_images(mask_dir), "mask", mask_dir)
 
 
 def random_region_masks(B: int, size: int, generator: torch.Generator) -> torch.Tensor:

@@ -258,6 +258,9 @@ class Stats:
             raise DataError(f"{path}: cannot read statistics ({err.__class__.__name__})") from None
         if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
             raise DataError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit together")
+        if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+            raise DataError(f"{path}: statistics hold NaN or infinite values (from fewer than 2 images?); "
+                            "recompute them")
         return cls(mu=mu, sigma=sigma, count=count, features=feats)
 
 

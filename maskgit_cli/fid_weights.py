@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from maskgit_cli import fid
+from maskgit_cli import checkpoint, fid
 from maskgit_cli.errors import WeightsError, WeightsNotFound
 
 PTFID_NAME = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's file: sha256 starts with 6726825d
@@ -170,9 +170,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        reason = "it holds Python objects besides tensors, so it was not loaded" \
-            if "weights_only" in str(err) or "Unsupported global" in str(err) else \
-            f"it is truncated or damaged ({err.__class__.__name__})"
+        reason = "it holds Python objects besides tensors, so it was not loaded" if checkpoint.refused_pickle(err) \
+            else f"it is truncated or damaged ({err.__class__.__name__})"
         raise WeightsError(f"{path}: not a FID-Inception weights file: {reason}; {HOW_TO_SUPPLY}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: not a FID-Inception weights file (no plain state_dict inside; a maskgit "

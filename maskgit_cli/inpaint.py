@@ -15,8 +15,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from maskgit_cli import data, decode, harmonic, runtime, schedules
-from maskgit_cli.config import Config, DecodeConfig
+from maskgit_cli import data, decode, harmonic, runtime
+from maskgit_cli.config import Config, DecodeConfig, check_value
 from maskgit_cli.errors import ConfigError
 
 
@@ -26,6 +26,7 @@ FILLS = ("maskgit", "harmonic", "oracle")
 @dataclass(frozen=True)
 class InpaintSettings:
     fill: str = "maskgit"  # maskgit, or a reference: harmonic (no model), oracle (needs the truth)
+    prefill: str = "none"  # none | harmonic: the hole's content when the context tokens are encoded
     schedule: str = "cosine"
     total_iter: int = 12
     sweet_spot: int = 0  # 0 = total_iter
@@ -38,20 +39,16 @@ class InpaintSettings:
     feather: int = 0
 
     def check(self) -> "InpaintSettings":
+        """The decode fields obey DecodeConfig's rules (the same ones a config or export checks),
+        reported under their flag names."""
         if self.fill not in FILLS:
             raise ConfigError(f"--fill must be one of {', '.join(FILLS)}, got '{self.fill}'")
-        schedules.get(self.schedule)
-        if self.total_iter < 1:
-            raise ConfigError("--total-iter must be at least 1")
-        if self.sweet_spot < 0 or self.sweet_spot > self.total_iter:
-            raise ConfigError(f"--sweet-spot must be between 1 and --total-iter ({self.total_iter}), "
-                              f"got {self.sweet_spot}")
-        if self.sampling not in ("sample", "greedy"):
-            raise ConfigError("--sampling must be 'sample' or 'greedy'")
-        if self.token_mask not in ("any", "all", "majority"):
-            raise ConfigError("--token-mask must be 'any', 'all' or 'majority'")
-        if self.temperature <= 0:
-            raise ConfigError("--temperature must be positive")
+        for name in DecodeConfig.__dataclass_fields__:
+            check_value(DecodeConfig, name, getattr(self, name), "--" + name.replace("_", "-"))
+        if self.sweet_spot > self.total_iter:
+            raise ConfigError(f"--sweet-spot ({self.sweet_spot}) must not exceed --total-iter ({self.total_iter})")
+        if self.feather < 0:
+            raise ConfigError(f"--feather must be at least 0, got {self.feather}")
         return self
 
     def to_dict(self) -> dict:
@@ -144,7 +141,11 @@ class Inpainter:
             images = self._finish(self._pixels(ids), masked_u8, missing)
             return InpaintBatch(images=images.cpu(), ids=ids.cpu(), unknown=unknown.cpu(), steps=0, masks=[],
                                 step_images=[])
-        ids = self._encode(masked_u8)
+        # The encoder's receptive field (and its GroupNorm statistics) reach across the hole, so
+        # what the hole holds changes the "known" tokens; a harmonic prefill keeps them close to
+        # the tokens of whole images, which is what the transformer was trained on.
+        context = masked_u8 if s.prefill == "none" else data.to_uint8(harmonic.fill_batch(masked_u8, missing))
+        ids = self._encode(context)
         res = decode.decode(
             ids.flatten(1), unknown.flatten(1), self.logits, mask_id=self.tr.mask_id, generators=generators,
             schedule=s.schedule, total_iter=s.total_iter, sweet_spot=s.sweet_spot or None,

@@ -3,8 +3,9 @@ progress goes out through callbacks, errors as MaskgitError."""
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,10 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from maskgit_cli import checkpoint, config, data, runtime
+from maskgit_cli import __version__, checkpoint, config, data, runtime
 from maskgit_cli import train as training
 from maskgit_cli.config import Config
-from maskgit_cli.errors import ConfigError, DataError
+from maskgit_cli.errors import ConfigError, DataError, OutputExistsError
 
 Progress = Callable[[int, int], None] | None
 
@@ -23,12 +24,16 @@ Progress = Callable[[int, int], None] | None
 def resolve_config(config_path: str | Path | None, overrides: list[str] | None, stage: str | None = None,
                    epochs: int | None = None, max_steps: int | None = None,
                    batch_size: int | None = None) -> Config:
-    """Defaults <- CONFIG <- --set <- the dedicated flags (--epochs, --max-steps, --batch-size)."""
+    """Defaults <- CONFIG <- --set <- the dedicated flags (--epochs, --max-steps, --batch-size),
+    each flag checked by its config field's rule under its own name."""
     extra = list(overrides or [])
     if stage is not None:
         section = f"{stage}_train"
+        cls = config.Config.__dataclass_fields__[section].type
+        cls = getattr(config, cls) if isinstance(cls, str) else cls
         for key, value in (("epochs", epochs), ("max_steps", max_steps), ("batch_size", batch_size)):
             if value is not None:
+                config.check_value(cls, key, value, "--" + key.replace("_", "-"))
                 extra.append(f"{section}.{key}={value}")
     return config.load(config_path, extra)
 
@@ -51,7 +56,6 @@ def train(config_path: str | Path, stage: str, data_path: str | Path, out: str |
     if resume:
         if not (out / ckpt_name).exists():
             raise DataError(f"--resume: no {ckpt_name} in {out} to resume from")
-        _check_resumable(out / ckpt_name, cfg)
     elif (out / ckpt_name).exists() and not overwrite:
         raise DataError(f"{out / ckpt_name} already exists; pass --resume to continue it or --overwrite to restart")
     if stage == "tokenizer":
@@ -134,18 +138,6 @@ def _stage2_tokens(path: str | Path, split: str, cfg: Config, tok_model, tok_id:
     return tokens.ids
 
 
-_MODEL_SECTIONS = ("data", "tokenizer", "transformer")
-
-
-def _check_resumable(path: Path, cfg: Config) -> None:
-    saved = checkpoint.load(path)["config"] or {}
-    now = cfg.to_dict()
-    for section in _MODEL_SECTIONS:
-        if saved.get(section) != now.get(section):
-            raise ConfigError(f"{path}: was trained with a different '{section}' config; resume with the "
-                              f"run's own config ({path.parent / 'config.yaml'})")
-
-
 # --------------------------------------------------------------------------------- encode
 
 
@@ -179,6 +171,9 @@ def encode(images_dir: str | Path, tokenizer: str | Path, out: str | Path, *, co
            batch_size: int = 64, device: str = "auto", resize: bool = False, overwrite: bool = False,
            on_progress: Progress = None) -> EncodeResult:
     out = Path(out)
+    check_batch_size(batch_size)
+    if out.is_dir():
+        raise DataError(f"--out {out} is a folder; give the token file to write, e.g. {out / 'tokens.npz'}")
     data.check_output(out, overwrite)
     dev = runtime.resolve_device(device)
     fallback = config.load(config_path) if config_path else None
@@ -241,21 +236,52 @@ def image_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + index)
 
 
+MANIFEST = ".maskgit-output.json"  # in every output folder: the files maskgit wrote there
+
+
+def _files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def _manifest_files(folder: Path) -> set[str]:
+    try:
+        return set(json.loads((folder / MANIFEST).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()  # no (readable) manifest: nothing in the folder is known to be ours
+
+
 class OutputDir:
-    """Write into a hidden sibling folder, then rename over OUT_DIR: all files or none."""
+    """Write into a hidden sibling folder, then swap it in for OUT: all files or none.
+
+    An existing OUT is replaced (with --overwrite) only if it is empty or holds nothing but an
+    earlier maskgit output (every file listed in its manifest); a folder with anything else in
+    it (a user's notes.txt, their source tree behind `--out .`) is refused, naming the files."""
 
     def __init__(self, out: Path, overwrite: bool):
-        data.check_output(out, overwrite)
-        self.out = Path(out)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
         import tempfile
 
+        self.out = Path(out).expanduser().resolve()  # `.` and `a/..` get a real name and parent
+        if self.out == self.out.parent:
+            raise DataError(f"--out {out}: cannot write into the filesystem root; choose a folder")
+        if self.out.exists():
+            if not self.out.is_dir():
+                raise OutputExistsError(f"--out {out} is a file; give a folder")
+            ours = _manifest_files(self.out)
+            foreign = [f for f in _files_under(self.out) if f not in ours and f != MANIFEST]
+            if foreign:
+                shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+                raise OutputExistsError(f"--out {out} holds files maskgit did not write ({shown}); choose a new "
+                                        "or empty folder (--overwrite only replaces earlier maskgit output)")
+            data.check_output(self.out, overwrite)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
         self.tmp.chmod(data.usual_mode(directory=True))
 
     def commit(self) -> None:
         import shutil
 
+        manifest = {"written_by": f"maskgit {__version__}", "files": _files_under(self.tmp)}
+        (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         old = None
         if self.out.exists():
             old = self.out.with_name(f".{self.out.name}.old")
@@ -288,6 +314,29 @@ class InpaintResult:
     transformer_passes: int
     metrics: dict[str, float] | None
     per_image: list[dict[str, Any]]
+    unused_masks: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_batch_size(n: int) -> int:
+    if n < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {n}")
+    return n
+
+
+def inpainting_pairs(masked_dir: str | Path, masks_dir: str | Path) -> tuple[data.Pairing, list[str]]:
+    """(image, mask) pairs and warnings: masks that no image claimed are named, not ignored."""
+    pairing = data.pair_masks(masked_dir, masks_dir)
+    notes = []
+    if pairing.unused:
+        names = ", ".join(p.name for p in pairing.unused[:3]) + \
+            (f" and {len(pairing.unused) - 3} more" if len(pairing.unused) > 3 else "")
+        notes.append(f"{len(pairing.unused)} mask(s) in {masks_dir} have no image in {masked_dir}: {names}")
+    return pairing, notes
+
+
+def _size_hint(size: int) -> str:
+    return f"the model works on {size}x{size} images: resize the images and their masks to {size}x{size} first"
 
 
 def _strip(images: list[torch.Tensor]) -> torch.Tensor:
@@ -307,14 +356,16 @@ def inpaint_folder(inpainter, pairs: list[tuple[Path, Path]], out_dir: Path, *, 
     """Inpaint every (image, mask) pair into out_dir (same names); per-image metrics with GT."""
     from maskgit_cli import metrics as metrics_mod
 
+    check_batch_size(batch_size)
     gt_paths = _ground_truth_paths(ground_truth, [p for p, _ in pairs]) if ground_truth else None
     per_image: list[dict[str, Any]] = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
-        masked = data.load_images([p for p, _ in chunk], size)
+        masked = data.load_images([p for p, _ in chunk], size, hint=_size_hint(size))
         missing = torch.stack([data.read_mask(m, size, mask_missing) for _, m in chunk])
         gens = [image_generator(seed, start + i) for i in range(len(chunk))]
-        truth = data.load_images(gt_paths[start:start + len(chunk)], size) if gt_paths is not None else None
+        truth = data.load_images(gt_paths[start:start + len(chunk)], size, hint=_size_hint(size)) \
+            if gt_paths is not None else None
         batch = inpainter(masked, missing, gens, record=save_steps, truth_u8=truth)
         for i, (p, _m) in enumerate(chunk):
             data.save_png(batch.images[i], out_dir / f"{p.stem}.png")
@@ -342,9 +393,8 @@ def inpaint_folder(inpainter, pairs: list[tuple[Path, Path]], out_dir: Path, *, 
 
 
 def _ground_truth_paths(folder: str | Path, images: list[Path]) -> list[Path]:
-    gt = data.pair_masks(Path(images[0]).parent, folder)  # same pairing rules as masks
-    by_image = {p: g for p, g in gt}
-    return [by_image[p] for p in images]
+    """The ground-truth image of each image (same pairing rules as masks; extra ones are fine)."""
+    return [g for _, g in data.pair_files(images, data.list_images(folder), "ground-truth image", folder).pairs]
 
 
 def inpaint(masked_dir: str | Path, masks_dir: str | Path, out: str | Path, *, model: str | Path | None = None,
@@ -353,7 +403,9 @@ def inpaint(masked_dir: str | Path, masks_dir: str | Path, out: str | Path, *, m
             overwrite: bool = False, on_progress: Progress = None) -> InpaintResult:
     if mask_missing not in ("black", "white"):
         raise ConfigError("--mask-missing must be 'black' (0 = missing, the lab's) or 'white'")
-    pairs = data.pair_masks(masked_dir, masks_dir)
+    check_batch_size(batch_size)
+    pairing, notes = inpainting_pairs(masked_dir, masks_dir)
+    pairs = pairing.pairs
     if ground_truth is None and _fill_of(settings) == "oracle":
         raise ConfigError("--fill oracle needs --ground-truth: it decodes the true images' own tokens")
     dev = runtime.resolve_device(device)
@@ -368,7 +420,8 @@ def inpaint(masked_dir: str | Path, masks_dir: str | Path, out: str | Path, *, m
     seconds = time.time() - t0
     return InpaintResult(count=len(pairs), seconds=seconds, images_per_second=len(pairs) / max(seconds, 1e-9),
                          out=str(out), settings=settings.to_dict(), model=_model_label(model, settings),
-                         transformer_passes=inpainter.transformer_passes, metrics=summary, per_image=per_image)
+                         transformer_passes=inpainter.transformer_passes, metrics=summary, per_image=per_image,
+                         unused_masks=len(pairing.unused), warnings=notes)
 
 
 # ------------------------------------------------------------------------------------ fid
@@ -401,16 +454,24 @@ def statistics(source: str | Path, extractor, batch_size: int, device: torch.dev
         return fid_mod.Stats.load(source)
     if not source.exists():
         raise DataError(f"not found: {source} (give an image folder or a .npz of statistics)")
-    feats = fid_mod.features(_load_float_images(source), extractor(), batch_size, device, on_progress)
-    return fid_mod.Stats.of(feats)
+    images = _load_float_images(source)
+    if len(images) < 2:
+        raise DataError(f"{source}: FID needs at least 2 images per set (the covariance of one image is "
+                        "undefined); add images")
+    return fid_mod.Stats.of(fid_mod.features(images, extractor(), batch_size, device, on_progress))
 
 
 def fid(a: str | Path, b: str | Path, *, dims: int = 2048, batch_size: int = 50, device: str = "auto",
         inception_weights: str | Path | None = None, save_stats: str | Path | None = None,
-        feature_fn=None, on_progress: Progress = None):
+        overwrite: bool = False, feature_fn=None, on_progress: Progress = None):
     """FID (and KID when features are at hand) between two folders or .npz statistics."""
     from maskgit_cli import fid as fid_mod
 
+    check_batch_size(batch_size)
+    if save_stats:
+        if Path(a).suffix == ".npz":
+            raise ConfigError("--save-stats saves the statistics of A; A is already a .npz")
+        data.check_output(Path(save_stats), overwrite)
     if dims not in fid_mod.DIMS:
         raise ConfigError(f"--dims must be one of {', '.join(map(str, fid_mod.DIMS))}, got {dims}")
     dev = runtime.resolve_device(device)
@@ -427,8 +488,6 @@ def fid(a: str | Path, b: str | Path, *, dims: int = 2048, batch_size: int = 50,
     if len(sa.mu) != dims or len(sb.mu) != dims:
         raise DataError(f"statistics have {len(sa.mu)} and {len(sb.mu)} dims but --dims is {dims}")
     if save_stats:
-        if Path(a).suffix == ".npz":
-            raise ConfigError("--save-stats saves the statistics of A; A is already a .npz")
         sa.save(Path(save_stats))
     return fid_mod.compare(sa, sb, dims, time.time() - t0)
 
@@ -457,36 +516,43 @@ def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     return t.mean().item(), (t.std(unbiased=False).item() if len(v) > 1 else 0.0)
 
 
+REFERENCE_FILLS = ("harmonic", "oracle")  # the rows compare-schedules adds with --baselines
+
+
 def compare_schedules(masked_dir: str | Path, masks_dir: str | Path, ground_truth: str | Path, out: str | Path, *,
                       model: str | Path | None = None, schedules_: list[str] | None = None, total_iter: int = 12,
                       sweet_spots: list[int] | None = None, seeds: list[int] | None = None,
                       reference_stats: str | Path | None = None, batch_size: int = 32,
                       inception_weights: str | Path | None = None, require_fid: bool = False, dims: int = 2048,
-                      device: str = "auto", overwrite: bool = False, base_settings=None, feature_fn=None,
-                      on_cell: Callable[[int, int, str], None] | None = None) -> CompareResult:
-    """Inpaint under every (schedule, sweet spot, seed); tabulate FID / KID / masked PSNR / SSIM."""
+                      baselines: bool = True, device: str = "auto", overwrite: bool = False, base_settings=None,
+                      feature_fn=None, on_cell: Callable[[int, int, str], None] | None = None) -> CompareResult:
+    """Inpaint under every (schedule, sweet spot, seed); tabulate FID / KID / masked PSNR / SSIM,
+    with the harmonic and oracle fills as reference rows (`baselines`)."""
     import csv
     import dataclasses
-    import json
 
     from maskgit_cli import fid as fid_mod
-    from maskgit_cli import plots, schedules
+    from maskgit_cli import plots
     from maskgit_cli.errors import WeightsNotFound
     from maskgit_cli.inpaint import Inpainter, InpaintSettings
 
     names = schedules_ or ["cosine", "linear", "square"]
-    for n in names:
-        schedules.get(n)
     spots = sweet_spots or [total_iter]
     seeds = seeds if seeds is not None else [0]
+    if not seeds:
+        raise ConfigError("--seeds needs at least one seed")
+    check_batch_size(batch_size)
+    for n in names:  # the decode rules, under the flags' names, before any work
+        InpaintSettings(schedule=n, total_iter=total_iter).check()
     if any(t < 1 or t > total_iter for t in spots):
         raise ConfigError(f"--sweet-spots must lie in 1..{total_iter} (--total-iter)")
-    pairs = data.pair_masks(masked_dir, masks_dir)
+    pairing, notes = inpainting_pairs(masked_dir, masks_dir)
+    pairs = pairing.pairs
     gt_paths = _ground_truth_paths(ground_truth, [p for p, _ in pairs])
     dev = runtime.resolve_device(device)
     tokenizer, transformer, cfg = load_model(model, dev)
+    size = cfg.data.image_size
     t_start = time.time()
-    notes: list[str] = []
 
     extractor = feature_fn
     if extractor is None:
@@ -501,55 +567,62 @@ def compare_schedules(masked_dir: str | Path, masks_dir: str | Path, ground_trut
         if reference_stats:
             ref = fid_mod.Stats.load(reference_stats)
         else:
-            gt_images = [img.float() / 255 for img in data.load_images(gt_paths, cfg.data.image_size)]
+            gt_images = [img.float() / 255 for img in data.load_images(gt_paths, size, hint=_size_hint(size))]
             ref = fid_mod.Stats.of(fid_mod.features(gt_images, extractor, 50, dev))
         if 0 < len(pairs) < (len(ref.mu)):
             notes.append(f"{len(pairs)} images < {len(ref.mu)} feature dims: FID is biased upward; compare only at equal N")
 
     base = InpaintSettings.resolve(cfg.decode, base_settings)
     cells = [(s, t) for s in names for t in spots]
-    total_runs = len(cells) * len(seeds)
+    jobs = [(dataclasses.replace(base, schedule=s, total_iter=total_iter, sweet_spot=t), seeds) for s, t in cells]
+    if baselines:  # deterministic: one seed each
+        jobs += [(dataclasses.replace(base, fill=f), seeds[:1]) for f in REFERENCE_FILLS]
+    total_runs = sum(len(js) for _, js in jobs)
     rows, examples = [], {}
     with OutputDir(Path(out), overwrite) as tmp:
         run_i = 0
-        for sched, t in cells:
-            settings = dataclasses.replace(base, schedule=sched, total_iter=total_iter, sweet_spot=t)
+        for settings, job_seeds in jobs:
             inpainter = Inpainter(tokenizer, transformer, cfg, settings, dev)
+            label = settings.fill if settings.fill != "maskgit" else f"{settings.schedule}_T{total_iter}_t{settings.sweet_spot}"
             per_seed = []
-            for seed in seeds:
-                cell_dir = tmp / "cells" / f"{sched}_T{total_iter}_t{t}_seed{seed}"
+            for seed in job_seeds:
+                cell_dir = tmp / "cells" / f"{label}_seed{seed}"
                 t0 = time.time()
-                summary, _ = inpaint_folder(inpainter, pairs, cell_dir, size=cfg.data.image_size, seed=seed,
+                summary, _ = inpaint_folder(inpainter, pairs, cell_dir, size=size, seed=seed,
                                             batch_size=batch_size, ground_truth=ground_truth)
                 secs = time.time() - t0
                 f = k = None
                 if extractor is not None:
-                    imgs = [img.float() / 255 for img in data.load_images(sorted(cell_dir.glob("*.png")), cfg.data.image_size)]
+                    imgs = [img.float() / 255 for img in data.load_images(sorted(cell_dir.glob("*.png")), size)]
                     st = fid_mod.Stats.of(fid_mod.features(imgs, extractor, 50, dev))
                     f = fid_mod.frechet_distance(st.mu, st.sigma, ref.mu, ref.sigma)
                     if ref.features is not None:
                         k = fid_mod.kid(st.features, ref.features)[0]
                 per_seed.append({"fid": f, "kid": k, "psnr": summary["psnr_masked"], "ssim": summary["ssim_masked"],
                                  "seconds_per_image": secs / len(pairs)})
-                if seed == seeds[0]:
-                    examples[(sched, t)] = data.load_images([cell_dir / f"{pairs[0][0].stem}.png"], cfg.data.image_size)[0]
+                if seed == job_seeds[0]:
+                    examples[label] = data.load_images([cell_dir / f"{pairs[0][0].stem}.png"], size)[0]
                 run_i += 1
                 if on_cell:
-                    on_cell(run_i, total_runs, f"{sched} T={total_iter} t={t} seed={seed}")
+                    on_cell(run_i, total_runs, label.replace("_", " ") + f" seed={seed}")
             fm, fs = _mean_std([r["fid"] for r in per_seed])
             km, _ = _mean_std([r["kid"] for r in per_seed])
             pm, ps = _mean_std([r["psnr"] for r in per_seed])
             sm, _ = _mean_std([r["ssim"] for r in per_seed])
             spi, _ = _mean_std([r["seconds_per_image"] for r in per_seed])
-            rows.append({"schedule": sched, "total_iter": total_iter, "sweet_spot": t, "fid_mean": fm, "fid_std": fs,
+            maskgit = settings.fill == "maskgit"
+            rows.append({"fill": settings.fill, "schedule": settings.schedule if maskgit else settings.fill,
+                         "total_iter": total_iter if maskgit else None,
+                         "sweet_spot": settings.sweet_spot if maskgit else None, "fid_mean": fm, "fid_std": fs,
                          "kid_mean": km, "psnr_mean": pm, "psnr_std": ps, "ssim_mean": sm,
-                         "seconds_per_image": spi, "seeds": len(seeds)})
+                         "seconds_per_image": spi, "seeds": len(job_seeds)})
         ranked_by = "fid" if extractor is not None else "psnr"
-        if ranked_by == "fid":
-            rows.sort(key=lambda r: (r["fid_mean"] is None, r["fid_mean"] or 0))
-        else:
-            rows.sort(key=lambda r: -(r["psnr_mean"] or -1e9))
-        best = rows[0] if rows else None
+        metric = f"{ranked_by}_mean"
+        sign = 1 if ranked_by == "fid" else -1  # lower FID, higher PSNR is better
+        ranked = sorted((r for r in rows if r["fill"] == "maskgit"),
+                        key=lambda r: (r[metric] is None, sign * (r[metric] or 0)))
+        rows = ranked + [r for r in rows if r["fill"] != "maskgit"]  # references last, in their own order
+        best = ranked[0] if ranked else None
         files = {"json": "results.json", "csv": "results.csv", "plot": "plot.png", "grid": "examples.png"}
         (tmp / files["json"]).write_text(json.dumps({"rows": rows, "best": best, "ranked_by": ranked_by,
                                                      "warnings": notes}, indent=2))
@@ -557,15 +630,17 @@ def compare_schedules(masked_dir: str | Path, masks_dir: str | Path, ground_trut
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        metric = "fid_mean" if ranked_by == "fid" else "psnr_mean"
-        series = {s: [(r["sweet_spot"], r[metric] if r[metric] is not None else float("nan")) for r in rows
+        nan = float("nan")
+        series = {s: [(r["sweet_spot"], r[metric] if r[metric] is not None else nan) for r in ranked
                       if r["schedule"] == s] for s in names}
+        for r in rows[len(ranked):]:  # a reference is one value: a flat line across the sweet spots
+            series[f"{r['fill']} (ref.)"] = [(t, r[metric] if r[metric] is not None else nan) for t in spots]
         plots.line_chart(series, tmp / files["plot"], f"{metric} vs sweet spot (T={total_iter})", "sweet spot t",
                          metric)
-        first_masked = data.load_images([pairs[0][0]], cfg.data.image_size)[0]
-        first_gt = data.load_images([gt_paths[0]], cfg.data.image_size)[0]
-        plots.image_grid([[first_masked, *[examples[(s, t)] for t in spots], first_gt] for s in names],
-                         tmp / files["grid"], row_labels=names,
+        first_masked = data.load_images([pairs[0][0]], size)[0]
+        first_gt = data.load_images([gt_paths[0]], size)[0]
+        grid_rows = [[first_masked, *[examples[f"{s}_T{total_iter}_t{t}"] for t in spots], first_gt] for s in names]
+        plots.image_grid(grid_rows, tmp / files["grid"], row_labels=names,
                          col_labels=["input", *[f"t={t}" for t in spots], "truth"])
     return CompareResult(rows=rows, best=best, ranked_by=ranked_by, fid_skipped=extractor is None,
                          count=len(pairs), out=str(out), files={k: str(Path(out) / v) for k, v in files.items()},
@@ -641,7 +716,7 @@ def demo(out: str | Path, *, model: str | Path | None = None, samples: str | Pat
     tokenizer, transformer, cfg = load_model(model, dev)
     settings = InpaintSettings.resolve(cfg.decode, settings)
     inpainter = Inpainter(tokenizer, transformer, cfg, settings, dev)
-    pairs = data.pair_masks(samples / "masked", samples / "masks")
+    pairs = data.pair_masks(samples / "masked", samples / "masks").pairs
     t0 = time.time()
     with OutputDir(Path(out), overwrite) as tmp:
         summary, per_image = inpaint_folder(inpainter, pairs, tmp / "results", size=cfg.data.image_size, seed=seed,
@@ -671,6 +746,8 @@ def make_masks(images_dir: str | Path, out: str | Path, *, seed: int = 0, size: 
                limit: int | None = None, overwrite: bool = False) -> MaskResult:
     """An inpainting set in the lab's conventions from any image folder: OUT/masks (0 = missing),
     OUT/masked (missing pixels gray 128), OUT/images (the originals), random blobs and boxes."""
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {limit}")
     paths = data.list_images(images_dir)[:limit]
     first = data._open(paths[0])
     size = size or first.size[0]

@@ -14,6 +14,11 @@ COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 10
           (227, 119, 194), (127, 127, 127)]
 
 
+def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's built-in font at 12 px: at its default 10 px the spaces all but vanish."""
+    return ImageFont.load_default(size=12)
+
+
 def _save(img: Image.Image, path: Path) -> None:
     atomic_write(Path(path), lambda tmp: img.save(tmp, format="PNG"))
 
@@ -21,10 +26,10 @@ def _save(img: Image.Image, path: Path) -> None:
 def image_grid(rows: list[list[torch.Tensor]], path: Path, row_labels: list[str] | None = None,
                col_labels: list[str] | None = None, scale: int = 2, pad: int = 4) -> None:
     """rows of uint8 (3, H, W) images -> one labelled PNG."""
-    font = ImageFont.load_default()
+    font = _font()
     H, W = rows[0][0].shape[1] * scale, rows[0][0].shape[2] * scale
-    left = 8 + max((len(t) for t in row_labels or []), default=0) * 6
-    top = 16 if col_labels else pad
+    left = 8 + int(max((font.getlength(t) for t in row_labels or []), default=0))
+    top = 18 if col_labels else pad
     cols = max(len(r) for r in rows)
     canvas = Image.new("RGB", (left + cols * (W + pad) + pad, top + len(rows) * (H + pad) + pad), "white")
     draw = ImageDraw.Draw(canvas)
@@ -43,9 +48,9 @@ def image_grid(rows: list[list[torch.Tensor]], path: Path, row_labels: list[str]
 def line_chart(series: dict[str, list[tuple[float, float]]], path: Path, title: str, xlabel: str, ylabel: str,
                size: tuple[int, int] = (640, 420)) -> None:
     """One line per series of (x, y) points, axes with ticks, a legend."""
-    font = ImageFont.load_default()
+    font = _font()
     w, h = size
-    ml, mr, mt, mb = 60, 130, 30, 45
+    ml, mr, mt, mb = 60, 20 + int(max((font.getlength(n) for n in series), default=0)) + 40, 30, 45
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
     pts = [p for s in series.values() for p in s if p[1] == p[1]]  # drop NaN

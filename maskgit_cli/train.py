@@ -101,6 +101,48 @@ def _check_finite(loss: torch.Tensor, step: int, ckpt_path: Path, hint: str) -> 
         raise TrainingDiverged(f"loss became {loss.item()} at step {step}; {kept}; {hint}")
 
 
+# What a resumed run may change: how long it trains and how often it logs and saves.
+_RESUMABLE = ("epochs", "max_steps", "log_every", "checkpoint_every")
+# The sections each stage's weights depend on (decode defaults are free to change).
+_STAGE_SECTIONS = {"tokenizer": ("data", "tokenizer", "tokenizer_train"),
+                   "transformer": ("data", "tokenizer", "transformer", "transformer_train")}
+
+
+def resume_changes(saved: dict[str, Any], cfg: Config, stage: str, path: Path) -> list[str]:
+    """Compare a checkpoint's config with the one a resume asks for. Training longer (epochs,
+    max_steps) or logging differently is allowed and described; any other change to what the
+    stage depends on is a CheckpointError naming the keys."""
+    from maskgit_cli.config import from_dict
+
+    saved = from_dict(saved, f"{path} (saved config)").to_dict()  # keys added since: their defaults
+    now = cfg.to_dict()
+    changed, notes = [], []
+    for section in _STAGE_SECTIONS[stage]:
+        for key, new in now[section].items():
+            old = saved[section][key]
+            if old == new:
+                continue
+            name = f"{section}.{key}"
+            if section == f"{stage}_train" and key in _RESUMABLE:
+                notes.append(f"{name} {old} -> {new}" + (": the learning-rate schedule follows the new total "
+                                                         "(its cosine continues from the current step)"
+                                                         if key in ("epochs", "max_steps") else ""))
+            else:
+                changed.append(f"{name} ({old} -> {new})")
+    if changed:
+        raise CheckpointError(f"{path}: cannot resume with {', '.join(changed[:3])}"
+                              f"{f' and {len(changed) - 3} more' if len(changed) > 3 else ''}: only "
+                              f"{', '.join(_RESUMABLE)} may change; resume with the run's own config "
+                              f"({path.parent / 'config.yaml'}) or start a new --out")
+    return notes
+
+
+def _past_total(step: int, total: int, path: Path) -> None:
+    if step > total:
+        raise CheckpointError(f"{path}: the run is already at step {step}, past the new total of {total} steps; "
+                              "raise --max-steps / --epochs to train further")
+
+
 def _prepare_run_dir(run_dir: Path, cfg: Config) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     data.atomic_write(run_dir / "config.yaml", lambda tmp: tmp.write_text(dump(cfg)))
@@ -122,6 +164,7 @@ class TokenizerResult:
     images_per_second: float
     interrupted: bool = False
     epochs: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -178,11 +221,11 @@ def train_tokenizer(cfg: Config, images: torch.Tensor, run_dir: Path, *, val_ima
     per_epoch = math.ceil(N / tc.batch_size)
     total = tc.max_steps if tc.max_steps > 0 else tc.epochs * per_epoch
 
+    notes: list[str] = []
     if resume:
         ck = checkpoint.load(ckpt_path, "tokenizer")
-        if ck["config"] != cfg.to_dict():
-            raise CheckpointError(f"{ckpt_path}: was trained with another config; resume with the "
-                                  f"run's own config ({run_dir / 'config.yaml'})")
+        notes = resume_changes(ck["config"], cfg, "tokenizer", ckpt_path)
+        _past_total(ck["step"], total, ckpt_path)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         if disc is not None and ck.get("disc") is not None:
@@ -221,7 +264,7 @@ def train_tokenizer(cfg: Config, images: torch.Tensor, run_dir: Path, *, val_ima
             lr = lr_at(step, total, tc.lr, tc.warmup_steps, tc.min_lr_ratio)
             _set_lr(opt, lr)
 
-            if step == 0 and not resume:
+            if step == 0 and not resume and model.learned_codebook:
                 # data-dependent codebook init: codes start on encoder outputs, not near zero
                 with torch.no_grad():
                     z = model.encode_latent(x)
@@ -248,7 +291,7 @@ def train_tokenizer(cfg: Config, images: torch.Tensor, run_dir: Path, *, val_ima
 
             counts = torch.bincount(ids.flatten().cpu(), minlength=model.codebook_size).float()
             code_ema.mul_(0.99).add_(counts, alpha=0.01)
-            if tc.restart_every and (step + 1) % tc.restart_every == 0:
+            if tc.restart_every and model.learned_codebook and (step + 1) % tc.restart_every == 0:
                 _restart_dead_codes(model, code_ema, z_e, tc.dead_threshold, g)
 
             step += 1
@@ -288,7 +331,8 @@ def train_tokenizer(cfg: Config, images: torch.Tensor, run_dir: Path, *, val_ima
         stage="tokenizer", steps=step, final_loss=loss_value,
         val_psnr=last_val["psnr"] if val_images is not None else None,
         codebook_usage=last_val["usage"], perplexity=last_val["perplexity"], checkpoint=str(ckpt_path),
-        seconds=seconds, images_per_second=seen / max(seconds, 1e-9), interrupted=interrupted, epochs=epochs)
+        seconds=seconds, images_per_second=seen / max(seconds, 1e-9), interrupted=interrupted, epochs=epochs,
+        warnings=notes)
 
 
 # =========================================================================== stage 2: MVTM
@@ -345,6 +389,7 @@ class TransformerResult:
     seconds: float
     interrupted: bool = False
     epochs: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def fixed_ratio_mask(B: int, N: int, ratio: float, seed: int) -> torch.Tensor:
@@ -412,8 +457,11 @@ def train_transformer(cfg: Config, ids: torch.Tensor, run_dir: Path, *, tokenize
     step, best = 0, float("inf")
     per_epoch = math.ceil(M / tc.batch_size / tc.grad_accum)
     total = tc.max_steps if tc.max_steps > 0 else tc.epochs * per_epoch
+    notes: list[str] = []
     if resume:
         ck = checkpoint.load(ckpt_path, "transformer")
+        notes = resume_changes(ck["config"], cfg, "transformer", ckpt_path)
+        _past_total(ck["step"], total, ckpt_path)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         scaler.load_state_dict(ck["scaler"])
@@ -507,4 +555,4 @@ def train_transformer(cfg: Config, ids: torch.Tensor, run_dir: Path, *, tokenize
         val_accuracy=last_val["accuracy"] if last_val else None,
         tokens_per_second=tokens_seen / max(seconds, 1e-9), checkpoint=str(ckpt_path),
         best_checkpoint=str(best_path) if best_path.exists() else None, seconds=seconds,
-        interrupted=interrupted, epochs=epochs)
+        interrupted=interrupted, epochs=epochs, warnings=notes)

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from maskgit_cli.config import Config, TokenizerConfig
+from maskgit_cli.fsq import FSQ
 
 
 class GroupNorm(nn.Module):
@@ -124,16 +125,24 @@ class Codebook(nn.Module):
 
 
 class _VQModel(nn.Module):
-    """encoder -> quant_conv -> codebook -> post_quant_conv -> decoder."""
+    """encoder -> quant_conv -> codebook (or FSQ) -> post_quant_conv -> decoder."""
 
     encoder: nn.Module
     decoder: nn.Module
 
-    def __init__(self, code_dim: int, K: int, beta: float, l2_codes: bool = False):
+    def __init__(self, code_dim: int, K: int, beta: float, l2_codes: bool = False,
+                 fsq_levels: tuple[int, ...] = ()):
         super().__init__()
-        self.codebook = Codebook(K, code_dim, beta, l2_codes)
-        self.quant_conv = nn.Conv2d(code_dim, code_dim, 1)
-        self.post_quant_conv = nn.Conv2d(code_dim, code_dim, 1)
+        # FSQ quantizes a few bounded channels: the 1x1 convs map code_dim <-> len(levels)
+        self.codebook = FSQ(fsq_levels) if fsq_levels else Codebook(K, code_dim, beta, l2_codes)
+        q_dim = len(fsq_levels) if fsq_levels else code_dim
+        self.quant_conv = nn.Conv2d(code_dim, q_dim, 1)
+        self.post_quant_conv = nn.Conv2d(q_dim, code_dim, 1)
+
+    @property
+    def learned_codebook(self) -> bool:
+        """True for VQ (codes that can die and be restarted), False for FSQ."""
+        return isinstance(self.codebook, Codebook)
 
     @property
     def codebook_size(self) -> int:
@@ -166,7 +175,7 @@ class VQGAN(_VQModel):
     at `attn_resolutions`, mirrored decoder. 64x64 with 3 levels -> 16x16 tokens."""
 
     def __init__(self, cfg: TokenizerConfig, image_size: int):
-        super().__init__(cfg.code_dim, cfg.codebook_size, cfg.beta, cfg.l2_codes)
+        super().__init__(cfg.code_dim, cfg.codebook_size, cfg.beta, cfg.l2_codes, cfg.fsq_levels)
         ch, n = list(cfg.channels), cfg.res_blocks
         res = image_size
         enc: list[nn.Module] = [nn.Conv2d(3, ch[0], 3, 1, 1)]

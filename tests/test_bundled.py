@@ -59,7 +59,7 @@ def test_demo_on_bundled_model(runner, tmp_path):
     grid = Image.open(tmp_path / "demo" / "grid.png")
     assert grid.height > grid.width  # one row per sample, three columns
     # paste-back: every known pixel of every result equals its input
-    for p, m in data.pair_masks(SAMPLES / "masked", SAMPLES / "masks"):
+    for p, m in data.pair_masks(SAMPLES / "masked", SAMPLES / "masks").pairs:
         result = np.asarray(Image.open(tmp_path / "demo" / "results" / f"{p.stem}.png").convert("RGB"))
         known = ~data.read_mask(m, 64).numpy()
         assert (result[known] == np.asarray(Image.open(p).convert("RGB"))[known]).all()

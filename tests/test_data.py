@@ -78,11 +78,45 @@ def test_masks_zero_means_missing(tmp_path):
 def test_pairing_by_name_and_by_lab_number(tmp_path):
     make_images(tmp_path / "img", 3, prefix="image_")
     make_masks(tmp_path / "mask", 3, prefix="mask_")
-    pairs = data.pair_masks(tmp_path / "img", tmp_path / "mask")
+    pairs = data.pair_masks(tmp_path / "img", tmp_path / "mask").pairs
     assert [(a.name, b.name) for a, b in pairs][1] == ("image_001.png", "mask_001.png")
     (tmp_path / "mask" / "mask_002.png").unlink()
     with pytest.raises(DataError, match="no mask .* for: image_002.png"):
         data.pair_masks(tmp_path / "img", tmp_path / "mask")
+
+
+def _touch(folder, names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        Image.new("L", (4, 4)).save(folder / n, format="PNG")
+
+
+@pytest.mark.parametrize("images,masks,expect", [
+    # digits as written first: img_1 <-> mask_1 and img_01 <-> mask_01, never both on one mask
+    (["img_1.png", "img_01.png"], ["mask_1.png", "mask_01.png"], {"img_1.png": "mask_1.png", "img_01.png": "mask_01.png"}),
+    # names without image suffixes: cat.jpg.png <-> cat.jpg, cat.png <-> cat.png
+    (["cat.png", "cat.jpg.png"], ["cat.png", "cat.jpg"], {"cat.png": "cat.png", "cat.jpg.png": "cat.jpg"}),
+    # the lab: different zero padding still pairs by number when it is unique on both sides
+    (["image_7.png", "image_12.png"], ["mask_007.png", "mask_012.png"], {"image_7.png": "mask_007.png", "image_12.png": "mask_012.png"}),
+    (["000.png", "001.png"], ["000.jpg", "001.jpg", "002.jpg"], {"000.png": "000.jpg", "001.png": "001.jpg"}),
+])
+def test_pairing_rules(tmp_path, images, masks, expect):
+    _touch(tmp_path / "i", images)
+    _touch(tmp_path / "m", masks)
+    pairing = data.pair_masks(tmp_path / "i", tmp_path / "m")
+    assert {a.name: b.name for a, b in pairing.pairs} == expect
+    assert sorted(p.name for p in pairing.unused) == sorted(set(masks) - set(expect.values()))
+
+
+def test_pairing_refuses_to_share_or_guess(tmp_path):
+    _touch(tmp_path / "i", ["img_1.png", "img_01.png"])
+    _touch(tmp_path / "m", ["mask_1.png"])  # img_01 has no mask of its own: an error, not mask_1 twice
+    with pytest.raises(DataError, match="no mask .* for: img_01.png"):
+        data.pair_masks(tmp_path / "i", tmp_path / "m")
+    _touch(tmp_path / "i2", ["a_1.png", "b_1.png"])
+    _touch(tmp_path / "m2", ["m_1.png", "n_1.png"])
+    with pytest.raises(DataError, match="ambiguous pairing of images and masks .*a_1.png, b_1.png, m_1.png, n_1.png"):
+        data.pair_masks(tmp_path / "i2", tmp_path / "m2")
 
 
 def test_token_file_round_trip_and_errors(tmp_path):

@@ -31,10 +31,10 @@ def test_same_seed_same_output_and_batch_equals_one_by_one(tiny_run, tiny_data, 
     _run(tiny_run, tiny_data, tmp_path / "b", settings=s, batch_size=1, seed=3)
     _run(tiny_run, tiny_data, tmp_path / "c", settings=s, batch_size=4, seed=4)
     same = [np.array_equal(np.asarray(Image.open(tmp_path / "a" / n)), np.asarray(Image.open(tmp_path / "b" / n)))
-            for n in sorted(x.name for x in (tmp_path / "a").iterdir())]
+            for n in sorted(x.name for x in (tmp_path / "a").glob("*.png"))]
     assert all(same)
     differs = [not np.array_equal(np.asarray(Image.open(tmp_path / "a" / n)), np.asarray(Image.open(tmp_path / "c" / n)))
-               for n in sorted(x.name for x in (tmp_path / "a").iterdir())]
+               for n in sorted(x.name for x in (tmp_path / "a").glob("*.png"))]
     assert any(differs)
 
 
@@ -111,3 +111,41 @@ def test_tokenizer_and_transformer_with_different_codebooks(tiny_run, tiny_data,
                    overrides=["tokenizer.codebook_size=16", "tokenizer_train.max_steps=1"])
     with pytest.raises(CheckpointError, match="trained on tokenizer|codes"):
         pipeline.inpaint(tiny_data["masked"], tiny_data["masks"], tmp_path / "o", model=bad, device="cpu")
+
+
+def test_harmonic_fill_needs_no_model_and_equals_the_laplace_solution(runner, tiny_data, tmp_path):
+    from conftest import invoke_json
+    from maskgit_cli.harmonic import harmonic_fill
+
+    out = invoke_json(runner, ["inpaint", str(tiny_data["masked"]), "--masks", str(tiny_data["masks"]), "--out",
+                               str(tmp_path / "h"), "--fill", "harmonic", "--ground-truth", str(tiny_data["test"])])
+    assert out["model"] == "none (harmonic fill)" and out["settings"]["fill"] == "harmonic"
+    assert out["transformer_passes"] == 0 and out["per_image"][0]["masked_tokens"] is None
+    p = sorted(tiny_data["masked"].iterdir())[0]
+    missing = data.read_mask(tiny_data["masks"] / p.name, 16).numpy()
+    masked = np.asarray(Image.open(p).convert("RGB")).transpose(2, 0, 1) / 255.0
+    expect = np.round(np.clip(harmonic_fill(masked, missing), 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "h" / p.name).convert("RGB")), expect)
+
+
+def test_oracle_fill_is_the_tokenizers_reconstruction_of_the_truth(tiny_run, tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match="--fill oracle needs --ground-truth"):
+        _run(tiny_run, tiny_data, tmp_path / "x", settings={"fill": "oracle"})
+    oracle = _run(tiny_run, tiny_data, tmp_path / "o", settings={"fill": "oracle"}, ground_truth=tiny_data["test"])
+    full = _run(tiny_run, tiny_data, tmp_path / "r", settings={"fill": "oracle", "paste_back": False},
+                ground_truth=tiny_data["test"])
+    # paste-back only changes known pixels: inside the hole both equal decode(encode(truth))
+    assert oracle.metrics["psnr_masked"] == pytest.approx(full.metrics["psnr_masked"])
+    assert oracle.transformer_passes == 0 and oracle.metrics["psnr"] > full.metrics["psnr"]
+
+
+def test_harmonic_prefill_changes_only_what_the_encoder_sees(tiny_run, tiny_data, tmp_path):
+    """The prefill feeds the context encoder; known pixels are still pasted back bit-identically."""
+    res = _run(tiny_run, tiny_data, tmp_path / "p", settings={"prefill": "harmonic", "total_iter": 3})
+    assert res.settings["prefill"] == "harmonic"
+    for p in sorted(tiny_data["masked"].iterdir()):
+        known = np.asarray(Image.open(tiny_data["masks"] / p.name)) >= 128
+        assert (np.asarray(Image.open(p).convert("RGB"))[known] ==
+                np.asarray(Image.open(tmp_path / "p" / p.name).convert("RGB"))[known]).all()
+    with pytest.raises(ConfigError, match="--prefill must be one of none, harmonic"):
+        _run(tiny_run, tiny_data, tmp_path / "q", settings={"prefill": "gray"})

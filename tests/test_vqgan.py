@@ -2,6 +2,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,3 +114,33 @@ def test_bare_state_dict_needs_a_config_and_must_fit(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="not a readable"):
         checkpoint.load_tokenizer(tmp_path / "junk.pt", cfg)
+
+
+def test_fsq_codes_cover_the_grid_and_round_trip():
+    from maskgit_cli.fsq import FSQ
+
+    q = FSQ((8, 5, 5, 5))
+    assert q.K == 1000
+    codes = q.codes()
+    assert codes.shape == (1000, 4) and codes.unique(dim=0).shape[0] == 1000 and codes.abs().max() <= 1
+    z = (torch.randn(2, 4, 3, 3) * 2).requires_grad_()
+    zq, ids, loss = q(z)
+    assert loss.item() == 0 and 0 <= int(ids.min()) and int(ids.max()) < 1000
+    assert torch.equal(q.lookup(ids), zq.detach())  # ids and values agree
+    assert torch.equal(q.nearest(z.detach().permute(0, 2, 3, 1).reshape(-1, 4)).view(2, 3, 3), ids)
+    zq.sum().backward()  # straight-through: rounding passes gradients
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_fsq_tokenizer_trains_and_needs_a_consistent_codebook_size(tiny_data, tmp_path):
+    from conftest import TINY
+    from maskgit_cli import pipeline
+    from maskgit_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="must equal the product of tokenizer.fsq_levels"):
+        config.load(TINY, ["tokenizer.fsq_levels=[4,4,4]"])  # 64 codes, but codebook_size 32
+    res = pipeline.train(TINY, "tokenizer", tiny_data["train"], tmp_path / "r", device="cpu",
+                         overrides=["tokenizer.fsq_levels=[4,4,2]", "tokenizer_train.max_steps=12"])
+    assert res.steps == 12 and 0 < res.codebook_usage <= 1 and np.isfinite(res.final_loss)
+    model, cfg, _ = checkpoint.load_tokenizer(tmp_path / "r")
+    assert model.codebook_size == 32 and not model.learned_codebook
