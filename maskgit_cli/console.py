@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any, Iterable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -23,16 +24,19 @@ def console() -> Console:
     return _console
 
 
+# Messages are text, not markup: a "[x]" in a path or a list must print as written.
+
+
 def info(message: str) -> None:
-    console().print(message)
+    console().print(escape(message), soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    console().print(f"[yellow]warning:[/yellow] {message}")
+    console().print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
 
 
 def error(message: str) -> None:
-    console().print(f"[bold red]error:[/bold red] {message}", soft_wrap=True)
+    console().print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
 
 
 def _clean(obj: Any) -> Any:

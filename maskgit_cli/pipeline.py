@@ -220,12 +220,19 @@ def _model_label(model: str | Path | None, settings) -> str:
 
 
 def make_inpainter(model: str | Path | None, settings, device: torch.device, first_image: Path):
-    """(Inpainter, image size). The harmonic fill needs no model: it works at the images' own size."""
+    """(Inpainter, image size). The harmonic fill needs no model: it works at the images' own size.
+    The oracle fill needs only a tokenizer: a run directory without a transformer will do."""
     from maskgit_cli.inpaint import Inpainter, InpaintSettings
 
-    if _fill_of(settings) == "harmonic":
+    fill = _fill_of(settings)
+    if fill == "harmonic":
         size = data._open(first_image).size[0]
         return Inpainter(None, None, None, InpaintSettings.resolve(config.DecodeConfig(), settings), device), size
+    if fill == "oracle" and model is not None and not (Path(model) / checkpoint.TRANSFORMER).is_file():
+        tokenizer, cfg, _ = checkpoint.load_tokenizer(Path(model) / checkpoint.TOKENIZER
+                                                      if Path(model).is_dir() else model, device=device)
+        return Inpainter(tokenizer, None, cfg, InpaintSettings.resolve(cfg.decode, settings), device), \
+            cfg.data.image_size
     tokenizer, transformer, cfg = load_model(model, device)
     settings = InpaintSettings.resolve(cfg.decode, settings)
     return Inpainter(tokenizer, transformer, cfg, settings, device), cfg.data.image_size

@@ -137,6 +137,15 @@ def test_oracle_fill_is_the_tokenizers_reconstruction_of_the_truth(tiny_run, tin
     # paste-back only changes known pixels: inside the hole both equal decode(encode(truth))
     assert oracle.metrics["psnr_masked"] == pytest.approx(full.metrics["psnr_masked"])
     assert oracle.transformer_passes == 0 and oracle.metrics["psnr"] > full.metrics["psnr"]
+    # a tokenizer alone (a run before stage 2) is enough for its oracle row
+    import shutil
+
+    tok_only = tmp_path / "tok_only"
+    tok_only.mkdir()
+    shutil.copy(tiny_run / "tokenizer.pt", tok_only / "tokenizer.pt")
+    alone = pipeline.inpaint(tiny_data["masked"], tiny_data["masks"], tmp_path / "a", model=tok_only, device="cpu",
+                             settings={"fill": "oracle"}, ground_truth=tiny_data["test"])
+    assert alone.metrics["psnr_masked"] == pytest.approx(oracle.metrics["psnr_masked"])
 
 
 def test_harmonic_prefill_changes_only_what_the_encoder_sees(tiny_run, tiny_data, tmp_path):
