@@ -5,12 +5,13 @@ from common import ROOT, emit, interleaved, machine
 import torch
 
 from maskgit_cli import config, data, vqgan
+from maskgit_cli.train import adamw
 
 
 def bench(name: str, batch: int) -> dict:
     cfg = config.load(ROOT / "configs" / f"{name}.yaml")
     model = vqgan.build(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = adamw(model.parameters(), lr=1e-4)  # the training loop's optimizer
     x = torch.randn(batch, 3, cfg.data.image_size, cfg.data.image_size)
 
     def train_step():

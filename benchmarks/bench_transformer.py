@@ -13,7 +13,7 @@ from common import ROOT, emit, interleaved, machine, matmul_peak
 import torch
 
 from maskgit_cli import config, data, transformer
-from maskgit_cli.train import masked_loss, mvtm_mask
+from maskgit_cli.train import adamw, masked_loss, mvtm_mask
 from reference import reference_models, reference_train_step
 
 PUBLISHED_REFERENCE_IMAGES_PER_SECOND = 0.6
@@ -25,7 +25,7 @@ def bench(name: str, batch: int, compile: bool = False, reference: bool = False,
     torch.manual_seed(0)
     model = transformer.build(cfg.transformer, grid, K)
     net = torch.compile(model) if compile else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.96))
+    opt = adamw(model.parameters(), lr=1e-4, betas=(0.9, 0.96))  # the training loop's optimizer
     ids = torch.randint(0, K, (batch, grid * grid))
     g = torch.Generator().manual_seed(0)
     model.train()

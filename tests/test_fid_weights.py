@@ -43,6 +43,15 @@ def test_name_table_fills_every_fixture_key_exactly_once_from_every_tf_tensor():
     assert not ours["fc.weight"].any() and not ours["fc.bias"].any()
 
 
+def test_a_tf_classifier_fills_fc_and_must_fit():
+    tf = _tf_state()
+    ours = fid_weights.from_tf_names({**tf, "output.weight": torch.ones(1008, 2048), "output.bias": torch.ones(1008)},
+                                     "nvidia-like.pt")
+    assert ours["fc.weight"].sum() == 1008 * 2048 and ours["fc.bias"].sum() == 1008
+    with pytest.raises(WeightsError, match="fc.weight has shape"):
+        fid_weights.from_tf_names({**tf, "output.weight": torch.ones(10, 2048)}, "x.pt")
+
+
 def test_incomplete_or_foreign_tf_files_are_refused():
     tf = _tf_state()
     missing = {k: v for k, v in tf.items() if "mixed_10.tower_2_conv.var" not in k}
