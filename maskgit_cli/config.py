@@ -129,6 +129,9 @@ class TransformerConfig:
     attn_dropout: float = ruled(0.0, below(0, 1))
     norm: str = ruled("pre", one_of("pre", "post"))  # pre (default) or post (the lab's layout)
     head: str = ruled("linear", one_of("linear", "tied"))  # or token embedding + per-position bias (the lab's)
+    # masked positions also see the hole's coarse colour: the mean colours of the known tokens,
+    # harmonically interpolated across the masked ones (harmonic.harmonic_grid)
+    hint: bool = False
 
 
 @dataclass(frozen=True)

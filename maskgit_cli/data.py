@@ -268,6 +268,7 @@ class TokenFile:
     files: list[str]
     tokenizer_id: str
     codebook_size: int
+    colors: torch.Tensor | None = None  # (N, 3, h, w) each token's mean colour (normalized), for hints
 
     @property
     def grid(self) -> int:
@@ -279,7 +280,8 @@ def save_tokens(path: Path, tokens: TokenFile) -> None:
         with open(tmp, "wb") as fh:
             np.savez(fh, ids=tokens.ids.cpu().numpy().astype(np.uint16),
                      files=np.array(tokens.files), tokenizer_id=np.array(tokens.tokenizer_id),
-                     grid=np.array(tokens.grid), codebook_size=np.array(tokens.codebook_size))
+                     grid=np.array(tokens.grid), codebook_size=np.array(tokens.codebook_size),
+                     **({"colors": tokens.colors.cpu().numpy().astype(np.float16)} if tokens.colors is not None else {}))
     atomic_write(Path(path), write)
 
 
@@ -293,6 +295,7 @@ def load_tokens(path: str | Path) -> TokenFile:
             files = [str(f) for f in z["files"]]
             tok_id = str(z["tokenizer_id"])
             K = int(z["codebook_size"])
+            colors = torch.from_numpy(z["colors"].astype(np.float32)) if "colors" in z else None
     except KeyError as err:
         raise DataError(f"{path}: not a maskgit token file (missing {err}); "
                         "re-create it with `maskgit encode`") from None
@@ -303,4 +306,6 @@ def load_tokens(path: str | Path) -> TokenFile:
         raise DataError(f"{path}: token file holds no token grids; re-create it with `maskgit encode`")
     if int(ids.max()) >= K:
         raise DataError(f"{path}: ids exceed the codebook size {K}; the file is corrupt")
-    return TokenFile(ids=ids, files=files, tokenizer_id=tok_id, codebook_size=K)
+    if colors is not None and colors.shape != (ids.shape[0], 3, *ids.shape[1:]):
+        raise DataError(f"{path}: colours {tuple(colors.shape)} do not fit ids {tuple(ids.shape)}; the file is corrupt")
+    return TokenFile(ids=ids, files=files, tokenizer_id=tok_id, codebook_size=K, colors=colors)

@@ -59,3 +59,46 @@ def fill_batch(masked_u8: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
     x = masked_u8.float().numpy() / 255.0
     m = missing.numpy()
     return torch.from_numpy(np.stack([harmonic_fill(x[i], m[i]) for i in range(len(x))])).float().clamp(0, 1)
+
+
+# --------------------------------------------------------------- token resolution (the hint)
+
+
+def token_colors(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """Mean colour of each token's patch: images (B, C, H, W) -> (B, C, grid, grid)."""
+    return torch.nn.functional.adaptive_avg_pool2d(x.float(), grid)
+
+
+def _grid_laplacian(h: int, w: int, device) -> torch.Tensor:
+    """(h*w, h*w) graph Laplacian of the 4-neighbour grid, no flux across the border."""
+    idx = torch.arange(h * w, device=device).view(h, w)
+    L = torch.zeros(h * w, h * w, device=device, dtype=torch.float64)
+    for a, b in ((idx[:, :-1], idx[:, 1:]), (idx[:-1, :], idx[1:, :])):
+        a, b = a.flatten(), b.flatten()
+        L[a, b] = -1.0
+        L[b, a] = -1.0
+    L -= torch.diag(L.sum(1))
+    return L
+
+
+def harmonic_grid(values: torch.Tensor, unknown: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+    """Harmonic fill on a small grid, batched: values (B, C, h, w), unknown (B, h, w) bool ->
+    (B, C, h, w) with every unknown cell the mean of its neighbours and known cells unchanged.
+    One dense solve per batch (h*w unknowns at most: 256 for a 16x16 token grid). A region with no
+    known cell (all unknown) settles at `fill`."""
+    B, C, h, w = values.shape
+    n = h * w
+    u = unknown.reshape(B, n).to(values.device)
+    L = _grid_laplacian(h, w, values.device)  # float64: the regularizer below is far below float32's eps
+    eye = torch.eye(n, device=values.device, dtype=torch.float64)
+    # Unknown cells: deg_i x_i - sum of unknown neighbours = sum of known neighbours' values (+ a
+    # tiny pull to `fill`, which only decides regions with nothing known around them). Known cells
+    # are decoupled (identity rows and columns), so the matrix is symmetric positive definite and
+    # Cholesky needs no pivoting (batched LU with row swaps fails in oneMKL after set_num_threads).
+    both = u.unsqueeze(-1) & u.unsqueeze(-2)
+    A = torch.where(both, L + 1e-6 * eye, torch.zeros_like(L)) + torch.where(u.unsqueeze(-1), 0.0, 1.0) * eye
+    v = values.reshape(B, C, n).transpose(1, 2).double()  # (B, n, C)
+    known_v = torch.where(u.unsqueeze(-1), torch.zeros_like(v), v)
+    rhs = torch.where(u.unsqueeze(-1), -(L @ known_v) + 1e-6 * fill, v)
+    x = torch.cholesky_solve(rhs, torch.linalg.cholesky(A))
+    return x.transpose(1, 2).reshape(B, C, h, w).to(values.dtype)

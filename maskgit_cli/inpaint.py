@@ -105,10 +105,16 @@ class Inpainter:
         self.grid = cfg.grid if cfg is not None else None
         self.transformer_passes = 0
 
-    def logits(self, ids_flat: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    def logits(self, ids_flat: torch.Tensor, where: torch.Tensor, hint: torch.Tensor | None = None) -> torch.Tensor:
         self.transformer_passes += ids_flat.shape[0]
         with runtime.autocast(self.device):
-            return self.tr(ids_flat, where)
+            return self.tr(ids_flat, where, hint=hint)
+
+    def _hint(self, context_u8: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
+        """(B, N, 3): the known tokens' mean colours, harmonically continued across the unknown
+        ones; the same construction the model was trained with (train.mvtm_hint)."""
+        colors = harmonic.token_colors(data.normalize(context_u8.to(self.device), self.cfg.data), self.grid)
+        return harmonic.harmonic_grid(colors, unknown).flatten(2).transpose(1, 2)
 
     def _pixels(self, ids: torch.Tensor) -> torch.Tensor:
         with runtime.autocast(self.device):
@@ -146,8 +152,10 @@ class Inpainter:
         # the tokens of whole images, which is what the transformer was trained on.
         context = masked_u8 if s.prefill == "none" else data.to_uint8(harmonic.fill_batch(masked_u8, missing))
         ids = self._encode(context)
+        hint = self._hint(context, unknown) if self.tr.cfg.hint else None
         res = decode.decode(
-            ids.flatten(1), unknown.flatten(1), self.logits, mask_id=self.tr.mask_id, generators=generators,
+            ids.flatten(1), unknown.flatten(1), lambda i, w: self.logits(i, w, hint), mask_id=self.tr.mask_id,
+            generators=generators,
             schedule=s.schedule, total_iter=s.total_iter, sweet_spot=s.sweet_spot or None,
             choice_temperature=s.choice_temperature, temperature=s.temperature,
             greedy=s.sampling == "greedy", record=record)

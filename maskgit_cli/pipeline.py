@@ -68,10 +68,14 @@ def train(config_path: str | Path, stage: str, data_path: str | Path, out: str |
     status = on_status or (lambda _msg: None)
     tok_model, tok_id = _run_tokenizer(cfg, out, tokenizer, dev, rank)
     status("preparing tokens")
-    ids = _stage2_tokens(data_path, "train", cfg, tok_model, tok_id, out, dev, resize, rank, flips=cfg.data.hflip)
-    val_ids = _stage2_tokens(val, "val", cfg, tok_model, tok_id, out, dev, resize, rank) if val else None
+    train_tokens = _stage2_tokens(data_path, "train", cfg, tok_model, tok_id, out, dev, resize, rank,
+                                  flips=cfg.data.hflip)
+    val_tokens = _stage2_tokens(val, "val", cfg, tok_model, tok_id, out, dev, resize, rank) if val else None
     del tok_model  # the tokenizer never runs inside the training loop
-    return training.train_transformer(cfg, ids, out, tokenizer_id=tok_id, val_ids=val_ids, device=dev, seed=seed,
+    return training.train_transformer(cfg, train_tokens.ids, out, tokenizer_id=tok_id,
+                                      colors=train_tokens.colors,
+                                      val_ids=val_tokens.ids if val_tokens else None,
+                                      val_colors=val_tokens.colors if val_tokens else None, device=dev, seed=seed,
                                       resume=resume, compile=compile, on_step=on_step if rank == 0 else None,
                                       on_epoch=on_epoch if rank == 0 else None)
 
@@ -106,9 +110,9 @@ def _run_tokenizer(cfg: Config, out: Path, tokenizer: str | Path | None, device:
 
 
 def _stage2_tokens(path: str | Path, split: str, cfg: Config, tok_model, tok_id: str, out: Path,
-                   device: torch.device, resize: bool, rank: int, flips: bool = False) -> torch.Tensor:
-    """ids (M, h, w) from a token file, or from an image folder encoded once and cached in
-    RUN_DIR/tokens_<split>.npz (with horizontally flipped copies for training)."""
+                   device: torch.device, resize: bool, rank: int, flips: bool = False) -> data.TokenFile:
+    """Tokens (ids (M, h, w) and token colours) from a token file, or from an image folder encoded
+    once and cached in RUN_DIR/tokens_<split>.npz (with horizontally flipped copies for training)."""
     path = Path(path)
     if path.is_file():
         tokens = data.load_tokens(path)
@@ -120,12 +124,13 @@ def _stage2_tokens(path: str | Path, split: str, cfg: Config, tok_model, tok_id:
         paths = data.list_images(path)
         names = [p.name for p in paths] + ([f"flip:{p.name}" for p in paths] if flips else [])
         tokens = data.load_tokens(cache) if cache.exists() else None
-        if tokens is None or tokens.tokenizer_id != tok_id or tokens.files != names:
+        if tokens is None or tokens.tokenizer_id != tok_id or tokens.files != names or tokens.colors is None:
             images = data.load_images(paths, cfg.data.image_size, resize)
             if flips:
                 images = torch.cat([images, images.flip(-1)])
-            ids = encode_images(tok_model, images, cfg, device)
-            tokens = data.TokenFile(ids=ids, files=names, tokenizer_id=tok_id, codebook_size=tok_model.codebook_size)
+            ids, colors = encode_images(tok_model, images, cfg, device)
+            tokens = data.TokenFile(ids=ids, files=names, tokenizer_id=tok_id, codebook_size=tok_model.codebook_size,
+                                    colors=colors)
             if rank == 0:
                 data.save_tokens(cache, tokens)
     if tokens.codebook_size != cfg.tokenizer.codebook_size:
@@ -134,7 +139,10 @@ def _stage2_tokens(path: str | Path, split: str, cfg: Config, tok_model, tok_id:
     if tokens.grid != cfg.grid:
         raise ConfigError(f"{path}: token grid is {tokens.grid}x{tokens.grid} but the config's is "
                           f"{cfg.grid}x{cfg.grid}")
-    return tokens.ids
+    if cfg.transformer.hint and tokens.colors is None:
+        raise DataError(f"{path}: has no token colours, which transformer.hint needs; re-encode it with "
+                        "`maskgit encode` (this version stores them)")
+    return tokens
 
 
 # --------------------------------------------------------------------------------- encode
@@ -154,16 +162,19 @@ class EncodeResult:
 
 @torch.no_grad()
 def encode_images(model, images: torch.Tensor, cfg: Config, device: torch.device, batch_size: int = 64,
-                  on_progress: Progress = None) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> ids (N, h, w), batched."""
-    out = []
+                  on_progress: Progress = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (N, 3, H, W) -> (ids (N, h, w), each token's mean colour (N, 3, h, w), normalized), batched."""
+    from maskgit_cli.harmonic import token_colors
+
+    ids, colors = [], []
     for i in range(0, len(images), batch_size):
         x = data.normalize(images[i:i + batch_size].to(device), cfg.data)
         with runtime.autocast(device):
-            out.append(model.encode(x).cpu())
+            ids.append(model.encode(x).cpu())
+        colors.append(token_colors(x, ids[-1].shape[-1]).cpu())
         if on_progress:
             on_progress(min(i + batch_size, len(images)), len(images))
-    return torch.cat(out)
+    return torch.cat(ids), torch.cat(colors)
 
 
 def encode(images_dir: str | Path, tokenizer: str | Path, out: str | Path, *, config_path: str | Path | None = None,
@@ -180,9 +191,10 @@ def encode(images_dir: str | Path, tokenizer: str | Path, out: str | Path, *, co
     paths = data.list_images(images_dir)
     t0 = time.time()
     images = data.load_images(paths, cfg.data.image_size, resize)
-    ids = encode_images(model, images, cfg, dev, batch_size, on_progress)
+    ids, colors = encode_images(model, images, cfg, dev, batch_size, on_progress)
     K = model.codebook_size
-    data.save_tokens(out, data.TokenFile(ids=ids, files=[p.name for p in paths], tokenizer_id=mid, codebook_size=K))
+    data.save_tokens(out, data.TokenFile(ids=ids, files=[p.name for p in paths], tokenizer_id=mid, codebook_size=K,
+                                         colors=colors))
     seconds = time.time() - t0
     usage = torch.unique(ids).numel() / K
     return EncodeResult(count=len(paths), grid=int(ids.shape[-1]), codebook_size=K, codebook_usage=usage,

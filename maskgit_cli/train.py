@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from maskgit_cli import checkpoint, data, runtime, vqgan
 from maskgit_cli.metrics import psnr
 from maskgit_cli.config import Config, dump
-from maskgit_cli.errors import CheckpointError, TrainingDiverged
+from maskgit_cli.errors import CheckpointError, DataError, TrainingDiverged
 
 Callback = Callable[[dict[str, Any]], None] | None
 
@@ -373,6 +373,19 @@ def mvtm_mask(ids: torch.Tensor, schedule: str, generator: torch.Generator, mode
     return rank < n.view(B, 1)
 
 
+def mvtm_hint(colors: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor | None:
+    """The colour hint for masked positions: the tokens' mean colours (B, 3, h, w) with the masked
+    ones replaced by the harmonic fill of the rest -> (B, N, 3). Decoding builds it the same way
+    from the known tokens of the masked image. None without colours (a model without hints)."""
+    if colors is None:
+        return None
+    from maskgit_cli.harmonic import harmonic_grid
+
+    B, N = mask.shape
+    grid = colors.shape[-1]
+    return harmonic_grid(colors.float(), mask.view(B, grid, grid).cpu()).flatten(2).transpose(1, 2)
+
+
 def masked_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                 label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy over the masked positions only. logits (B, N, K), or (M, K) already taken at
@@ -407,10 +420,13 @@ def fixed_ratio_mask(B: int, N: int, ratio: float, seed: int) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_transformer(model, ids: torch.Tensor, ratios: tuple[float, ...], device, batch_size: int = 128,
-                         seed: int = 1234) -> dict[str, Any]:
-    """Loss and masked-token accuracy at fixed mask ratios; val_loss is their mean."""
+                         seed: int = 1234, colors: torch.Tensor | None = None) -> dict[str, Any]:
+    """Loss and masked-token accuracy at fixed mask ratios; val_loss is their mean. `colors` (M, 3,
+    h, w): token colours, for a model with hints."""
     model.eval()
     K = model.K
+    if model.cfg.hint and colors is None:
+        raise DataError("this transformer uses colour hints: evaluating it needs the token colours")
     ids = ids.flatten(1)
     out: dict[str, Any] = {"accuracy": {}, "loss": {}}
     for j, ratio in enumerate(ratios):
@@ -418,8 +434,9 @@ def evaluate_transformer(model, ids: torch.Tensor, ratios: tuple[float, ...], de
         total_loss, correct, count = 0.0, 0, 0
         for i in range(0, len(ids), batch_size):
             x, m = ids[i:i + batch_size].to(device), mask[i:i + batch_size].to(device)
+            hint = mvtm_hint(colors[i:i + batch_size], m) if model.cfg.hint else None
             with runtime.autocast(device):
-                logits = model(x.masked_fill(m, K), m)  # (M, K), at the masked positions only
+                logits = model(x.masked_fill(m, K), m, hint=hint.to(device) if hint is not None else None)
             total_loss += F.cross_entropy(logits.float(), x[m], reduction="sum").item()
             correct += (logits.argmax(-1) == x[m]).sum().item()
             count += m.sum().item()
@@ -438,6 +455,7 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
 
 
 def train_transformer(cfg: Config, ids: torch.Tensor, run_dir: Path, *, tokenizer_id: str,
+                      colors: torch.Tensor | None = None, val_colors: torch.Tensor | None = None,
                       val_ids: torch.Tensor | None = None, device: torch.device = torch.device("cpu"),
                       seed: int = 0, resume: bool = False, compile: bool = False,
                       on_step: Callback = None, on_epoch: Callback = None) -> TransformerResult:
@@ -446,6 +464,10 @@ def train_transformer(cfg: Config, ids: torch.Tensor, run_dir: Path, *, tokenize
     from maskgit_cli import transformer as transformer_mod
 
     tc = cfg.transformer_train
+    if cfg.transformer.hint and (colors is None or (val_ids is not None and val_colors is None)):
+        raise DataError("transformer.hint needs the token colours of the training (and val) tokens")
+    if not cfg.transformer.hint:
+        colors = val_colors = None
     rank, world = runtime.dist_info()
     run_dir = Path(run_dir)
     ckpt_path, best_path = run_dir / checkpoint.TRANSFORMER, run_dir / "transformer_best.pt"
@@ -511,9 +533,11 @@ def train_transformer(cfg: Config, ids: torch.Tensor, run_dir: Path, *, tokenize
                 idx = batch_indices(M, tc.batch_size, seed, step * tc.grad_accum + micro, rank, world)
                 target = ids[idx]
                 mask = mvtm_mask(target, tc.schedule, g, tc.mask_mode, cfg.data.image_size)
+                hint = mvtm_hint(colors[idx] if colors is not None else None, mask)
                 target, mask = target.to(device), mask.to(device)
                 with runtime.autocast(device):
-                    logits = net(target.masked_fill(mask, K), mask)  # the last block and head at the mask only
+                    logits = net(target.masked_fill(mask, K), mask,  # the last block and head at the mask only
+                                 hint=hint.to(device) if hint is not None else None)
                     loss = masked_loss(logits, target, mask, tc.label_smoothing) / tc.grad_accum
                 _check_finite(loss, step, ckpt_path, "lower transformer_train.lr")
                 scaler.scale(loss).backward()
@@ -540,7 +564,7 @@ def train_transformer(cfg: Config, ids: torch.Tensor, run_dir: Path, *, tokenize
                        "train_loss": sum(epoch_losses) / len(epoch_losses), "lr": lr, "tokens_per_second": tps}
                 epoch_losses = []
                 if val_ids is not None and rank == 0:
-                    last_val = evaluate_transformer(eval_model, val_ids, tc.val_ratios, device)
+                    last_val = evaluate_transformer(eval_model, val_ids, tc.val_ratios, device, colors=val_colors)
                     row["val_loss"] = last_val["val_loss"]
                     row.update({f"val_acc@{r}": a for r, a in last_val["accuracy"].items()})
                     if last_val["val_loss"] < best:

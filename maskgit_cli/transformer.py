@@ -1,6 +1,7 @@
 """The stage-2 bidirectional transformer for masked visual token modeling (MVTM).
 
     ids (B, N) int64 in [0, K], MASK = K  ->  logits (B, N, K) over the K codes only
+    (with `hint: true` also hint (B, N, 3): a coarse colour per position, used where ids = MASK)
 
 The head never scores MASK, so it can never be predicted. `norm: pre` (default) is the stable
 pre-norm layout; `norm: post` with `head: tied` is the course lab's BERT-style model (embedding
@@ -91,6 +92,8 @@ class MaskTransformer(nn.Module):
         self.tok_emb = nn.Embedding(codebook_size + 1, cfg.dim)
         self.pos_emb = nn.Parameter(torch.zeros(1, num_tokens, cfg.dim))
         self.drop = nn.Dropout(cfg.dropout)
+        if cfg.hint:
+            self.hint_proj = nn.Linear(3, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         # pre-norm needs a final norm; post-norm normalizes the embedding instead
         self.ln = nn.LayerNorm(cfg.dim, eps=1e-5 if cfg.norm == "pre" else 1e-12)
@@ -101,6 +104,8 @@ class MaskTransformer(nn.Module):
             self.head = nn.Linear(cfg.dim, codebook_size)
         self.apply(self._init)
         nn.init.trunc_normal_(self.pos_emb, std=0.02)
+        if cfg.hint:  # starts as plain MVTM; learns how much to trust the colour
+            nn.init.zeros_(self.hint_proj.weight)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -109,12 +114,18 @@ class MaskTransformer(nn.Module):
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def forward(self, ids: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, where: torch.Tensor | None = None,
+                hint: torch.Tensor | None = None) -> torch.Tensor:
         """ids (B, N) -> logits (B, N, K); with `where` (B, N) bool, the logits at those positions
         only, as `logits[where]` (M, K) would give, for less work: the last block computes queries,
         MLP and head only there (every position is still a key and value), so decoding pays for
-        the masked positions instead of all N in that layer and in the head."""
+        the masked positions instead of all N in that layer and in the head. `hint` (B, N, 3) is
+        required when the model was built with `hint: true`."""
         x = self.tok_emb(ids) + self.pos_emb
+        if self.cfg.hint:
+            if hint is None:
+                raise ValueError("this transformer was trained with colour hints: pass hint (B, N, 3)")
+            x = x + self.hint_proj(hint.to(x.dtype)) * (ids == self.mask_id).unsqueeze(-1).to(x.dtype)
         if self.cfg.norm == "post":
             x = self.ln(x)
         x = self.drop(x)

@@ -51,3 +51,19 @@ def test_fill_batch_takes_uint8_images():
     out = fill_batch(x, missing)
     assert out.shape == (2, 3, 8, 8) and out.dtype == torch.float32
     assert torch.equal((out * 255).round().to(torch.uint8)[:, :, ~missing[0]], x[:, :, ~missing[0]])
+
+
+def test_the_batched_grid_solve_equals_the_sparse_one():
+    import torch
+
+    from maskgit_cli.harmonic import harmonic_grid
+
+    g = torch.Generator().manual_seed(0)
+    values = torch.rand(3, 3, 16, 16, generator=g)
+    unknown = torch.rand(3, 16, 16, generator=g) < 0.4
+    unknown[2] = True  # nothing known: the fill value
+    out = harmonic_grid(values, unknown, fill=0.25)
+    for b in range(2):
+        assert np.abs(out[b].numpy() - harmonic_fill(values[b].numpy(), unknown[b].numpy())).max() < 1e-5
+    assert torch.equal(out[0][:, ~unknown[0]], values[0][:, ~unknown[0]])
+    assert torch.allclose(out[2], torch.full_like(out[2], 0.25), atol=1e-5)

@@ -144,3 +144,45 @@ def test_ddp_with_two_cpu_processes(tiny_run, tiny_data, tmp_path):
     payloads = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
     assert payloads and payloads[0]["steps"] == 4
     assert torch.load(out / "transformer.pt", weights_only=True)["step"] == 4
+
+
+def test_colour_hints_train_decode_and_are_used(tiny_data, tmp_path):
+    """transformer.hint: the masked positions see the harmonic colour of the hole. Trained end to
+    end on tiny data, the hint projection moves off zero, the logits depend on the hint, and
+    inpainting builds the same hint from the masked image."""
+    from maskgit_cli import checkpoint, pipeline
+    from maskgit_cli.errors import DataError
+    from maskgit_cli.train import mvtm_hint
+
+    run = tmp_path / "run"
+    pipeline.train(TINY, "tokenizer", tiny_data["train"], run, device="cpu", overrides=["tokenizer_train.max_steps=20"])
+    res = pipeline.train(TINY, "transformer", tiny_data["train"], run, val=tiny_data["val"], device="cpu",
+                         overrides=["transformer.hint=true", "transformer_train.max_steps=30"])
+    assert res.val_loss is not None
+    _tok, tr, cfg = checkpoint.load_transformer(run)
+    assert tr.hint_proj.weight.abs().sum() > 0
+    ids = torch.randint(0, tr.K, (2, 16))
+    where = torch.zeros(2, 16, dtype=torch.bool)
+    where[:, 5:11] = True
+    colors = torch.randn(2, 3, 4, 4)
+    hint = mvtm_hint(colors, where)
+    assert hint.shape == (2, 16, 3)
+    with torch.no_grad():
+        a = tr(ids.masked_fill(where, tr.mask_id), where, hint=hint)
+        b = tr(ids.masked_fill(where, tr.mask_id), where, hint=hint + 1.0)
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="colour hints"):
+        tr(ids.masked_fill(where, tr.mask_id), where)
+    out = pipeline.inpaint(tiny_data["masked"], tiny_data["masks"], tmp_path / "o", model=run, device="cpu",
+                           settings={"total_iter": 3}, ground_truth=tiny_data["test"])
+    assert out.count == 10 and out.metrics["psnr_masked"] is not None
+    # a token file without colours cannot feed a hinted transformer
+    from maskgit_cli import data as data_mod
+
+    tokens = data_mod.load_tokens(run / "tokens_train.npz")
+    data_mod.save_tokens(tmp_path / "bare.npz", data_mod.TokenFile(ids=tokens.ids, files=tokens.files,
+                                                                   tokenizer_id=tokens.tokenizer_id,
+                                                                   codebook_size=tokens.codebook_size))
+    with pytest.raises(DataError, match="no token colours"):
+        pipeline.train(TINY, "transformer", tmp_path / "bare.npz", run, device="cpu", overwrite=True,
+                       overrides=["transformer.hint=true", "transformer_train.max_steps=2"])
