@@ -345,13 +345,15 @@ def train_tokenizer(cfg: Config, images: torch.Tensor, run_dir: Path, *, val_ima
 
 
 def mvtm_mask(ids: torch.Tensor, schedule: str, generator: torch.Generator, mode: str = "random",
-              image_size: int = 64) -> torch.Tensor:
+              image_size: int = 64, with_hole: bool = False):
     """The MVTM training mask, bool (B, N), True = replaced by MASK.
 
     random: per sample r ~ U(0, 1), n = ceil(gamma(r) * N) clamped to [1, N], the n positions
     with the smallest uniform noise. region: a random hole (blob or box) drawn in pixel space
     and mapped to tokens like an inpainting mask; inside it n = ceil(gamma(r) * |hole|) tokens
     are masked, which is what decoding sees mid-way through filling a hole. mixed: half each.
+    With `with_hole`, also the hole each sample's mask was drawn from (the mask itself for random
+    samples): decoding computes its colour hint once, from the whole initial hole.
     """
     from maskgit_cli import schedules
 
@@ -370,20 +372,24 @@ def mvtm_mask(ids: torch.Tensor, schedule: str, generator: torch.Generator, mode
     n = torch.minimum(n, size)
     noise = noise.masked_fill(~region, 2.0)  # positions outside the region are never chosen
     rank = noise.argsort(dim=1).argsort(dim=1)
-    return rank < n.view(B, 1)
+    mask = rank < n.view(B, 1)
+    if not with_hole:
+        return mask
+    return mask, torch.where(region.all(1, keepdim=True), mask, region)
 
 
-def mvtm_hint(colors: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor | None:
-    """The colour hint for masked positions: the tokens' mean colours (B, 3, h, w) with the masked
-    ones replaced by the harmonic fill of the rest -> (B, N, 3). Decoding builds it the same way
-    from the known tokens of the masked image. None without colours (a model without hints)."""
+def mvtm_hint(colors: torch.Tensor | None, unknown: torch.Tensor) -> torch.Tensor | None:
+    """The colour hint: the tokens' mean colours (B, 3, h, w) with the `unknown` (B, N) ones
+    replaced by the harmonic fill of the rest -> (B, N, 3); the model adds it where ids = MASK.
+    Decoding builds it the same way from the known tokens of the masked image. None without
+    colours (a model without hints)."""
     if colors is None:
         return None
     from maskgit_cli.harmonic import harmonic_grid
 
-    B, N = mask.shape
+    B, N = unknown.shape
     grid = colors.shape[-1]
-    return harmonic_grid(colors.float(), mask.view(B, grid, grid).cpu()).flatten(2).transpose(1, 2)
+    return harmonic_grid(colors.float(), unknown.view(B, grid, grid).cpu()).flatten(2).transpose(1, 2)
 
 
 def masked_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
@@ -532,8 +538,8 @@ def train_transformer(cfg: Config, ids: torch.Tensor, run_dir: Path, *, tokenize
                 g = runtime.step_generator(seed, step * tc.grad_accum + micro, rank)
                 idx = batch_indices(M, tc.batch_size, seed, step * tc.grad_accum + micro, rank, world)
                 target = ids[idx]
-                mask = mvtm_mask(target, tc.schedule, g, tc.mask_mode, cfg.data.image_size)
-                hint = mvtm_hint(colors[idx] if colors is not None else None, mask)
+                mask, hole = mvtm_mask(target, tc.schedule, g, tc.mask_mode, cfg.data.image_size, with_hole=True)
+                hint = mvtm_hint(colors[idx] if colors is not None else None, hole)
                 target, mask = target.to(device), mask.to(device)
                 with runtime.autocast(device):
                     logits = net(target.masked_fill(mask, K), mask,  # the last block and head at the mask only
