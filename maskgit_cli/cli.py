@@ -246,6 +246,8 @@ def inpaint(
     sweet_spot: Optional[int] = typer.Option(None, "--sweet-spot", "-t", help="Stop after t <= T steps and commit the sampled tokens (0 = T). [default: the model's]"),
     choice_temperature: Optional[float] = typer.Option(None, "--choice-temperature", help="Gumbel noise on confidences, annealed by 1 - (t+1)/T. [default: the model's]"),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature of the token distribution. [default: the model's]"),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only among the K most likely codes (0 = all). [default: the model's]"),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Sample only within the nucleus of probability P (1 = all). [default: the model's]"),
     sampling: Optional[str] = typer.Option(None, "--sampling", metavar="sample|greedy", help="Sample tokens or take the most likely. [default: the model's]"),
     token_mask: Optional[str] = typer.Option(None, "--token-mask", metavar="any|all|majority", help="Pixel to token mask rule (any is the lab's). [default: the model's]"),
     dilate: Optional[int] = typer.Option(None, "--dilate", help="Grow the token mask by K tokens. [default: the model's]"),
@@ -265,7 +267,7 @@ def inpaint(
 
     settings = dict(fill=fill, prefill=prefill, schedule=schedule, total_iter=total_iter,  # None: the model's default
                     sweet_spot=sweet_spot, choice_temperature=choice_temperature, temperature=temperature,
-                    sampling=sampling, token_mask=token_mask, dilate=dilate, paste_back=paste_back_, feather=feather)
+                    top_k=top_k, top_p=top_p, sampling=sampling, token_mask=token_mask, dilate=dilate, paste_back=paste_back_, feather=feather)
     with ui.progress("inpaint") as bar:
         result = pipeline.inpaint(masked, masks, out, model=model, settings=settings, batch_size=batch_size, seed=seed,
                                   device=device, mask_missing=mask_missing, save_steps=save_steps,
@@ -363,6 +365,8 @@ def compare_schedules(
     prefill: Optional[str] = typer.Option(None, "--prefill", metavar="none|harmonic", help="As in inpaint. [default: the model's]"),
     choice_temperature: Optional[float] = typer.Option(None, "--choice-temperature", help="Gumbel noise on confidences, as in inpaint. [default: the model's]"),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature, as in inpaint. [default: the model's]"),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Top-k sampling, as in inpaint. [default: the model's]"),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling, as in inpaint. [default: the model's]"),
     token_mask: Optional[str] = typer.Option(None, "--token-mask", metavar="any|all|majority", help="Pixel to token mask rule. [default: the model's]"),
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
@@ -378,7 +382,7 @@ def compare_schedules(
             reference_stats=reference_stats, batch_size=batch_size, inception_weights=inception_weights,
             require_fid=require_fid, baselines=baselines, device=device, overwrite=overwrite,
             base_settings=dict(prefill=prefill, choice_temperature=choice_temperature, temperature=temperature,
-                               token_mask=token_mask),
+                               top_k=top_k, top_p=top_p, token_mask=token_mask),
             on_cell=lambda i, n, label: bar.update(completed=i, total=n, status=label))
     _warnings(result.warnings)
     if json_out:

@@ -166,6 +166,10 @@ class DecodeConfig:
     sweet_spot: int = ruled(0, at_least(0))  # t; 0 = T
     choice_temperature: float = ruled(4.5, at_least(0))
     temperature: float = ruled(1.0, positive)
+    # sample only among the k most likely codes (0 = all) / the smallest set holding probability p
+    # (1 = all); confidences stay the model's own log-probabilities
+    top_k: int = ruled(0, at_least(0))
+    top_p: float = ruled(1.0, lambda v: None if 0 < v <= 1 else "must be in (0, 1]")
     sampling: str = ruled("sample", one_of("sample", "greedy"))
     token_mask: str = ruled("any", one_of("any", "all", "majority"))  # pixel mask -> token mask
     dilate: int = ruled(0, at_least(0))

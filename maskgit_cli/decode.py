@@ -2,7 +2,8 @@
 
 Start from the image's tokens with the hole set to MASK. At step t = 0..T-1, with ratio = (t+1)/T:
   1. predict: logits = logits_fn(ids, still_masked) over the K codes, at the masked positions;
-  2. sample a token at every masked position (or argmax with greedy);
+  2. sample a token at every masked position (or argmax with greedy), optionally only among the
+     top_k codes / the top_p nucleus;
   3. score: confidence = log p(sampled) + choice_temperature * (1 - ratio) * Gumbel noise,
      +inf at positions already known (they are never re-masked, never changed);
   4. re-mask: keep masked the floor(gamma(ratio) * unknown0) least confident positions, where
@@ -46,11 +47,27 @@ def num_masked_after(step: int, total_iter: int, unknown0: torch.Tensor, schedul
     return torch.floor(schedules.gamma(schedule, ratio) * unknown0.double()).long()
 
 
+def truncate(logp: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Log-probabilities (M, K) with everything outside the top_k codes (0 = no limit) and outside
+    the nucleus (the most likely codes whose probabilities first reach top_p; 1 = no limit) set to
+    -inf. The most likely code always survives; rows need not be renormalized for sampling."""
+    K = logp.shape[-1]
+    if 0 < top_k < K:
+        kth = logp.topk(top_k, dim=-1).values[:, -1:]
+        logp = logp.masked_fill(logp < kth, -math.inf)
+    if top_p < 1.0:
+        srt, order = logp.sort(dim=-1, descending=True)
+        before = srt.exp().cumsum(-1) - srt.exp()  # probability of the codes ranked above each one
+        drop = torch.zeros_like(logp, dtype=torch.bool).scatter_(-1, order, before >= top_p)
+        logp = logp.masked_fill(drop, -math.inf)
+    return logp
+
+
 @torch.no_grad()
 def decode(ids: torch.Tensor, unknown: torch.Tensor, logits_fn: LogitsFn, *, mask_id: int,
            generators: list[torch.Generator], schedule: str = "cosine", total_iter: int = 12,
            sweet_spot: int | None = None, choice_temperature: float = 4.5, temperature: float = 1.0,
-           greedy: bool = False, record: bool = False) -> DecodeResult:
+           top_k: int = 0, top_p: float = 1.0, greedy: bool = False, record: bool = False) -> DecodeResult:
     """ids (B, N) int64 (any value at unknown positions), unknown (B, N) bool -> DecodeResult."""
     B, N = ids.shape
     device = ids.device
@@ -68,20 +85,21 @@ def decode(ids: torch.Tensor, unknown: torch.Tensor, logits_fn: LogitsFn, *, mas
         # re-masked): the cost of the head and of sampling shrinks with the hole.
         logits = logits_fn(cur, still)  # (M, K)
         logp = torch.log_softmax(logits.float() / max(temperature, 1e-6), dim=-1).cpu()  # (M, K)
+        pick = truncate(logp, top_k, top_p)  # what is sampled from; confidence stays logp
         still_cpu = still.cpu()
         now = still_cpu.sum(1)  # (B,) still masked before this step
         counts = now.tolist()
         ratio = (t + 1) / T
         sampled = cur.cpu().clone()
         conf = torch.full((B, N), math.inf)
-        for b, rows in enumerate(torch.split(logp, counts)):  # noise per sample from its own generator
-            if not counts[b]:
+        for b, (rows, prows) in enumerate(zip(torch.split(logp, counts), torch.split(pick, counts))):
+            if not counts[b]:  # noise per sample from its own generator
                 continue
             g = generators[b]
             if greedy:
                 s = rows.argmax(-1)
             else:
-                s = torch.multinomial(rows.exp(), 1, generator=g).squeeze(1)
+                s = torch.multinomial(prows.exp(), 1, generator=g).squeeze(1)
             sampled[b, still_cpu[b]] = s
             conf[b, still_cpu[b]] = rows.gather(-1, s[:, None]).squeeze(-1) + \
                 choice_temperature * (1 - ratio) * gumbel((counts[b],), g)

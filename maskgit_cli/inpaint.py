@@ -32,6 +32,8 @@ class InpaintSettings:
     sweet_spot: int = 0  # 0 = total_iter
     choice_temperature: float = 4.5
     temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
     sampling: str = "sample"
     token_mask: str = "any"
     dilate: int = 0
@@ -157,7 +159,7 @@ class Inpainter:
             ids.flatten(1), unknown.flatten(1), lambda i, w: self.logits(i, w, hint), mask_id=self.tr.mask_id,
             generators=generators,
             schedule=s.schedule, total_iter=s.total_iter, sweet_spot=s.sweet_spot or None,
-            choice_temperature=s.choice_temperature, temperature=s.temperature,
+            choice_temperature=s.choice_temperature, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
             greedy=s.sampling == "greedy", record=record)
         final = res.ids.view(B, self.grid, self.grid)
         images = self._finish(self._pixels(final), masked_u8, missing)

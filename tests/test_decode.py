@@ -129,3 +129,35 @@ def test_confidence_uses_log_probabilities_and_annealed_noise():
     revealed = [(~m[0]).nonzero().flatten().tolist() for m in res.masks]
     assert revealed[0] == [0] and revealed[1] == [0, 2] and revealed[2] == [0, 1, 2]
     assert math.isclose(decode.num_masked_after(0, 4, torch.tensor([4]), "linear").item(), 3)
+
+
+def test_truncation_keeps_the_top_k_and_the_nucleus():
+    p = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.05, 0.15, 0.3, 0.5]])
+    logp = p.log()
+    kept = lambda out: torch.isfinite(out)  # noqa: E731
+    assert torch.equal(decode.truncate(logp), logp)  # defaults: nothing dropped
+    assert kept(decode.truncate(logp, top_k=2)).tolist() == [[True, True, False, False], [False, False, True, True]]
+    # the nucleus: the most likely codes until their mass reaches p (0.5 + 0.3 >= 0.79)
+    assert kept(decode.truncate(logp, top_p=0.79)).tolist() == [[True, True, False, False], [False, False, True, True]]
+    assert kept(decode.truncate(logp, top_p=0.81)).sum(1).tolist() == [3, 3]
+    assert kept(decode.truncate(logp, top_p=1e-3)).sum(1).tolist() == [1, 1]  # the best always survives
+    assert kept(decode.truncate(logp, top_k=3, top_p=0.45)).sum(1).tolist() == [1, 1]
+
+
+def test_top_k_sampling_stays_in_the_top_k_and_top_1_is_greedy():
+    ids, unknown, greedy = run(greedy=True, choice_temperature=0.0)  # no noise: the draw order is moot
+    _, _, top1 = run(top_k=1, choice_temperature=0.0)
+    assert torch.equal(top1.ids, greedy.ids)
+    calls = []
+
+    def recording(cur, where):
+        calls.append((where.clone(), logits_fn(cur, where)))
+        return calls[-1][1]
+
+    gens = [torch.Generator().manual_seed(100 + b) for b in range(len(ids))]
+    top3 = decode.decode(ids, unknown, recording, mask_id=K, generators=gens, total_iter=8, record=True, top_k=3)
+    _, _, full = run()
+    assert not torch.equal(top3.ids, full.ids)  # the truncation changes what is drawn
+    for (where, logits), pred in zip(calls, top3.predictions):  # every draw is among its row's top 3
+        drawn = pred[where]
+        assert (logits.topk(3, dim=-1).indices == drawn[:, None]).any(-1).all()
