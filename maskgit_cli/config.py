@@ -173,6 +173,10 @@ class DecodeConfig:
     sampling: str = ruled("sample", one_of("sample", "greedy"))
     token_mask: str = ruled("any", one_of("any", "all", "majority"))  # pixel mask -> token mask
     dilate: int = ruled(0, at_least(0))
+    # how the generated hole meets the known pixels pasted back: "none" (as generated) or
+    # "poisson" (seamless cloning, Perez et al. 2003: the generated gradients inside the hole, the
+    # known pixels as its boundary values)
+    blend: str = ruled("none", one_of("none", "poisson"))
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,22 @@ def fill_batch(masked_u8: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.stack([harmonic_fill(x[i], m[i]) for i in range(len(x))])).float().clamp(0, 1)
 
 
+def poisson_blend(generated01: torch.Tensor, masked_u8: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+    """Seamless cloning (Perez et al. 2003) of a generated fill into its hole: inside the hole the
+    result keeps the generated image's gradients, and at the hole's edge it meets the known pixels.
+    The solution is generated + the harmonic continuation of (known - generated) from the hole's
+    boundary: a constant colour error over the hole is removed exactly, and seams vanish.
+    generated01 float (B, 3, H, W) in [0, 1], masked_u8 uint8, missing (B, H, W) bool -> float."""
+    gen = generated01.double().numpy()
+    diff = masked_u8.double().numpy() / 255.0 - gen
+    m = missing.numpy()
+    out = gen.copy()
+    for i in range(len(gen)):
+        if m[i].any() and not m[i].all():  # all missing: no boundary, nothing to match
+            out[i] += harmonic_fill(np.where(m[i], 0.0, diff[i]), m[i])
+    return torch.from_numpy(out).float().clamp(0, 1)
+
+
 # --------------------------------------------------------------- token resolution (the hint)
 
 

@@ -37,6 +37,7 @@ class InpaintSettings:
     sampling: str = "sample"
     token_mask: str = "any"
     dilate: int = 0
+    blend: str = "none"
     paste_back: bool = True
     feather: int = 0
 
@@ -49,6 +50,8 @@ class InpaintSettings:
             check_value(DecodeConfig, name, getattr(self, name), "--" + name.replace("_", "-"))
         if self.sweet_spot > self.total_iter:
             raise ConfigError(f"--sweet-spot ({self.sweet_spot}) must not exceed --total-iter ({self.total_iter})")
+        if self.blend != "none" and not self.paste_back:
+            raise ConfigError(f"--blend {self.blend} blends into the known pixels pasted back: drop --no-paste-back")
         if self.feather < 0:
             raise ConfigError(f"--feather must be at least 0, got {self.feather}")
         return self
@@ -124,6 +127,8 @@ class Inpainter:
 
     def _finish(self, gen01: torch.Tensor, masked_u8: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
         if self.s.paste_back:
+            if self.s.blend == "poisson":
+                gen01 = harmonic.poisson_blend(gen01.cpu(), masked_u8, missing).to(gen01.device)
             return paste_back(gen01, masked_u8, missing, self.s.feather)
         return data.to_uint8(gen01)
 

@@ -1,7 +1,10 @@
 """The harmonic (Laplace) fill: known answers on tiny images."""
 
 import numpy as np
+import torch
 
+from conftest import invoke_json
+from maskgit_cli import harmonic
 from maskgit_cli.harmonic import fill_batch, harmonic_fill
 
 
@@ -67,3 +70,31 @@ def test_the_batched_grid_solve_equals_the_sparse_one():
         assert np.abs(out[b].numpy() - harmonic_fill(values[b].numpy(), unknown[b].numpy())).max() < 1e-5
     assert torch.equal(out[0][:, ~unknown[0]], values[0][:, ~unknown[0]])
     assert torch.allclose(out[2], torch.full_like(out[2], 0.25), atol=1e-5)
+
+
+def test_poisson_blend_removes_a_constant_colour_error_exactly():
+    """Seamless cloning keeps the fill's gradients and meets the known pixels at the hole's edge:
+    a fill that is the truth plus a constant offset comes out as the truth."""
+    g = torch.Generator().manual_seed(0)
+    truth = torch.rand(2, 3, 16, 16, generator=g) * 0.6 + 0.2
+    truth_u8 = (truth * 255).round().to(torch.uint8)
+    missing = torch.zeros(2, 16, 16, dtype=torch.bool)
+    missing[0, 4:11, 3:9] = True
+    missing[1, 0:6, 10:16] = True  # touching the image border (no flux there)
+    generated = truth_u8.float() / 255 + torch.tensor([0.1, -0.05, 0.08]).view(1, 3, 1, 1)
+    out = harmonic.poisson_blend(generated, truth_u8.masked_fill(missing.unsqueeze(1), 0), missing)
+    assert torch.allclose(out, truth_u8.float() / 255, atol=1e-5)
+    # a fill that already continues the known pixels is left as it is; outside the hole nothing moves
+    same = harmonic.poisson_blend(truth_u8.float() / 255, truth_u8, missing)
+    assert torch.allclose(same, truth_u8.float() / 255, atol=1e-6)
+
+
+def test_poisson_blend_cli(runner, tiny_run, tiny_data, tmp_path):
+    args = ["inpaint", str(tiny_data["masked"]), "--masks", str(tiny_data["masks"]), "--model", str(tiny_run),
+            "--ground-truth", str(tiny_data["test"])]
+    plain = invoke_json(runner, [*args, "--out", str(tmp_path / "a")])
+    blended = invoke_json(runner, [*args, "--out", str(tmp_path / "b"), "--blend", "poisson"])
+    assert blended["settings"]["blend"] == "poisson" and plain["settings"]["blend"] == "none"
+    assert blended["metrics"]["psnr"] != plain["metrics"]["psnr"]
+    err = invoke_json(runner, [*args, "--out", str(tmp_path / "c"), "--blend", "poisson", "--no-paste-back"], code=1)
+    assert "--blend poisson blends into the known pixels pasted back" in err["error"]
