@@ -85,6 +85,13 @@ def token_colors(x: torch.Tensor, grid: int) -> torch.Tensor:
     return torch.nn.functional.adaptive_avg_pool2d(x.float(), grid)
 
 
+def token_hint(colors: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
+    """The transformer's colour hint: token colours (B, 3, h, w) with the `unknown` tokens ((B, N)
+    or (B, h, w) bool) replaced by the harmonic fill of the known ones -> (B, N, 3). Training and
+    decoding both build it here."""
+    return harmonic_grid(colors.float(), unknown).flatten(2).transpose(1, 2)
+
+
 def _neighbour_sum(x: torch.Tensor) -> torch.Tensor:
     """Sum of the 4 neighbours of every cell, (B, C, h, w); none beyond the border."""
     p = torch.nn.functional.pad(x, (1, 1, 1, 1))
@@ -111,7 +118,7 @@ def harmonic_grid(values: torch.Tensor, unknown: torch.Tensor, fill: float = 0.0
         return uf * (degree * x - _neighbour_sum(uf * x))
 
     b = uf * _neighbour_sum((1 - uf) * v)
-    x = uf * _neighbour_sum((1 - uf) * v) / degree  # a start: the mean of known neighbours
+    x = b / degree  # a start: the mean of known neighbours
     r = b - apply(x)
     p = r.clone()
     rr = (r * r).flatten(1).sum(1)

@@ -117,9 +117,9 @@ class Inpainter:
 
     def _hint(self, context_u8: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
         """(B, N, 3): the known tokens' mean colours, harmonically continued across the unknown
-        ones; the same construction the model was trained with (train.mvtm_hint)."""
+        ones; the same construction the model was trained with (harmonic.token_hint)."""
         colors = harmonic.token_colors(data.normalize(context_u8.to(self.device), self.cfg.data), self.grid)
-        return harmonic.harmonic_grid(colors, unknown).flatten(2).transpose(1, 2)
+        return harmonic.token_hint(colors, unknown)
 
     def _pixels(self, ids: torch.Tensor) -> torch.Tensor:
         with runtime.autocast(self.device):

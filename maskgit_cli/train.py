@@ -385,11 +385,9 @@ def mvtm_hint(colors: torch.Tensor | None, unknown: torch.Tensor) -> torch.Tenso
     colours (a model without hints)."""
     if colors is None:
         return None
-    from maskgit_cli.harmonic import harmonic_grid
+    from maskgit_cli.harmonic import token_hint
 
-    B, N = unknown.shape
-    grid = colors.shape[-1]
-    return harmonic_grid(colors.float(), unknown.view(B, grid, grid).cpu()).flatten(2).transpose(1, 2)
+    return token_hint(colors, unknown)
 
 
 def masked_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
