@@ -252,6 +252,7 @@ def inpaint(
     token_mask: Optional[str] = typer.Option(None, "--token-mask", metavar="any|all|majority", help="Pixel to token mask rule (any is the lab's). [default: the model's]"),
     dilate: Optional[int] = typer.Option(None, "--dilate", help="Grow the token mask by K tokens. [default: the model's]"),
     blend: Optional[str] = typer.Option(None, "--blend", metavar="none|poisson", help="How the fill meets the known pixels: none, or poisson (seamless cloning: the fill's gradients, the known pixels at the hole's edge). [default: the model's]"),
+    candidates: Optional[int] = typer.Option(None, "--candidates", help="Decode each hole N times and keep the fill that best continues the known pixels around it (least seam error); N x the time. [default: the model's]"),
     paste_back_: bool = typer.Option(True, "--paste-back/--no-paste-back", metavar="", help="Copy the known pixels back from the input."),
     feather: int = typer.Option(0, "--feather", help="Blend the seam over PX known pixels."),
     mask_missing: str = typer.Option("black", "--mask-missing", metavar="black|white", help="Which mask value means missing: black (0, the lab's) or white."),
@@ -268,7 +269,8 @@ def inpaint(
 
     settings = dict(fill=fill, prefill=prefill, schedule=schedule, total_iter=total_iter,  # None: the model's default
                     sweet_spot=sweet_spot, choice_temperature=choice_temperature, temperature=temperature,
-                    top_k=top_k, top_p=top_p, sampling=sampling, token_mask=token_mask, dilate=dilate, blend=blend, paste_back=paste_back_, feather=feather)
+                    top_k=top_k, top_p=top_p, sampling=sampling, token_mask=token_mask, dilate=dilate, blend=blend, candidates=candidates,
+                    paste_back=paste_back_, feather=feather)
     with ui.progress("inpaint") as bar:
         result = pipeline.inpaint(masked, masks, out, model=model, settings=settings, batch_size=batch_size, seed=seed,
                                   device=device, mask_missing=mask_missing, save_steps=save_steps,
@@ -370,6 +372,7 @@ def compare_schedules(
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling, as in inpaint. [default: the model's]"),
     token_mask: Optional[str] = typer.Option(None, "--token-mask", metavar="any|all|majority", help="Pixel to token mask rule. [default: the model's]"),
     blend: Optional[str] = typer.Option(None, "--blend", metavar="none|poisson", help="Seam blending, as in inpaint. [default: the model's]"),
+    candidates: Optional[int] = typer.Option(None, "--candidates", help="Fills decoded per hole, the best kept, as in inpaint. [default: the model's]"),
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
     json_out: bool = JsonOpt,
@@ -384,7 +387,8 @@ def compare_schedules(
             reference_stats=reference_stats, batch_size=batch_size, inception_weights=inception_weights,
             require_fid=require_fid, baselines=baselines, device=device, overwrite=overwrite,
             base_settings=dict(prefill=prefill, choice_temperature=choice_temperature, temperature=temperature,
-                               top_k=top_k, top_p=top_p, token_mask=token_mask, blend=blend),
+                               top_k=top_k, top_p=top_p, token_mask=token_mask, blend=blend,
+                               candidates=candidates),
             on_cell=lambda i, n, label: bar.update(completed=i, total=n, status=label))
     _warnings(result.warnings)
     if json_out:

@@ -177,6 +177,9 @@ class DecodeConfig:
     # "poisson" (seamless cloning, Perez et al. 2003: the generated gradients inside the hole, the
     # known pixels as its boundary values)
     blend: str = ruled("none", one_of("none", "poisson"))
+    # decode each hole this many times and keep the fill that best continues the context: the
+    # least seam error (inpaint.seam_error), judged on the known pixels only; costs N x the passes
+    candidates: int = ruled(1, at_least(1))
 
 
 @dataclass(frozen=True)

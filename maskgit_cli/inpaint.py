@@ -38,6 +38,7 @@ class InpaintSettings:
     token_mask: str = "any"
     dilate: int = 0
     blend: str = "none"
+    candidates: int = 1
     paste_back: bool = True
     feather: int = 0
 
@@ -90,6 +91,22 @@ def paste_back(generated01: torch.Tensor, masked_u8: torch.Tensor, missing: torc
     alpha = feather_alpha(missing.to(generated01.device), feather)
     mixed = alpha * generated01 + (1 - alpha) * masked_u8.to(generated01.device).float() / 255
     return torch.where(alpha > 0, data.to_uint8(mixed), masked_u8.to(gen_u8.device))
+
+
+def seam_error(generated01: torch.Tensor, masked_u8: torch.Tensor, missing: torch.Tensor, width: int = 3,
+               centered: bool = False) -> torch.Tensor:
+    """How badly a generated image continues the known pixels: the mean squared difference (per
+    pixel and channel, [0, 1] scale) over the known pixels within `width` pixels of the hole, where
+    the generator re-draws partly known tokens. centered: the band's mean colour difference is
+    removed first (a Poisson blend removes it anyway). (B,); 0 where the band is empty."""
+    dev = generated01.device
+    m = missing.to(dev).float().unsqueeze(1)
+    band = ((F.max_pool2d(m, 2 * width + 1, stride=1, padding=width) > 0) & (m == 0)).float()  # (B, 1, H, W)
+    diff = masked_u8.to(dev).float() / 255 - generated01.float()
+    n = band.flatten(1).sum(1).clamp_min(1)  # (B,)
+    if centered:
+        diff = diff - ((diff * band).flatten(2).sum(2) / n[:, None])[..., None, None]
+    return (diff * band).pow(2).flatten(1).sum(1) / (n * diff.shape[1])
 
 
 @dataclass
@@ -160,14 +177,29 @@ class Inpainter:
         context = masked_u8 if s.prefill == "none" else data.to_uint8(harmonic.fill_batch(masked_u8, missing))
         ids = self._encode(context)
         hint = self._hint(context, unknown) if self.tr.cfg.hint else None
-        res = decode.decode(
-            ids.flatten(1), unknown.flatten(1), lambda i, w: self.logits(i, w, hint), mask_id=self.tr.mask_id,
-            generators=generators,
-            schedule=s.schedule, total_iter=s.total_iter, sweet_spot=s.sweet_spot or None,
-            choice_temperature=s.choice_temperature, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-            greedy=s.sampling == "greedy", record=record)
+        best = None
+        for _ in range(s.candidates):  # each sample's generator runs on: a batch still decodes as one by one
+            res = decode.decode(
+                ids.flatten(1), unknown.flatten(1), lambda i, w: self.logits(i, w, hint), mask_id=self.tr.mask_id,
+                generators=generators,
+                schedule=s.schedule, total_iter=s.total_iter, sweet_spot=s.sweet_spot or None,
+                choice_temperature=s.choice_temperature, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                greedy=s.sampling == "greedy", record=record)
+            gen01 = self._pixels(res.ids.view(B, self.grid, self.grid))
+            if s.candidates == 1:
+                break
+            score = seam_error(gen01, masked_u8, missing, centered=s.blend == "poisson")
+            if best is None:
+                best = (score, res, gen01)
+                continue
+            better = score < best[0]  # ties keep the earlier candidate
+            res = _pick(better, res, best[1])
+            gen01 = torch.where(better.view(B, 1, 1, 1), gen01, best[2])
+            best = (torch.where(better, score, best[0]), res, gen01)
+        if best is not None:
+            res, gen01 = best[1], best[2]
         final = res.ids.view(B, self.grid, self.grid)
-        images = self._finish(self._pixels(final), masked_u8, missing)
+        images = self._finish(gen01, masked_u8, missing)
         step_images, masks = [], []
         if record:
             for m, pred in zip(res.masks, res.predictions):
@@ -175,3 +207,12 @@ class Inpainter:
                 step_images.append(data.to_uint8(self._pixels(pred.to(dev).view(B, self.grid, self.grid))).cpu())
         return InpaintBatch(images=images.cpu(), ids=final.cpu(), unknown=unknown.cpu(), steps=res.steps,
                             masks=masks, step_images=step_images)
+
+
+def _pick(take: torch.Tensor, a: decode.DecodeResult, b: decode.DecodeResult) -> decode.DecodeResult:
+    """Per sample, `a` where take (B,) is True, else `b` (the recorded steps too)."""
+    def choose(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.where(take.to(x.device).view(-1, *[1] * (x.dim() - 1)), x, y)
+    return decode.DecodeResult(ids=choose(a.ids, b.ids), steps=a.steps,
+                               masks=[choose(x, y) for x, y in zip(a.masks, b.masks)],
+                               predictions=[choose(x, y) for x, y in zip(a.predictions, b.predictions)])
