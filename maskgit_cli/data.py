@@ -172,8 +172,9 @@ def pair_files(images: list[Path], partners: list[Path], what: str, where: str |
         for p in todo:
             by_image.setdefault(key(p), []).append(p)
         by_partner: dict = {}
-        for q in free:
-            by_partner.setdefault(key(q), []).append(q)
+        for q in partners:  # in the given order (not the set's): error messages stay reproducible
+            if q in free:
+                by_partner.setdefault(key(q), []).append(q)
         for k, imgs in by_image.items():
             if k is None or k not in by_partner:
                 continue
