@@ -269,8 +269,8 @@ def inpaint(
 
     settings = dict(fill=fill, prefill=prefill, schedule=schedule, total_iter=total_iter,  # None: the model's default
                     sweet_spot=sweet_spot, choice_temperature=choice_temperature, temperature=temperature,
-                    top_k=top_k, top_p=top_p, sampling=sampling, token_mask=token_mask, dilate=dilate, blend=blend, candidates=candidates,
-                    paste_back=paste_back_, feather=feather)
+                    top_k=top_k, top_p=top_p, sampling=sampling, token_mask=token_mask, dilate=dilate, blend=blend,
+                    candidates=candidates, paste_back=paste_back_, feather=feather)
     with ui.progress("inpaint") as bar:
         result = pipeline.inpaint(masked, masks, out, model=model, settings=settings, batch_size=batch_size, seed=seed,
                                   device=device, mask_missing=mask_missing, save_steps=save_steps,

@@ -177,27 +177,25 @@ class Inpainter:
         context = masked_u8 if s.prefill == "none" else data.to_uint8(harmonic.fill_batch(masked_u8, missing))
         ids = self._encode(context)
         hint = self._hint(context, unknown) if self.tr.cfg.hint else None
-        best = None
-        for _ in range(s.candidates):  # each sample's generator runs on: a batch still decodes as one by one
-            res = decode.decode(
+
+        def candidate() -> tuple[decode.DecodeResult, torch.Tensor]:  # each sample's generator runs on, so a
+            res = decode.decode(  # batch of candidates still decodes as its images one by one
                 ids.flatten(1), unknown.flatten(1), lambda i, w: self.logits(i, w, hint), mask_id=self.tr.mask_id,
                 generators=generators,
                 schedule=s.schedule, total_iter=s.total_iter, sweet_spot=s.sweet_spot or None,
                 choice_temperature=s.choice_temperature, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                 greedy=s.sampling == "greedy", record=record)
-            gen01 = self._pixels(res.ids.view(B, self.grid, self.grid))
-            if s.candidates == 1:
-                break
+            return res, self._pixels(res.ids.view(B, self.grid, self.grid))
+
+        res, gen01 = candidate()
+        if s.candidates > 1:  # per sample, keep the least seam error (ties keep the earlier candidate)
             score = seam_error(gen01, masked_u8, missing, centered=s.blend == "poisson")
-            if best is None:
-                best = (score, res, gen01)
-                continue
-            better = score < best[0]  # ties keep the earlier candidate
-            res = _pick(better, res, best[1])
-            gen01 = torch.where(better.view(B, 1, 1, 1), gen01, best[2])
-            best = (torch.where(better, score, best[0]), res, gen01)
-        if best is not None:
-            res, gen01 = best[1], best[2]
+            for _ in range(s.candidates - 1):
+                new, new01 = candidate()
+                new_score = seam_error(new01, masked_u8, missing, centered=s.blend == "poisson")
+                better = new_score < score
+                res, score = _pick(better, new, res), torch.where(better, new_score, score)
+                gen01 = torch.where(better.view(B, 1, 1, 1), new01, gen01)
         final = res.ids.view(B, self.grid, self.grid)
         images = self._finish(gen01, masked_u8, missing)
         step_images, masks = [], []
