@@ -153,9 +153,10 @@ def _config_help() -> str:
 @command
 def train(
     config: Path = typer.Argument(..., help=_config_help()),
-    stage: str = typer.Option(..., "--stage", metavar="tokenizer|transformer",
-                              help="tokenizer (stage 1, VQGAN) or transformer (stage 2, MVTM)."),
-    data: Path = typer.Option(..., "--data", help="Image folder (either stage) or token file .npz (transformer)."),
+    stage: str = typer.Option(..., "--stage", metavar="tokenizer|decoder|transformer",
+                              help="tokenizer (stage 1, VQGAN), decoder (stage 1b: fine-tune RUN_DIR's tokenizer "
+                                   "decoder with a patch GAN, tokens unchanged) or transformer (stage 2, MVTM)."),
+    data: Path = typer.Option(..., "--data", help="Image folder (any stage) or token file .npz (transformer)."),
     out: Path = typer.Option(..., "--out", help="Run directory; checkpoints, config.yaml and metrics.jsonl go here."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation image folder or token file."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Tokenizer checkpoint or run dir (transformer stage; default RUN_DIR/tokenizer.pt)."),
@@ -171,13 +172,16 @@ def train(
     overwrite: bool = Flag("--overwrite", help="Restart a run directory that already holds this stage's checkpoint."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Train stage 1 (VQGAN tokenizer) or stage 2 (bidirectional transformer, MVTM)."""
+    """Train stage 1 (VQGAN tokenizer), fine-tune its decoder (stage 1b), or train stage 2 (MVTM transformer)."""
     from maskgit_cli import pipeline
 
     with ui.progress(f"train {stage}", None) as bar:
         def on_step(rec: dict) -> None:
             if stage == "tokenizer":
                 status = (f"loss {rec['loss']:.4f} psnr {rec['psnr']:.2f} usage {rec['usage']:.0%} "
+                          f"{rec['images_per_second']:.1f} img/s")
+            elif stage == "decoder":
+                status = (f"loss {rec['loss']:.4f} psnr {rec['psnr']:.2f} gan weight {rec['gan_weight']:.3f} "
                           f"{rec['images_per_second']:.1f} img/s")
             else:
                 status = f"loss {rec['loss']:.4f} lr {rec['lr']:.2e} {rec['tokens_per_second']:.0f} tok/s"

@@ -119,6 +119,27 @@ class TokenizerTrainConfig:
 
 
 @dataclass(frozen=True)
+class DecoderTrainConfig:
+    """Stage 1b (`--stage decoder`): fine-tune only the tokenizer's decoder, reconstruction loss
+    plus a patch discriminator, with the encoder and codebook frozen: the tokens do not change,
+    so a transformer trained on them stays valid."""
+    batch_size: int = ruled(16, at_least(1))
+    epochs: int = ruled(1, at_least(1))
+    max_steps: int = ruled(0, at_least(0))  # 0 = run all epochs
+    lr: float = ruled(1e-4, positive)
+    warmup_steps: int = ruled(50, at_least(0))
+    min_lr_ratio: float = ruled(1.0, below(0, 1.0001))  # 1 = constant after warmup
+    grad_clip: float = ruled(1.0, positive)
+    loss: str = ruled("l1", one_of("l1", "l2"))
+    # the generator's hinge loss is weighted adaptively (Esser et al. 2021): disc_weight times
+    # |grad of the reconstruction loss| / |grad of the GAN loss| at the decoder's last layer
+    disc_weight: float = ruled(0.5, at_least(0))
+    disc_lr: float = ruled(2e-4, positive)
+    log_every: int = ruled(10, at_least(1))
+    checkpoint_every: int = ruled(100, at_least(1))
+
+
+@dataclass(frozen=True)
 class TransformerConfig:
     dim: int = ruled(256, at_least(1))
     layers: int = ruled(8, at_least(1))
@@ -187,6 +208,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     tokenizer_train: TokenizerTrainConfig = field(default_factory=TokenizerTrainConfig)
+    decoder_train: DecoderTrainConfig = field(default_factory=DecoderTrainConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     transformer_train: TransformerTrainConfig = field(default_factory=TransformerTrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)

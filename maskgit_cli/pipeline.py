@@ -40,28 +40,39 @@ def resolve_config(config_path: str | Path | None, overrides: list[str] | None, 
 # ---------------------------------------------------------------------------------- train
 
 
+# stage 1 (VQGAN), stage 1b (its decoder against a patch GAN, tokens frozen), stage 2 (MVTM)
+STAGES = ("tokenizer", "decoder", "transformer")
+
+
 def train(config_path: str | Path, stage: str, data_path: str | Path, out: str | Path, *,
           val: str | Path | None = None, overrides: list[str] | None = None, epochs: int | None = None,
           max_steps: int | None = None, batch_size: int | None = None, resume: bool = False, seed: int = 0,
           device: str = "auto", resize: bool = False, tokenizer: str | Path | None = None,
           compile: bool = False, overwrite: bool = False,
           on_step=None, on_epoch=None, on_status: Callable[[str], None] | None = None):
-    if stage not in ("tokenizer", "transformer"):
-        raise ConfigError(f"--stage must be 'tokenizer' or 'transformer', got '{stage}'")
+    if stage not in STAGES:
+        raise ConfigError(f"--stage must be one of {', '.join(STAGES)}, got '{stage}'")
     cfg = resolve_config(config_path, overrides, stage, epochs, max_steps, batch_size)
     out = Path(out)
     dev = runtime.resolve_device(device)
-    ckpt_name = checkpoint.TOKENIZER if stage == "tokenizer" else checkpoint.TRANSFORMER
-    if resume:
+    ckpt_name = checkpoint.TRANSFORMER if stage == "transformer" else checkpoint.TOKENIZER
+    if stage == "decoder":
+        if not (out / ckpt_name).exists():
+            raise DataError(f"no {ckpt_name} in {out} to fine-tune: train one there first "
+                            f"(--stage tokenizer --out {out})")
+    elif resume:
         if not (out / ckpt_name).exists():
             raise DataError(f"--resume: no {ckpt_name} in {out} to resume from")
     elif (out / ckpt_name).exists() and not overwrite:
         raise DataError(f"{out / ckpt_name} already exists; pass --resume to continue it or --overwrite to restart")
-    if stage == "tokenizer":
+    if stage in ("tokenizer", "decoder"):
         status = on_status or (lambda _msg: None)
         status(f"loading images from {data_path}")
         images, _ = data.load_folder(data_path, cfg.data.image_size, resize)
         val_images = data.load_folder(val, cfg.data.image_size, resize)[0] if val else None
+        if stage == "decoder":
+            return training.train_decoder(cfg, images, out, val_images=val_images, device=dev, seed=seed,
+                                          resume=resume, overwrite=overwrite, on_step=on_step, on_epoch=on_epoch)
         return training.train_tokenizer(cfg, images, out, val_images=val_images, device=dev, seed=seed,
                                      resume=resume, on_step=on_step, on_epoch=on_epoch)
     rank, _world, dev = runtime.init_distributed(dev)

@@ -8,6 +8,7 @@ are saved in the checkpoint. Progress goes out through the `on_step` / `on_epoch
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -111,6 +112,7 @@ def _check_finite(loss: torch.Tensor, step: int, ckpt_path: Path, hint: str) -> 
 _RESUMABLE = ("epochs", "max_steps", "log_every", "checkpoint_every")
 # The sections each stage's weights depend on (decode defaults are free to change).
 _STAGE_SECTIONS = {"tokenizer": ("data", "tokenizer", "tokenizer_train"),
+                   "decoder": ("data", "tokenizer", "decoder_train"),
                    "transformer": ("data", "tokenizer", "transformer", "transformer_train")}
 
 
@@ -191,6 +193,85 @@ def evaluate_tokenizer(model, images: torch.Tensor, cfg: Config, device, batch_s
             "perplexity": perplexity}
 
 
+def _step_inputs(images: torch.Tensor, cfg: Config, tc, seed: int, step: int, total: int, opt, device):
+    """A stage-1 / 1b step's generator, its batch (each image mirrored with probability 1/2 under
+    data.hflip; uint8 and normalized) and its learning rate, already set on `opt`."""
+    g = runtime.step_generator(seed, step)
+    x8 = images[batch_indices(len(images), tc.batch_size, seed, step)]
+    if cfg.data.hflip:
+        flip = torch.rand(len(x8), generator=g) < 0.5
+        x8 = torch.where(flip.view(-1, 1, 1, 1), x8.flip(-1), x8)
+    lr = lr_at(step, total, tc.lr, tc.warmup_steps, tc.min_lr_ratio)
+    _set_lr(opt, lr)
+    return g, x8, data.normalize(x8.to(device), cfg.data), lr
+
+
+def _tokenizer_epoch(model, step: int, per_epoch: int, losses: list[float], val_images: torch.Tensor | None,
+                     cfg: Config, device) -> tuple[dict[str, Any], dict[str, float]]:
+    """The epoch's row (train loss; val PSNR, codebook usage and perplexity) and the val metrics."""
+    row = {"epoch": math.ceil(step / per_epoch), "step": step, "train_loss": sum(losses) / len(losses)}
+    val: dict[str, float] = {}
+    if val_images is not None:
+        val = evaluate_tokenizer(model, val_images, cfg, device)
+        row.update({"val_psnr": val["psnr"], "codebook_usage": val["usage"], "perplexity": val["perplexity"]})
+    return row, val
+
+
+class _Bookkeeper:
+    """What the stage-1 and stage-1b loops share after each step: the logged record (with the
+    batch PSNR and throughput), periodic checkpoints, epoch rows with val figures, the result."""
+
+    def __init__(self, model, cfg: Config, tc, log: MetricsLog, save: Callable[[], None], total: int,
+                 per_epoch: int, val_images: torch.Tensor | None, device, on_step: Callback, on_epoch: Callback,
+                 epochs: list[dict[str, Any]] | None = None):
+        self.model, self.cfg, self.tc, self.log, self.save = model, cfg, tc, log, save
+        self.total, self.per_epoch, self.val_images, self.device = total, per_epoch, val_images, device
+        self.on_step, self.on_epoch = on_step, on_epoch
+        self.epochs = epochs if epochs is not None else []
+        self.losses: list[float] = []
+        self.last_val: dict[str, float] = {}
+        self.loss: float | None = None
+        self.seen, self.t0, self.interrupted = 0, time.time(), False
+
+    def after_step(self, step: int, loss: float, x8: torch.Tensor, rec: torch.Tensor,
+                   fields: Callable[[], dict[str, Any]]) -> None:
+        self.seen += len(x8)
+        self.loss = loss
+        self.losses.append(loss)
+        if step % self.tc.log_every == 0 or step == self.total:
+            with torch.no_grad():
+                batch_psnr = psnr(data.denormalize(rec.detach().float(), self.cfg.data),
+                                  x8.float().to(self.device) / 255).mean().item()
+            record = {"step": step, "loss": loss, **fields(), "psnr": batch_psnr,
+                      "images_per_second": self.seen / max(1e-9, time.time() - self.t0)}
+            self.log.write(record)
+            if self.on_step:
+                self.on_step({**record, "total": self.total})
+        if step % self.tc.checkpoint_every == 0:
+            self.save()
+        if step % self.per_epoch == 0 or step == self.total:
+            row, self.last_val = _tokenizer_epoch(self.model, step, self.per_epoch, self.losses, self.val_images,
+                                                  self.cfg, self.device)
+            self.losses = []
+            self.epochs.append(row)
+            self.log.write(row)
+            if self.on_epoch:
+                self.on_epoch(row)
+
+    def result(self, stage: str, images: torch.Tensor, **fields) -> "TokenizerResult":
+        """Evaluates once more if the last epoch's figures are missing (an interrupted run)."""
+        val = self.last_val
+        if not val or self.interrupted:
+            val = evaluate_tokenizer(self.model, self.val_images if self.val_images is not None else images[:512],
+                                     self.cfg, self.device)
+        seconds = time.time() - self.t0
+        return TokenizerResult(stage=stage, final_loss=self.loss,
+                               val_psnr=val["psnr"] if self.val_images is not None else None,
+                               codebook_usage=val["usage"], perplexity=val["perplexity"], seconds=seconds,
+                               images_per_second=self.seen / max(seconds, 1e-9), interrupted=self.interrupted,
+                               epochs=self.epochs, **fields)
+
+
 def _restart_dead_codes(model, code_ema: torch.Tensor, z_e: torch.Tensor, threshold: float,
                         generator: torch.Generator) -> int:
     """Move codes that have gone unused onto random encoder outputs of the current batch
@@ -230,6 +311,9 @@ def train_tokenizer(cfg: Config, images: torch.Tensor, run_dir: Path, *, val_ima
     notes: list[str] = []
     if resume:
         ck = checkpoint.load(ckpt_path, "tokenizer")
+        if ck.get("decoder_train") is not None:
+            raise CheckpointError(f"{ckpt_path}: its decoder was fine-tuned (--stage decoder) after stage 1, so "
+                                  "stage 1 cannot be resumed from it; start a new --out")
         notes = resume_changes(ck["config"], cfg, "tokenizer", ckpt_path)
         _past_total(ck["step"], total, ckpt_path)
         model.load_state_dict(ck["model"])
@@ -250,25 +334,14 @@ def train_tokenizer(cfg: Config, images: torch.Tensor, run_dir: Path, *, val_ima
             "kind": "tokenizer", "config": cfg.to_dict(), "model": sd, "model_id": checkpoint.model_id(sd),
             "optimizer": opt.state_dict(), "disc": disc.state_dict() if disc else None,
             "disc_optimizer": disc_opt.state_dict() if disc_opt else None, "scaler": scaler.state_dict(),
-            "code_ema": code_ema, "step": step, "rng": _rng_state(), "metrics": last_val,
+            "code_ema": code_ema, "step": step, "rng": _rng_state(), "metrics": book.last_val,
         })
 
-    t0, seen, loss_value, last_val = time.time(), 0, None, {}
-    epochs: list[dict[str, Any]] = []
-    epoch_losses: list[float] = []
-    interrupted = False
+    book = _Bookkeeper(model, cfg, tc, log, save, total, per_epoch, val_images, device, on_step, on_epoch)
     try:
         while step < total:
             model.train()
-            g = runtime.step_generator(seed, step)
-            idx = batch_indices(N, tc.batch_size, seed, step)
-            x8 = images[idx]
-            if cfg.data.hflip:
-                flip = torch.rand(len(idx), generator=g) < 0.5
-                x8 = torch.where(flip.view(-1, 1, 1, 1), x8.flip(-1), x8)
-            x = data.normalize(x8.to(device), cfg.data)
-            lr = lr_at(step, total, tc.lr, tc.warmup_steps, tc.min_lr_ratio)
-            _set_lr(opt, lr)
+            g, x8, x, lr = _step_inputs(images, cfg, tc, seed, step, total, opt, device)
 
             if step == 0 and not resume and model.learned_codebook:
                 # data-dependent codebook init: codes start on encoder outputs, not near zero
@@ -289,11 +362,7 @@ def train_tokenizer(cfg: Config, images: torch.Tensor, run_dir: Path, *, val_ima
             _optimizer_step(opt, scaler, model.parameters(), tc.grad_clip)
 
             if disc is not None and step >= tc.disc_start:
-                with runtime.autocast(device):
-                    d_loss = F.relu(1 - disc(x)).mean() + F.relu(1 + disc(rec.detach())).mean()
-                disc_opt.zero_grad(set_to_none=True)
-                d_loss.backward()
-                disc_opt.step()
+                hinge_disc_step(disc, disc_opt, x, rec, device)
 
             counts = torch.bincount(ids.flatten().cpu(), minlength=model.codebook_size).float()
             code_ema.mul_(0.99).add_(counts, alpha=0.01)
@@ -301,44 +370,148 @@ def train_tokenizer(cfg: Config, images: torch.Tensor, run_dir: Path, *, val_ima
                 _restart_dead_codes(model, code_ema, z_e, tc.dead_threshold, g)
 
             step += 1
-            seen += len(idx)
-            loss_value = loss.item()
-            epoch_losses.append(loss_value)
-            if step % tc.log_every == 0 or step == total:
-                with torch.no_grad():
-                    batch_psnr = psnr(data.denormalize(rec.detach().float(), cfg.data), x8.float().to(device) / 255).mean().item()
-                rec_ = {"step": step, "loss": loss_value, "rec_loss": rec_loss.item(), "vq_loss": vq_loss.item(),
-                        "psnr": batch_psnr, "usage": (counts > 0).float().mean().item(), "lr": lr,
-                        "images_per_second": seen / max(1e-9, time.time() - t0)}
-                log.write(rec_)
-                if on_step:
-                    on_step({**rec_, "total": total})
-            if step % tc.checkpoint_every == 0:
-                save()
-            if step % per_epoch == 0 or step == total:
-                row = {"epoch": math.ceil(step / per_epoch), "step": step,
-                       "train_loss": sum(epoch_losses) / len(epoch_losses)}
-                epoch_losses = []
-                if val_images is not None:
-                    last_val = evaluate_tokenizer(model, val_images, cfg, device)
-                    row.update({"val_psnr": last_val["psnr"], "codebook_usage": last_val["usage"],
-                                "perplexity": last_val["perplexity"]})
-                epochs.append(row)
-                log.write(row)
-                if on_epoch:
-                    on_epoch(row)
+            book.after_step(step, loss.item(), x8, rec, lambda: {
+                "rec_loss": rec_loss.item(), "vq_loss": vq_loss.item(), "usage": (counts > 0).float().mean().item(),
+                "lr": lr})
     except KeyboardInterrupt:
-        interrupted = True
+        book.interrupted = True
     save()
-    if not last_val or interrupted:
-        last_val = evaluate_tokenizer(model, val_images if val_images is not None else images[:512], cfg, device)
-    seconds = time.time() - t0
-    return TokenizerResult(
-        stage="tokenizer", steps=step, final_loss=loss_value,
-        val_psnr=last_val["psnr"] if val_images is not None else None,
-        codebook_usage=last_val["usage"], perplexity=last_val["perplexity"], checkpoint=str(ckpt_path),
-        seconds=seconds, images_per_second=seen / max(seconds, 1e-9), interrupted=interrupted, epochs=epochs,
-        warnings=notes)
+    return book.result("tokenizer", images, steps=step, checkpoint=str(ckpt_path), warnings=notes)
+
+
+# =========================================================================== stage 1b: decoder + GAN
+
+
+def hinge_disc_step(disc, disc_opt, real: torch.Tensor, fake: torch.Tensor, device) -> float:
+    """One discriminator update on the hinge loss (real -> +1, fake -> -1); returns the loss."""
+    with runtime.autocast(device):
+        d_loss = F.relu(1 - disc(real)).mean() + F.relu(1 + disc(fake.detach())).mean()
+    disc_opt.zero_grad(set_to_none=True)
+    d_loss.backward()
+    disc_opt.step()
+    return d_loss.item()
+
+
+def adaptive_gan_weight(rec_loss: torch.Tensor, gan_loss: torch.Tensor, last: torch.Tensor,
+                        factor: float) -> torch.Tensor:
+    """VQGAN's balance of the two losses (Esser et al. 2021, eq. 7): factor * |d rec / d last| /
+    |d gan / d last| at the decoder's last layer, so the GAN term neither vanishes nor swamps the
+    reconstruction whatever the discriminator's scale. Both losses may be AMP-scaled alike."""
+    g_rec = torch.autograd.grad(rec_loss, last, retain_graph=True)[0].float().norm()
+    g_gan = torch.autograd.grad(gan_loss, last, retain_graph=True)[0].float().norm()
+    return (factor * g_rec / (g_gan + 1e-4)).clamp(0, 1e4).detach()
+
+
+STAGE1_BACKUP = "tokenizer_stage1.pt"
+
+
+def train_decoder(cfg: Config, images: torch.Tensor, run_dir: Path, *, val_images: torch.Tensor | None = None,
+                  device: torch.device = torch.device("cpu"), seed: int = 0, resume: bool = False,
+                  overwrite: bool = False, on_step: Callback = None, on_epoch: Callback = None) -> TokenizerResult:
+    """Fine-tune RUN_DIR/tokenizer.pt's decoder (and post-quant conv) against a patch
+    discriminator; encoder and codebook stay frozen, so every image keeps its tokens and the
+    checkpoint keeps its id (a transformer trained on those tokens still pairs with it). The
+    stage-1 checkpoint is kept as RUN_DIR/tokenizer_stage1.pt; --overwrite restarts from it."""
+    run_dir = Path(run_dir)
+    ckpt_path, backup = run_dir / checkpoint.TOKENIZER, run_dir / STAGE1_BACKUP
+    ck = checkpoint.load(ckpt_path, "tokenizer")
+    if ck["kind"] != "tokenizer":
+        raise CheckpointError(f"{ckpt_path}: is a {ck['kind']} checkpoint, expected a tokenizer")
+    state = ck.get("decoder_train")
+    if resume and state is None:
+        raise CheckpointError(f"{ckpt_path}: its decoder was never fine-tuned, so there is nothing to resume; "
+                              "run --stage decoder without --resume")
+    if not resume and state is not None:
+        if not overwrite:
+            raise CheckpointError(f"{ckpt_path}: its decoder is already fine-tuned ({state['step']} steps); "
+                                  "continue with --resume, or pass --overwrite to restart from "
+                                  f"{STAGE1_BACKUP}")
+        if not backup.is_file():
+            raise CheckpointError(f"{ckpt_path}: --overwrite restarts from {backup}, which is missing; "
+                                  "continue with --resume instead")
+        ck = checkpoint.load(backup, "tokenizer")
+        state = None
+    cfg = dataclasses.replace(checkpoint.config_of(ck), decoder_train=cfg.decoder_train)
+    tc = cfg.decoder_train
+    tokens_id = ck.get("model_id") or checkpoint.model_id(ck["model"])
+    base = {k: v for k, v in ck.items() if k not in ("path", "version", "decoder_train")}
+    notes: list[str] = []
+    N = len(images)
+    per_epoch = math.ceil(N / tc.batch_size)
+    total = tc.max_steps if tc.max_steps > 0 else tc.epochs * per_epoch
+    if resume:
+        notes = resume_changes(ck["config"], cfg, "decoder", ckpt_path)
+        _past_total(state["step"], total, ckpt_path)
+
+    torch.manual_seed(seed)
+    model = vqgan.build(cfg).to(device)
+    checkpoint.load_state(model, ck["model"], str(ckpt_path))
+    model.requires_grad_(False)
+    params = [*model.post_quant_conv.parameters(), *model.decoder.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    last = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Conv2d)][-1].weight
+    opt = adamw(params, lr=tc.lr, betas=(0.5, 0.9))
+    disc = vqgan.PatchDiscriminator().to(device)
+    disc_opt = adamw(disc.parameters(), lr=tc.disc_lr, betas=(0.5, 0.9))
+    scaler = runtime.grad_scaler(device)
+    step, start_val = 0, {}
+    if resume:
+        opt.load_state_dict(state["optimizer"])
+        disc.load_state_dict(state["disc"])
+        disc_opt.load_state_dict(state["disc_optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        step, start_val = state["step"], state.get("start_metrics", {})
+        _set_rng_state(state["rng"])
+    elif not backup.exists():
+        checkpoint.save(backup, base)
+    log = MetricsLog(run_dir / "metrics_decoder.jsonl", step if resume else None)
+    epochs: list[dict[str, Any]] = []
+    if not resume and val_images is not None:
+        start_val = evaluate_tokenizer(model, val_images, cfg, device)
+        epochs.append({"epoch": 0, "step": 0, "val_psnr": start_val["psnr"]})
+        log.write(epochs[-1])
+
+    def save() -> None:
+        sd = model.state_dict()
+        checkpoint.save(ckpt_path, {**base, "config": cfg.to_dict(), "model": sd, "model_id": tokens_id,
+                                    "metrics": book.last_val or base.get("metrics", {}), "decoder_train": {
+                                        "step": step, "optimizer": opt.state_dict(), "disc": disc.state_dict(),
+                                        "disc_optimizer": disc_opt.state_dict(), "scaler": scaler.state_dict(),
+                                        "rng": _rng_state(), "weights_id": checkpoint.model_id(sd),
+                                        "start_metrics": start_val}})
+
+    book = _Bookkeeper(model, cfg, tc, log, save, total, per_epoch, val_images, device, on_step, on_epoch,
+                       epochs=epochs)
+    try:
+        while step < total:
+            model.train()
+            g, x8, x, lr = _step_inputs(images, cfg, tc, seed, step, total, opt, device)
+            with torch.no_grad(), runtime.autocast(device):
+                ids = model.encode(x)
+            disc.requires_grad_(False)  # the generator pass needs no discriminator gradients
+            with runtime.autocast(device):
+                rec = model.decode_ids(ids)
+                rec_err = rec.float() - x
+                rec_loss = rec_err.abs().mean() if tc.loss == "l1" else rec_err.pow(2).mean()
+                gan_loss = -disc(rec).float().mean()
+            weight = adaptive_gan_weight(scaler.scale(rec_loss), scaler.scale(gan_loss), last, tc.disc_weight)
+            loss = rec_loss + weight * gan_loss
+            _check_finite(loss, step, ckpt_path, "lower decoder_train.lr")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            _optimizer_step(opt, scaler, params, tc.grad_clip)
+            disc.requires_grad_(True)
+            d_loss = hinge_disc_step(disc, disc_opt, x, rec, device)
+
+            step += 1
+            book.after_step(step, loss.item(), x8, rec, lambda: {
+                "rec_loss": rec_loss.item(), "gan_loss": gan_loss.item(), "gan_weight": weight.item(),
+                "disc_loss": d_loss, "lr": lr})
+    except KeyboardInterrupt:
+        book.interrupted = True
+    save()
+    return book.result("decoder", images, steps=step, checkpoint=str(ckpt_path), warnings=notes)
 
 
 # =========================================================================== stage 2: MVTM

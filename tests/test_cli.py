@@ -38,6 +38,11 @@ def test_train_tokenizer_and_transformer_json(runner, tiny_data, tmp_path):
                                    "--out", str(run), "--max-steps", "5", "--batch-size", "4",
                                    "--set", "transformer_train.log_every=1", "--resume", "--device", "cpu"])
     assert resumed["steps"] == 5
+    dec = invoke_json(runner, ["train", str(TINY), "--stage", "decoder", "--data", str(tiny_data["train"]),
+                               "--val", str(tiny_data["val"]), "--out", str(run), "--max-steps", "2",
+                               "--device", "cpu"])
+    assert dec["stage"] == "decoder" and dec["steps"] == 2 and dec["val_psnr"] is not None
+    assert [r["epoch"] for r in dec["epochs"]] == [0, 1]  # the PSNR before fine-tuning, then after
 
 
 def test_train_without_val_reports_null_psnr(runner, tiny_data, tmp_path):
@@ -74,7 +79,8 @@ def test_inpaint_json(runner, tiny_run, tiny_data, tmp_path):
 
 @pytest.mark.parametrize("args,fragment", [
     (["train", "CFG", "--stage", "tokenizer", "--data", "/nonexistent", "--out", "OUT"], "not found"),
-    (["train", "CFG", "--stage", "decoder", "--data", "/nonexistent", "--out", "OUT"], "--stage"),
+    (["train", "CFG", "--stage", "vae", "--data", "/nonexistent", "--out", "OUT"], "--stage"),
+    (["train", "CFG", "--stage", "decoder", "--data", "/nonexistent", "--out", "OUT"], "to fine-tune"),
     (["train", "CFG", "--stage", "tokenizer", "--data", "/x", "--out", "OUT", "--set", "nope=1"], "unknown config key"),
     (["inpaint", "/nonexistent", "--masks", "/nonexistent", "--out", "OUT"], "not found"),
     (["encode", "/nonexistent", "--tokenizer", "/nonexistent", "--out", "OUT/t.npz"], "not found"),

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -124,6 +125,87 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
 def test_existing_run_needs_resume_or_overwrite(tiny_run, tiny_data):
     with pytest.raises(DataError, match="--resume .* or --overwrite"):
         pipeline.train(TINY, "tokenizer", tiny_data["train"], tiny_run, device="cpu")
+
+
+def _decoder_run(tiny_run, dest):
+    """A run directory holding a copy of the tiny run's stage-1 tokenizer and transformer."""
+    dest.mkdir()
+    for name in ("tokenizer.pt", "transformer.pt"):
+        shutil.copy(tiny_run / name, dest / name)
+    return dest
+
+
+def test_decoder_stage_keeps_the_tokens_and_the_transformer_pairing(tiny_run, tiny_data, tmp_path):
+    run = _decoder_run(tiny_run, tmp_path / "run")
+    before_ck = checkpoint.load(run / "tokenizer.pt")
+    tok0, cfg, id0 = checkpoint.load_tokenizer(run / "tokenizer.pt")
+    images, _ = data.load_folder(tiny_data["val"], cfg.data.image_size)
+    x = data.normalize(images, cfg.data)
+    res = pipeline.train(TINY, "decoder", tiny_data["train"], run, val=tiny_data["val"], device="cpu",
+                         overrides=["decoder_train.max_steps=6", "decoder_train.log_every=1",
+                                    "decoder_train.warmup_steps=0", "decoder_train.lr=1e-3"])
+    assert res.stage == "decoder" and res.steps == 6
+    tok1, _, id1 = checkpoint.load_tokenizer(run / "tokenizer.pt")
+    assert id1 == id0  # the id names the tokens, which did not change
+    sd0, sd1 = tok0.state_dict(), tok1.state_dict()
+    frozen = [k for k in sd0 if not k.startswith(("decoder.", "post_quant_conv."))]
+    assert frozen and all(torch.equal(sd0[k], sd1[k]) for k in frozen)
+    assert any(not torch.equal(sd0[k], sd1[k]) for k in sd0 if k.startswith("decoder."))
+    with torch.no_grad():
+        assert torch.equal(tok0.encode(x), tok1.encode(x))
+        assert not torch.equal(tok0.decode_ids(tok0.encode(x)), tok1.decode_ids(tok1.encode(x)))
+    checkpoint.load_transformer(run)  # the transformer still pairs with the fine-tuned tokenizer
+    kept = checkpoint.load(run / "tokenizer_stage1.pt")
+    assert all(torch.equal(kept["model"][k], before_ck["model"][k]) for k in before_ck["model"])
+    rows = [json.loads(x) for x in (run / "metrics_decoder.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "gan_weight" in r]
+    assert len(steps) == 6 and all(r["gan_weight"] > 0 and r["disc_loss"] >= 0 for r in steps)
+    assert rows[0]["epoch"] == 0 and "val_psnr" in rows[0]  # the starting PSNR is on record
+
+
+def test_decoder_resume_equals_an_uninterrupted_run(tiny_run, tiny_data, tmp_path):
+    over = ["decoder_train.max_steps=8", "decoder_train.log_every=1", "decoder_train.batch_size=8"]
+    a, b = _decoder_run(tiny_run, tmp_path / "a"), _decoder_run(tiny_run, tmp_path / "b")
+    full = pipeline.train(TINY, "decoder", tiny_data["train"], a, device="cpu", overrides=over)
+    cut = pipeline.train(TINY, "decoder", tiny_data["train"], b, device="cpu", overrides=over,
+                         on_step=_interrupt_at(4))
+    assert cut.interrupted and cut.steps == 4
+    rest = pipeline.train(TINY, "decoder", tiny_data["train"], b, device="cpu", overrides=over, resume=True)
+    assert rest.steps == full.steps == 8
+    assert _losses(b / "metrics_decoder.jsonl") == _losses(a / "metrics_decoder.jsonl")
+    sa, sb = checkpoint.load(a / "tokenizer.pt")["model"], checkpoint.load(b / "tokenizer.pt")["model"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_decoder_stage_refuses_what_it_cannot_do(tiny_run, tiny_data, tmp_path):
+    from maskgit_cli.errors import CheckpointError
+
+    over = ["decoder_train.max_steps=2"]
+    with pytest.raises(DataError, match="no tokenizer.pt in .* to fine-tune: train one there first"):
+        pipeline.train(TINY, "decoder", tiny_data["train"], tmp_path / "empty", device="cpu", overrides=over)
+    run = _decoder_run(tiny_run, tmp_path / "run")
+    with pytest.raises(CheckpointError, match="never fine-tuned, so there is nothing to resume"):
+        pipeline.train(TINY, "decoder", tiny_data["train"], run, device="cpu", overrides=over, resume=True)
+    pipeline.train(TINY, "decoder", tiny_data["train"], run, device="cpu", overrides=over)
+    with pytest.raises(CheckpointError, match=r"already fine-tuned \(2 steps\); continue with --resume"):
+        pipeline.train(TINY, "decoder", tiny_data["train"], run, device="cpu", overrides=over)
+    with pytest.raises(CheckpointError, match="stage 1 cannot be resumed"):
+        pipeline.train(TINY, "tokenizer", tiny_data["train"], run, device="cpu", resume=True,
+                       overrides=["tokenizer_train.max_steps=500"])
+    # --overwrite restarts from the kept stage-1 checkpoint: the same result as the first run
+    first = checkpoint.load(run / "tokenizer.pt")["model"]
+    again = pipeline.train(TINY, "decoder", tiny_data["train"], run, device="cpu", overrides=over, overwrite=True)
+    assert again.steps == 2
+    assert all(torch.equal(v, checkpoint.load(run / "tokenizer.pt")["model"][k]) for k, v in first.items())
+
+
+def test_adaptive_gan_weight_balances_the_gradients():
+    from maskgit_cli.train import adaptive_gan_weight
+
+    w = torch.ones(3, requires_grad=True)
+    rec, gan = 2.0 * w.sum(), -8.0 * w.sum()  # gradients (2, 2, 2) and (-8, -8, -8)
+    assert adaptive_gan_weight(rec, gan, w, 0.5).item() == pytest.approx(0.5 * 2 / (8 + 1e-4 / 3 ** 0.5), rel=1e-4)
+    assert adaptive_gan_weight(rec, 0.0 * w.sum(), w, 1.0).item() == 1e4  # no GAN gradient: clamped
 
 
 def _free_port() -> int:
