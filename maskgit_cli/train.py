@@ -430,7 +430,6 @@ def train_decoder(cfg: Config, images: torch.Tensor, run_dir: Path, *, val_image
             raise CheckpointError(f"{ckpt_path}: --overwrite restarts from {backup}, which is missing; "
                                   "continue with --resume instead")
         ck = checkpoint.load(backup, "tokenizer")
-        state = None
     cfg = dataclasses.replace(checkpoint.config_of(ck), decoder_train=cfg.decoder_train)
     tc = cfg.decoder_train
     tokens_id = ck.get("model_id") or checkpoint.model_id(ck["model"])
@@ -463,7 +462,7 @@ def train_decoder(cfg: Config, images: torch.Tensor, run_dir: Path, *, val_image
         scaler.load_state_dict(state["scaler"])
         step, start_val = state["step"], state.get("start_metrics", {})
         _set_rng_state(state["rng"])
-    elif not backup.exists():
+    elif state is None:  # a first fine-tune keeps its stage-1 start (an --overwrite restart loaded it from there)
         checkpoint.save(backup, base)
     log = MetricsLog(run_dir / "metrics_decoder.jsonl", step if resume else None)
     epochs: list[dict[str, Any]] = []

@@ -197,6 +197,13 @@ def test_decoder_stage_refuses_what_it_cannot_do(tiny_run, tiny_data, tmp_path):
     again = pipeline.train(TINY, "decoder", tiny_data["train"], run, device="cpu", overrides=over, overwrite=True)
     assert again.steps == 2
     assert all(torch.equal(v, checkpoint.load(run / "tokenizer.pt")["model"][k]) for k, v in first.items())
+    # a new stage 1 in the same directory, then a first fine-tune: the kept start is the new stage 1
+    pipeline.train(TINY, "tokenizer", tiny_data["train"], run, device="cpu", overwrite=True, seed=3,
+                   overrides=["tokenizer_train.max_steps=2"])
+    stage1 = checkpoint.load(run / "tokenizer.pt")["model"]
+    pipeline.train(TINY, "decoder", tiny_data["train"], run, device="cpu", overrides=over)
+    kept = checkpoint.load(run / "tokenizer_stage1.pt")["model"]
+    assert all(torch.equal(v, kept[k]) for k, v in stage1.items())
 
 
 def test_adaptive_gan_weight_balances_the_gradients():
