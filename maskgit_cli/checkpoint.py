@@ -37,6 +37,12 @@ def model_id(state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
+def tokens_id(ckpt: dict[str, Any]) -> str:
+    """The id a tokenizer checkpoint's tokens go by: the stored one (a decoder fine-tune keeps it,
+    since the tokens do not change), else the hash of its weights (a bare state_dict)."""
+    return ckpt.get("model_id") or model_id(ckpt["model"])
+
+
 def save(path: Path, ckpt: dict[str, Any]) -> None:
     ckpt = {"version": VERSION, **ckpt}
     buf = io.BytesIO()
@@ -119,7 +125,7 @@ def load_tokenizer(path: str | Path, fallback: Config | None = None, device: str
     cfg = config_of(ckpt, fallback)
     model = vqgan.build(cfg)
     load_state(model, ckpt["model"], ckpt["path"])
-    mid = ckpt.get("model_id") or model_id(ckpt["model"])
+    mid = tokens_id(ckpt)
     return model.to(device).eval(), cfg, mid
 
 

@@ -111,7 +111,7 @@ def _run_tokenizer(cfg: Config, out: Path, tokenizer: str | Path | None, device:
     if rank == 0 and src.resolve() != dest.resolve():
         if dest.exists():
             existing = checkpoint.load(dest)
-            if (existing.get("model_id") or checkpoint.model_id(existing["model"])) != tok_id:
+            if checkpoint.tokens_id(existing) != tok_id:
                 raise DataError(f"{dest} holds another tokenizer than {src}; use a new --out")
         else:
             sd = model.state_dict()

@@ -432,7 +432,7 @@ def train_decoder(cfg: Config, images: torch.Tensor, run_dir: Path, *, val_image
         ck = checkpoint.load(backup, "tokenizer")
     cfg = dataclasses.replace(checkpoint.config_of(ck), decoder_train=cfg.decoder_train)
     tc = cfg.decoder_train
-    tokens_id = ck.get("model_id") or checkpoint.model_id(ck["model"])
+    tokens_id = checkpoint.tokens_id(ck)
     base = {k: v for k, v in ck.items() if k not in ("path", "version", "decoder_train")}
     notes: list[str] = []
     N = len(images)
