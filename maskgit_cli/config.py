@@ -135,6 +135,12 @@ class DecoderTrainConfig:
     # |grad of the reconstruction loss| / |grad of the GAN loss| at the decoder's last layer
     disc_weight: float = ruled(0.5, at_least(0))
     disc_lr: float = ruled(2e-4, positive)
+    # this many grids of each batch are the run's own transformer's inpainting fills (RUN/transformer.pt,
+    # its decode defaults, holes like `maskgit mask`'s): the token grids the decoder meets when it
+    # inpaints, hole tokens that no encoder made. Only their known pixels have an L1 target; the
+    # critic judges them whole. 0 = off (encoder tokens only).
+    generated: int = ruled(0, at_least(0))
+    pool: int = ruled(512, at_least(1))  # fills made once before the first step, then drawn from
     log_every: int = ruled(10, at_least(1))
     checkpoint_every: int = ruled(100, at_least(1))
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from maskgit_cli import checkpoint, data, runtime, vqgan
 from maskgit_cli.metrics import psnr
 from maskgit_cli.config import Config, dump
-from maskgit_cli.errors import CheckpointError, DataError, TrainingDiverged
+from maskgit_cli.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 
 Callback = Callable[[dict[str, Any]], None] | None
 
@@ -405,6 +405,34 @@ def adaptive_gan_weight(rec_loss: torch.Tensor, gan_loss: torch.Tensor, last: to
 STAGE1_BACKUP = "tokenizer_stage1.pt"
 
 
+@torch.no_grad()
+def inpainting_pool(run_dir: Path, images: torch.Tensor, size: int, seed: int, device,
+                    batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """The token grids a decoder meets when it inpaints: `size` train images (drawn with `seed`) with
+    random holes (data.random_region_masks, gray 128 like `maskgit mask`), filled by RUN_DIR's
+    transformer with its own decode defaults. -> {"index" (P,), "missing" (P, H, W) bool, "ids"
+    (P, h, w) int16}. The grids depend only on the encoder, codebook and transformer, which a
+    decoder fine-tune leaves alone."""
+    from maskgit_cli.inpaint import Inpainter, InpaintSettings
+
+    if not (run_dir / checkpoint.TRANSFORMER).is_file():
+        raise CheckpointError(f"{run_dir}: decoder_train.generated needs the run's transformer, and there is no "
+                              f"{checkpoint.TRANSFORMER}; train stage 2 there first (--stage transformer "
+                              f"--out {run_dir}) or set decoder_train.generated=0")
+    tok, tr, cfg = checkpoint.load_transformer(run_dir, device)
+    g = torch.Generator().manual_seed(seed)
+    index = torch.randperm(len(images), generator=g)[:size]
+    missing = data.random_region_masks(len(index), cfg.data.image_size, g)
+    inpainter = Inpainter(tok, tr, cfg, InpaintSettings.resolve(cfg.decode, {"blend": "none"}), device)
+    ids = []
+    for i in range(0, len(index), batch_size):
+        truth, hole = images[index[i:i + batch_size]], missing[i:i + batch_size]
+        masked = torch.where(hole.unsqueeze(1), torch.full((), 128, dtype=torch.uint8), truth)
+        gens = [runtime.step_generator(seed, i + j) for j in range(len(truth))]
+        ids.append(inpainter(masked, hole, gens).ids.to(torch.int16))
+    return {"index": index, "missing": missing, "ids": torch.cat(ids)}
+
+
 def train_decoder(cfg: Config, images: torch.Tensor, run_dir: Path, *, val_images: torch.Tensor | None = None,
                   device: torch.device = torch.device("cpu"), seed: int = 0, resume: bool = False,
                   overwrite: bool = False, on_step: Callback = None, on_epoch: Callback = None) -> TokenizerResult:
@@ -438,6 +466,9 @@ def train_decoder(cfg: Config, images: torch.Tensor, run_dir: Path, *, val_image
     N = len(images)
     per_epoch = math.ceil(N / tc.batch_size)
     total = tc.max_steps if tc.max_steps > 0 else tc.epochs * per_epoch
+    if tc.generated >= tc.batch_size:
+        raise ConfigError(f"decoder_train.generated ({tc.generated}) must be less than decoder_train.batch_size "
+                          f"({tc.batch_size}): each batch keeps some whole images to reconstruct")
     if resume:
         notes = resume_changes(ck["config"], cfg, "decoder", ckpt_path)
         _past_total(state["step"], total, ckpt_path)
@@ -454,7 +485,12 @@ def train_decoder(cfg: Config, images: torch.Tensor, run_dir: Path, *, val_image
     disc = vqgan.PatchDiscriminator().to(device)
     disc_opt = adamw(disc.parameters(), lr=tc.disc_lr, betas=(0.5, 0.9))
     scaler = runtime.grad_scaler(device)
-    step, start_val = 0, {}
+    step, start_val, pool = 0, {}, None
+    if tc.generated:
+        pool = state.get("pool") if resume else None
+        if pool is None:
+            pool = inpainting_pool(run_dir, images, tc.pool, seed, device)
+        pool_truth = images[pool["index"]]
     if resume:
         opt.load_state_dict(state["optimizer"])
         disc.load_state_dict(state["disc"])
@@ -478,22 +514,33 @@ def train_decoder(cfg: Config, images: torch.Tensor, run_dir: Path, *, val_image
                                         "step": step, "optimizer": opt.state_dict(), "disc": disc.state_dict(),
                                         "disc_optimizer": disc_opt.state_dict(), "scaler": scaler.state_dict(),
                                         "rng": _rng_state(), "weights_id": checkpoint.model_id(sd),
-                                        "start_metrics": start_val}})
+                                        "start_metrics": start_val, "pool": pool}})
 
     book = _Bookkeeper(model, cfg, tc, log, save, total, per_epoch, val_images, device, on_step, on_epoch,
                        epochs=epochs)
     try:
         while step < total:
             model.train()
-            g, x8, x, lr = _step_inputs(images, cfg, tc, seed, step, total, opt, device)
+            g, x8, x, lr = _step_inputs(images, cfg, dataclasses.replace(tc, batch_size=tc.batch_size - tc.generated),
+                                        seed, step, total, opt, device)
             with torch.no_grad(), runtime.autocast(device):
                 ids = model.encode(x)
+            real = x
+            if pool is not None:  # the transformer's fills: their truth outside the hole is the target
+                pick = torch.randint(0, len(pool["ids"]), (tc.generated,), generator=g)
+                ids = torch.cat([ids, pool["ids"][pick].long().to(device)])
+                real = torch.cat([x, data.normalize(pool_truth[pick].to(device), cfg.data)])
+                known = torch.ones_like(real[:, :1])
+                known[len(x):] = (~pool["missing"][pick]).unsqueeze(1).to(known)
             disc.requires_grad_(False)  # the generator pass needs no discriminator gradients
             with runtime.autocast(device):
-                rec = model.decode_ids(ids)
-                rec_err = rec.float() - x
-                rec_loss = rec_err.abs().mean() if tc.loss == "l1" else rec_err.pow(2).mean()
-                gan_loss = -disc(rec).float().mean()
+                rec_all = model.decode_ids(ids)
+                rec_err = rec_all.float() - real
+                if pool is not None:
+                    rec_err = rec_err * known
+                rec_loss = rec_err.abs() if tc.loss == "l1" else rec_err.pow(2)
+                rec_loss = rec_loss.sum() / (known.sum() * 3 if pool is not None else rec_loss.numel())
+                gan_loss = -disc(rec_all).float().mean()
             weight = adaptive_gan_weight(scaler.scale(rec_loss), scaler.scale(gan_loss), last, tc.disc_weight)
             loss = rec_loss + weight * gan_loss
             _check_finite(loss, step, ckpt_path, "lower decoder_train.lr")
@@ -501,10 +548,10 @@ def train_decoder(cfg: Config, images: torch.Tensor, run_dir: Path, *, val_image
             scaler.scale(loss).backward()
             _optimizer_step(opt, scaler, params, tc.grad_clip)
             disc.requires_grad_(True)
-            d_loss = hinge_disc_step(disc, disc_opt, x, rec, device)
+            d_loss = hinge_disc_step(disc, disc_opt, real, rec_all, device)
 
             step += 1
-            book.after_step(step, loss.item(), x8, rec, lambda: {
+            book.after_step(step, loss.item(), x8, rec_all[:len(x8)], lambda: {
                 "rec_loss": rec_loss.item(), "gan_loss": gan_loss.item(), "gan_weight": weight.item(),
                 "disc_loss": d_loss, "lr": lr})
     except KeyboardInterrupt:

@@ -163,8 +163,10 @@ def test_decoder_stage_keeps_the_tokens_and_the_transformer_pairing(tiny_run, ti
     assert rows[0]["epoch"] == 0 and "val_psnr" in rows[0]  # the starting PSNR is on record
 
 
-def test_decoder_resume_equals_an_uninterrupted_run(tiny_run, tiny_data, tmp_path):
-    over = ["decoder_train.max_steps=8", "decoder_train.log_every=1", "decoder_train.batch_size=8"]
+@pytest.mark.parametrize("generated", [0, 3])
+def test_decoder_resume_equals_an_uninterrupted_run(tiny_run, tiny_data, tmp_path, generated):
+    over = ["decoder_train.max_steps=8", "decoder_train.log_every=1", "decoder_train.batch_size=8",
+            f"decoder_train.generated={generated}", "decoder_train.pool=5"]
     a, b = _decoder_run(tiny_run, tmp_path / "a"), _decoder_run(tiny_run, tmp_path / "b")
     full = pipeline.train(TINY, "decoder", tiny_data["train"], a, device="cpu", overrides=over)
     cut = pipeline.train(TINY, "decoder", tiny_data["train"], b, device="cpu", overrides=over,
@@ -175,6 +177,42 @@ def test_decoder_resume_equals_an_uninterrupted_run(tiny_run, tiny_data, tmp_pat
     assert _losses(b / "metrics_decoder.jsonl") == _losses(a / "metrics_decoder.jsonl")
     sa, sb = checkpoint.load(a / "tokenizer.pt")["model"], checkpoint.load(b / "tokenizer.pt")["model"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_decoder_stage_on_the_transformers_fills(tiny_run, tiny_data, tmp_path):
+    """decoder_train.generated: part of each batch is the run's transformer's inpainting fills,
+    made once (a pool kept in the checkpoint) from holes in train images."""
+    from maskgit_cli.train import inpainting_pool
+
+    run = _decoder_run(tiny_run, tmp_path / "run")
+    tok, _, cfg = checkpoint.load_transformer(run)
+    over = ["decoder_train.max_steps=3", "decoder_train.batch_size=4", "decoder_train.generated=2",
+            "decoder_train.pool=6", "decoder_train.log_every=1"]
+    res = pipeline.train(TINY, "decoder", tiny_data["train"], run, device="cpu", overrides=over)
+    assert res.steps == 3
+    pool = checkpoint.load(run / "tokenizer.pt")["decoder_train"]["pool"]
+    g = cfg.grid
+    assert pool["ids"].shape == (6, g, g) and pool["missing"].shape == (6, 16, 16)
+    assert pool["missing"].any() and not pool["missing"].all()
+    images, _ = data.load_folder(tiny_data["train"], 16)
+    again = inpainting_pool(run, images, 6, 0, torch.device("cpu"))  # made from the seed alone
+    assert all(torch.equal(again[k], pool[k]) for k in pool)
+    # the holes' tokens are the transformer's, not the encoder's tokens of the true images
+    truth_ids = tok.encode(data.normalize(images[pool["index"]], cfg.data))
+    hole = data.token_mask(pool["missing"], g, cfg.decode.token_mask)
+    assert hole.any() and not torch.equal(pool["ids"].long()[hole], truth_ids[hole])
+    assert pool["ids"].min() >= 0 and pool["ids"].max() < tok.codebook_size
+    checkpoint.load_transformer(run)  # still pairs: the tokens did not change
+
+    with pytest.raises(ConfigError, match=r"decoder_train.generated \(4\) must be less than"):
+        pipeline.train(TINY, "decoder", tiny_data["train"], run, device="cpu", overwrite=True,
+                       overrides=over + ["decoder_train.generated=4"])
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(tiny_run / "tokenizer.pt", lone / "tokenizer.pt")
+    from maskgit_cli.errors import CheckpointError
+    with pytest.raises(CheckpointError, match="decoder_train.generated needs the run's transformer"):
+        pipeline.train(TINY, "decoder", tiny_data["train"], lone, device="cpu", overrides=over)
 
 
 def test_decoder_stage_refuses_what_it_cannot_do(tiny_run, tiny_data, tmp_path):
