@@ -197,6 +197,12 @@ def pair_masks(image_dir: str | Path, mask_dir: str | Path) -> Pairing:
     return pair_files(list_images(image_dir), list_images(mask_dir), "mask", mask_dir)
 
 
+def mask_out(images_u8: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+    """uint8 images (..., 3, H, W) with the missing pixels ((..., H, W) bool) gray 128, as
+    `maskgit mask` writes them."""
+    return torch.where(missing.unsqueeze(-3), torch.full((), 128, dtype=torch.uint8), images_u8)
+
+
 def random_region_masks(B: int, size: int, generator: torch.Generator) -> torch.Tensor:
     """bool (B, size, size) holes shaped like inpainting masks: 80 % irregular random-walk blobs
     (a 3x3 brush wandering in steps of up to 2 px, like the lab's and cats64's test masks), 20 %

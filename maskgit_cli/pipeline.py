@@ -260,11 +260,6 @@ def make_inpainter(model: str | Path | None, settings, device: torch.device, fir
     return Inpainter(tokenizer, transformer, cfg, settings, device), cfg.data.image_size
 
 
-def image_generator(seed: int, index: int) -> torch.Generator:
-    """Each image's own generator: results do not depend on the batch size or batch position."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + index)
-
-
 MANIFEST = ".maskgit-output.json"  # in every output folder: the files maskgit wrote there
 
 
@@ -392,7 +387,7 @@ def inpaint_folder(inpainter, pairs: list[tuple[Path, Path]], out_dir: Path, *, 
         chunk = pairs[start:start + batch_size]
         masked = data.load_images([p for p, _ in chunk], size, hint=_size_hint(size))
         missing = torch.stack([data.read_mask(m, size, mask_missing) for _, m in chunk])
-        gens = [image_generator(seed, start + i) for i in range(len(chunk))]
+        gens = [runtime.image_generator(seed, start + i) for i in range(len(chunk))]
         truth = data.load_images(gt_paths[start:start + len(chunk)], size, hint=_size_hint(size)) \
             if gt_paths is not None else None
         batch = inpainter(masked, missing, gens, record=save_steps, truth_u8=truth)
@@ -790,6 +785,6 @@ def make_masks(images_dir: str | Path, out: str | Path, *, seed: int = 0, size: 
             name = f"{p.stem}.png"
             data.save_png(torch.where(missing, torch.zeros((), dtype=torch.uint8), torch.full((), 255, dtype=torch.uint8)),
                           tmp / "masks" / name)
-            data.save_png(torch.where(missing.unsqueeze(0), torch.full((), 128, dtype=torch.uint8), img), tmp / "masked" / name)
+            data.save_png(data.mask_out(img, missing), tmp / "masked" / name)
             data.save_png(img, tmp / "images" / name)
     return MaskResult(count=len(paths), out=str(out), mean_missing_fraction=sum(fractions) / len(fractions))

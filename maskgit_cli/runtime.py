@@ -52,6 +52,11 @@ def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + rank * 104_729) % 2**63)
 
 
+def image_generator(seed: int, index: int) -> torch.Generator:
+    """Each image's own generator: results do not depend on the batch size or batch position."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + index)
+
+
 def dist_info() -> tuple[int, int]:
     """(rank, world_size); (0, 1) when not launched by torchrun."""
     if dist.is_available() and dist.is_initialized():

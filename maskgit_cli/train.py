@@ -427,9 +427,8 @@ def inpainting_pool(run_dir: Path, images: torch.Tensor, size: int, seed: int, d
     ids = []
     for i in range(0, len(index), batch_size):
         truth, hole = images[index[i:i + batch_size]], missing[i:i + batch_size]
-        masked = torch.where(hole.unsqueeze(1), torch.full((), 128, dtype=torch.uint8), truth)
-        gens = [runtime.step_generator(seed, i + j) for j in range(len(truth))]
-        ids.append(inpainter(masked, hole, gens).ids.to(torch.int16))
+        gens = [runtime.image_generator(seed, i + j) for j in range(len(truth))]
+        ids.append(inpainter(data.mask_out(truth, hole), hole, gens).ids.to(torch.int16))
     return {"index": index, "missing": missing, "ids": torch.cat(ids)}
 
 
@@ -518,11 +517,11 @@ def train_decoder(cfg: Config, images: torch.Tensor, run_dir: Path, *, val_image
 
     book = _Bookkeeper(model, cfg, tc, log, save, total, per_epoch, val_images, device, on_step, on_epoch,
                        epochs=epochs)
+    whole = dataclasses.replace(tc, batch_size=tc.batch_size - tc.generated)  # encoder-token images per batch
     try:
         while step < total:
             model.train()
-            g, x8, x, lr = _step_inputs(images, cfg, dataclasses.replace(tc, batch_size=tc.batch_size - tc.generated),
-                                        seed, step, total, opt, device)
+            g, x8, x, lr = _step_inputs(images, cfg, whole, seed, step, total, opt, device)
             with torch.no_grad(), runtime.autocast(device):
                 ids = model.encode(x)
             real = x
@@ -536,10 +535,11 @@ def train_decoder(cfg: Config, images: torch.Tensor, run_dir: Path, *, val_image
             with runtime.autocast(device):
                 rec_all = model.decode_ids(ids)
                 rec_err = rec_all.float() - real
-                if pool is not None:
-                    rec_err = rec_err * known
                 rec_loss = rec_err.abs() if tc.loss == "l1" else rec_err.pow(2)
-                rec_loss = rec_loss.sum() / (known.sum() * 3 if pool is not None else rec_loss.numel())
+                if pool is None:
+                    rec_loss = rec_loss.mean()
+                else:  # averaged over the known pixels only
+                    rec_loss = (rec_loss * known).sum() / (known.sum() * rec_loss.shape[1])
                 gan_loss = -disc(rec_all).float().mean()
             weight = adaptive_gan_weight(scaler.scale(rec_loss), scaler.scale(gan_loss), last, tc.disc_weight)
             loss = rec_loss + weight * gan_loss

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from maskgit_cli import data, pipeline
+from maskgit_cli import data, pipeline, runtime
 from maskgit_cli.errors import CheckpointError, ConfigError, DataError, OutputExistsError
 from maskgit_cli.inpaint import InpaintSettings, feather_alpha, paste_back
 
@@ -176,7 +176,7 @@ def test_candidates_keep_the_fill_that_continues_the_seam_best(tiny_run, tiny_da
 
     def run(n, rows=slice(None)):
         ip = Inpainter(tok, tr, cfg, InpaintSettings(total_iter=4, candidates=n, paste_back=False), torch.device("cpu"))
-        gens = [pipeline.image_generator(7, i) for i in range(6)][rows]
+        gens = [runtime.image_generator(7, i) for i in range(6)][rows]
         return ip(masked[rows], missing[rows], gens), ip.transformer_passes
 
     (one, p1), (three, p3) = run(1), run(3)
