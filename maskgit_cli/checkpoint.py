@@ -151,6 +151,7 @@ def load_transformer(path: str | Path, device: str | torch.device = "cpu"):
                               f"predicts {cfg.tokenizer.codebook_size}; they do not belong together")
     model = transformer_mod.build(cfg.transformer, tok_cfg.grid, tokenizer.codebook_size)
     load_state(model, ckpt.get("ema") or ckpt["model"], ckpt["path"])
-    # data and tokenizer sections from the tokenizer; the transformer and its decode defaults from its own
-    return tokenizer, model.to(device).eval(), dataclasses.replace(tok_cfg, transformer=cfg.transformer,
-                                                                   decode=cfg.decode)
+    # data and tokenizer sections from the tokenizer; the transformer, its training and its decode
+    # defaults from its own
+    return tokenizer, model.to(device).eval(), dataclasses.replace(
+        tok_cfg, transformer=cfg.transformer, transformer_train=cfg.transformer_train, decode=cfg.decode)

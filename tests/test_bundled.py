@@ -36,12 +36,13 @@ def bundled():
 
 
 def test_bundled_tokenizer_reconstructs_test_cats(bundled):
-    """The model card's >= 24 dB val PSNR, checked on the 12 bundled test-split cats (fp16 weights)."""
+    """The model card's 21.2 dB val PSNR (8x8 tokens), checked on the 12 bundled test-split cats
+    (fp16 weights; they measured 21.8 dB)."""
     tokenizer, _tr, cfg, images, ids, _colors = bundled
     with torch.no_grad():
         rec = data.denormalize(tokenizer.decode_ids(ids), cfg.data)
-    assert metrics.psnr(rec, images.float() / 255).mean().item() >= 24.0
-    assert ids.shape[1:] == (16, 16) and int(ids.max()) < tokenizer.codebook_size
+    assert metrics.psnr(rec, images.float() / 255).mean().item() >= 21.0
+    assert ids.shape[1:] == (8, 8) == (cfg.grid, cfg.grid) and int(ids.max()) < tokenizer.codebook_size
 
 
 def test_bundled_transformer_beats_chance(bundled):

@@ -92,6 +92,8 @@ def test_transformer_trains_from_a_token_file_and_copies_the_tokenizer(tiny_run,
                        overrides=["transformer_train.max_steps=2"])
     assert r.steps == 2 and (out / "tokenizer.pt").exists()
     assert checkpoint.load(out / "tokenizer.pt")["model_id"] == res.tokenizer_id
+    # the loaded config's stage-2 training is the transformer's own, not the tokenizer run's
+    assert checkpoint.load_transformer(out)[2].transformer_train.max_steps == 2
 
 
 def test_token_file_from_another_tokenizer_is_refused(tiny_run, tiny_data, tmp_path):
