@@ -151,7 +151,8 @@ def load_transformer(path: str | Path, device: str | torch.device = "cpu"):
                               f"predicts {cfg.tokenizer.codebook_size}; they do not belong together")
     model = transformer_mod.build(cfg.transformer, tok_cfg.grid, tokenizer.codebook_size)
     load_state(model, ckpt.get("ema") or ckpt["model"], ckpt["path"])
-    # data and tokenizer sections from the tokenizer; the transformer, its training and its decode
-    # defaults from its own
+    # the transformer's own config, except what the tokenizer file is the authority for: its data,
+    # architecture and the training that made it (stage 1 and 1b)
     return tokenizer, model.to(device).eval(), dataclasses.replace(
-        tok_cfg, transformer=cfg.transformer, transformer_train=cfg.transformer_train, decode=cfg.decode)
+        cfg, data=tok_cfg.data, tokenizer=tok_cfg.tokenizer, tokenizer_train=tok_cfg.tokenizer_train,
+        decoder_train=tok_cfg.decoder_train)
