@@ -41,8 +41,9 @@ def bench(name: str, batch: int, T: int, t: int, reference: int = 0, rounds: int
     # transformer passes alone, as decoding calls them (logits at the masked positions), for the MFU
     ids = torch.randint(0, cfg.tokenizer.codebook_size, (batch, cfg.grid * cfg.grid))
     where = data.token_mask(missing, cfg.grid).flatten(1)
+    hint = torch.rand(batch, cfg.grid * cfg.grid, 3) if cfg.transformer.hint else None  # a hint model needs one
     with torch.no_grad():
-        tr_seconds = interleaved({"pass": lambda: tr(ids, where)}, 3)["pass"]
+        tr_seconds = interleaved({"pass": lambda: tr(ids, where, hint)}, 3)["pass"]
     flops = tr.flops_per_token(training=False, out_fraction=where.float().mean().item()) * batch * cfg.grid ** 2
     row = {"config": name, "batch": batch, "T": T, "t": t, "seconds": seconds["ours"],
            "images_per_second": batch / seconds["ours"], "transformer_pass_seconds": tr_seconds,

@@ -1,5 +1,7 @@
 """Tokenizer training images/s and encode images/s, cats64 and lab configs, on this machine."""
 
+import argparse
+
 from common import ROOT, emit, interleaved, machine
 
 import torch
@@ -31,4 +33,8 @@ def bench(name: str, batch: int) -> dict:
 
 
 if __name__ == "__main__":
-    emit({"benchmark": "tokenizer", **machine(), "results": [bench("cats64", 16), bench("lab", 4)]})
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=["cats64", "lab"])
+    args = ap.parse_args()
+    plan = [("cats64", 16), ("lab", 4)]
+    emit({"benchmark": "tokenizer", **machine(), "results": [bench(*p) for p in plan if args.only in (None, p[0])]})

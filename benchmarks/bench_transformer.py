@@ -13,7 +13,7 @@ from common import ROOT, emit, interleaved, machine, matmul_peak
 import torch
 
 from maskgit_cli import config, data, transformer
-from maskgit_cli.train import adamw, masked_loss, mvtm_mask
+from maskgit_cli.train import adamw, masked_loss, mvtm_hint, mvtm_mask
 from reference import reference_models, reference_train_step
 
 PUBLISHED_REFERENCE_IMAGES_PER_SECOND = 0.6
@@ -31,10 +31,12 @@ def bench(name: str, batch: int, compile: bool = False, reference: bool = False,
     model.train()
     masked = []
 
+    colors = torch.rand(batch, 3, grid, grid) if cfg.transformer.hint else None  # the tokens' mean colours
+
     def step():
         mask = mvtm_mask(ids, "cosine", g)
         masked.append(mask.float().mean().item())
-        loss = masked_loss(net(ids.masked_fill(mask, K), mask), ids, mask)
+        loss = masked_loss(net(ids.masked_fill(mask, K), mask, mvtm_hint(colors, mask)), ids, mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -68,10 +70,12 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", choices=["cats64", "lab"])
     args = ap.parse_args()
     peak = matmul_peak()
-    rows = [bench("cats64", 64, args.compile, rounds=args.rounds),
-            bench("lab", 10, args.compile, reference=True, rounds=args.rounds)]
+    plan = [("cats64", 64, False), ("lab", 10, True)]
+    rows = [bench(name, batch, args.compile, reference=ref, rounds=args.rounds)
+            for name, batch, ref in plan if args.only in (None, name)]
     for r in rows:
         r["mfu"] = r["achieved_flops"] / peak
     emit({"benchmark": "transformer_training", **machine(), "matmul_peak_flops": peak, "results": rows,
