@@ -36,8 +36,8 @@ def bundled():
 
 
 def test_bundled_tokenizer_reconstructs_test_cats(bundled):
-    """The model card's 21.7 dB val PSNR (8x8 tokens, 512 codes), checked on the 12 bundled test-split cats
-    (fp16 weights; they measured 21.7 dB)."""
+    """The model card's 21.7 dB val PSNR (8x8 tokens, 512 codes), checked on the 12 bundled
+    test-split cats (fp16 weights; they measured 21.7 dB)."""
     tokenizer, _tr, cfg, images, ids, _colors = bundled
     with torch.no_grad():
         rec = data.denormalize(tokenizer.decode_ids(ids), cfg.data)
