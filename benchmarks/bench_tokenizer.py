@@ -6,8 +6,8 @@ from common import ROOT, emit, interleaved, machine
 
 import torch
 
-from maskgit_cli import config, data, vqgan
-from maskgit_cli.train import adamw
+from maskgit_cli import config, vqgan
+from maskgit_cli.train.loop import adamw
 
 
 def bench(name: str, batch: int) -> dict:

@@ -13,7 +13,8 @@ from common import ROOT, emit, interleaved, machine, matmul_peak
 import torch
 
 from maskgit_cli import config, data, transformer
-from maskgit_cli.train import adamw, masked_loss, mvtm_hint, mvtm_mask
+from maskgit_cli.mvtm import masked_loss, mvtm_hint, mvtm_mask
+from maskgit_cli.train.loop import adamw
 from reference import reference_models, reference_train_step
 
 PUBLISHED_REFERENCE_IMAGES_PER_SECOND = 0.6

@@ -22,7 +22,7 @@ import torch
 
 from maskgit_cli import data, decode, schedules, transformer, vqgan
 from maskgit_cli.config import Config
-from maskgit_cli.train import masked_loss, mvtm_mask
+from maskgit_cli.mvtm import masked_loss, mvtm_mask
 
 
 def reference_models(cfg: Config):

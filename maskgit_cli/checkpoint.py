@@ -20,8 +20,8 @@ import torch
 
 from maskgit_cli import config as config_mod
 from maskgit_cli.config import Config
-from maskgit_cli.data import atomic_write
 from maskgit_cli.errors import CheckpointError
+from maskgit_cli.outputs import atomic_write
 
 VERSION = 1
 TOKENIZER, TRANSFORMER = "tokenizer.pt", "transformer.pt"
@@ -51,9 +51,43 @@ def save(path: Path, ckpt: dict[str, Any]) -> None:
 
 
 def refused_pickle(err: Exception) -> bool:
-    """torch.load(weights_only=True) refused a file because it holds arbitrary Python objects."""
+    """torch.load(weights_only=True) refused a file because it names Python objects (classes,
+    functions) that unpickling would import and run, not because the bytes are no pickle at all."""
     text = str(err).lower()
-    return isinstance(err, pickle.UnpicklingError) and ("weights only" in text or "weights_only" in text)
+    return isinstance(err, pickle.UnpicklingError) and ("allowed global" in text or "unsupported global" in text)
+
+
+LFS_POINTER = b"version https://git-lfs"
+
+
+def unreadable(path: Path, err: Exception, what: str = "PyTorch checkpoint") -> str:
+    """Why torch.load could not read `path`, in words a user can act on."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError:
+        head = b""
+    if head.startswith(LFS_POINTER):
+        return (f"{path}: a Git LFS pointer, not the file itself; fetch the real file (`git lfs pull`) or "
+                "download it again")
+    if refused_pickle(err):
+        return (f"{path}: not a plain weights file (it holds Python objects that would run code when "
+                "unpickled), so it was not loaded")
+    if not head:
+        return f"{path}: the file is empty; re-create or re-download it"
+    if head.startswith(b"PK"):
+        return (f"{path}: not a readable {what} ({err.__class__.__name__}); it may be truncated, re-create or "
+                "re-download it")
+    return f"{path}: not a readable {what} (its bytes are no checkpoint format); check the path"
+
+
+def check_finite(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Weights with NaN or infinite values (a diverged run, a damaged file) would give black
+    fills or crash sampling later: refuse them when they load."""
+    for key, t in state.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{path}: weight {key} holds NaN or infinite values (a diverged run or a "
+                                  "damaged file); use an earlier checkpoint")
 
 
 def load(path: str | Path, kind: str | None = None) -> dict[str, Any]:
@@ -65,17 +99,21 @@ def load(path: str | Path, kind: str | None = None) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read it ({err.strerror})") from None
     except Exception as err:
-        if refused_pickle(err):
-            raise CheckpointError(f"{path}: not a plain weights file (it holds Python objects that would run "
-                                  "code when unpickled), so it was not loaded") from None
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err.__class__.__name__}); "
-                              "it may be truncated, re-create or re-download it") from None
+        raise CheckpointError(unreadable(path, err)) from None
     if isinstance(obj, dict) and "kind" in obj and "model" in obj:
+        if obj["kind"] not in ("tokenizer", "transformer") or not isinstance(obj["model"], dict):
+            raise CheckpointError(f"{path}: not a maskgit checkpoint (kind {obj['kind']!r})")
         if kind is not None and obj["kind"] != kind:
             raise CheckpointError(f"{path}: is a {obj['kind']} checkpoint, expected a {kind}")
-        if obj.get("version", 0) > VERSION:
-            raise CheckpointError(f"{path}: written by a newer maskgit (format {obj['version']}); upgrade")
+        version = obj.get("version", 0)
+        if not isinstance(version, int) or version > VERSION:
+            raise CheckpointError(f"{path}: written by a newer maskgit (format {version}); upgrade")
+        if obj.get("config") is not None and not isinstance(obj["config"], dict):
+            raise CheckpointError(f"{path}: its saved config is a {type(obj['config']).__name__}, not a mapping; "
+                                  "the file is damaged")
         obj["path"] = str(path)
         return obj
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -93,9 +131,13 @@ def config_of(ckpt: dict[str, Any], fallback: Config | None = None) -> Config:
     return fallback
 
 
+SAVED_CONFIG_HINT = "the file does not match its own saved config: it is damaged or was edited"
+
+
 def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str,
-               hint: str = "check --config") -> None:
-    """Strict load with a one-line summary of what does not match; `hint` says what to fix."""
+               hint: str = SAVED_CONFIG_HINT) -> None:
+    """Strict load with a one-line summary of what does not match; `hint` says what to fix.
+    Weights with NaN or infinite values are refused."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]
@@ -112,6 +154,7 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str
                          f"vs {tuple(own[k].shape)})")
         raise CheckpointError(f"{path}: weights do not fit the configured model: {'; '.join(parts)}; "
                               f"{hint}")
+    check_finite(state, path)
     model.load_state_dict(state)
 
 
@@ -124,7 +167,8 @@ def load_tokenizer(path: str | Path, fallback: Config | None = None, device: str
         raise CheckpointError(f"{ckpt['path']}: is a {ckpt['kind']} checkpoint, expected a tokenizer")
     cfg = config_of(ckpt, fallback)
     model = vqgan.build(cfg)
-    load_state(model, ckpt["model"], ckpt["path"])
+    load_state(model, ckpt["model"], ckpt["path"],
+               SAVED_CONFIG_HINT if ckpt.get("config") is not None else "check --config")
     mid = tokens_id(ckpt)
     return model.to(device).eval(), cfg, mid
 

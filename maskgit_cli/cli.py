@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -40,6 +41,7 @@ class _Group(TyperGroup):
         argv = list(sys.argv[1:] if args is None else args)
         extra.pop("standalone_mode", None)
         try:
+            _refuse_empty(argv)
             rv = super().main(args=argv, prog_name=prog_name, standalone_mode=False, **extra)
         except typer.Abort:
             ui.error("aborted")
@@ -59,9 +61,25 @@ class _Group(TyperGroup):
         return _valueless(super().get_help_option(ctx))
 
 
+def _refuse_empty(argv: list[str]) -> None:
+    """An empty argument is never meant: `--out ""` (an unset shell variable) would be the current
+    folder, an empty image folder argument likewise."""
+    for i, arg in enumerate(argv):
+        name = None
+        if arg == "" and i > 0 and argv[i - 1].startswith("--"):
+            name = argv[i - 1]
+        elif arg == "":
+            name = "an argument"
+        elif arg.startswith("--") and arg.endswith("="):
+            name = arg[:-1]
+        if name:
+            raise typer.BadParameter(f"{name} is empty (an unset shell variable?); give a value")
+
+
 app = typer.Typer(
     name="maskgit",
     cls=_Group,
+    rich_markup_mode=None,  # help text is plain: "[default: ...]" must print, not vanish as markup
     help="MaskGIT image inpainting: train a VQGAN tokenizer and an MVTM transformer, encode, "
     "inpaint by iterative decoding, and evaluate with FID/KID.",
     no_args_is_help=True,
@@ -95,27 +113,58 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
     """MaskGIT image inpainting from the command line."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the same cleanup (outputs abandoned, training checkpointed)."""
+
+
+_TERMINATED = {"seen": False}  # a stopped training run returns normally: its exit code needs to know
+
+
+def _on_sigterm(_signum, _frame) -> None:
+    _TERMINATED["seen"] = True
+    raise Terminated()
+
+
+def _stopped(err: KeyboardInterrupt) -> tuple[str, int]:
+    """(how the run was stopped, its exit code): Ctrl-C 130, SIGTERM 143."""
+    return ("terminated (SIGTERM)", 143) if isinstance(err, Terminated) else ("interrupted (Ctrl-C)", 130)
+
+
 def command(fn: Callable) -> Callable:
     """User errors -> one line on stderr (and {"error": ...} with --json), exit code 1; Ctrl-C ->
-    one line (and JSON), exit code 130."""
+    one line (and JSON), exit code 130; SIGTERM the same with exit code 143."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        json_out = kwargs.get("json_out")
+        name = fn.__name__.replace("_", "-")
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return fn(*args, **kwargs)
         except MaskgitError as err:
-            ui.error(str(err))
-            if kwargs.get("json_out"):
-                ui.emit_json({"error": str(err)})
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            message = f"interrupted (Ctrl-C) during `maskgit {fn.__name__.replace('_', '-')}`; nothing was written"
+            _fail(str(err), json_out, err.details)
+        except OSError as err:  # the machine, not the user's input: a full disk, a read-only folder
+            from maskgit_cli.outputs import os_error
+
+            _fail(str(os_error(err, "cannot read or write")), json_out)
+        except KeyboardInterrupt as err:
+            how, code = _stopped(err)
+            message = f"{how} during `maskgit {name}`; nothing was written"
             ui.error(message)
-            if kwargs.get("json_out"):
+            if json_out:
                 ui.emit_json({"error": message, "interrupted": True})
-            raise typer.Exit(130) from None
+            raise typer.Exit(code) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _fail(message: str, json_out: bool, details: dict | None = None) -> None:
+    ui.error(message)
+    if json_out:
+        ui.emit_json({"error": message, **(details or {})})
+    raise typer.Exit(1) from None
 
 
 def _warnings(notes: list[str]) -> None:
@@ -136,7 +185,7 @@ def _render_train(result: Any, json_out: bool) -> None:
                     {k: v for k, v in payload.items() if not isinstance(v, (dict, list))})
     if result.interrupted:
         ui.warn(f"interrupted: checkpoint saved to {result.checkpoint}; continue with --resume")
-        raise typer.Exit(130)
+        raise typer.Exit(143 if _TERMINATED["seen"] else 130)
 
 
 _SHORT = {"train_loss": "train loss", "val_psnr": "val PSNR", "codebook_usage": "usage", "perplexity": "ppl",

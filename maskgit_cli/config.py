@@ -21,6 +21,25 @@ import yaml
 from maskgit_cli.errors import ConfigError
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    silently keeps the last, dropping a whole section written twice)."""
+
+
+def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _value in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise ConfigError(f"key '{key}' appears twice (lines {seen[key]} and {line}); keep one")
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
 # ----------------------------------------------------------------------------- rules
 # A field's rule lives in its metadata: one place for a value that can arrive from a YAML file,
 # --set, `maskgit export --set` or a command-line flag. A rule returns what is wrong, or None.
@@ -223,11 +242,14 @@ class Config:
         return _plain(dataclasses.asdict(self))
 
     @property
+    def downsampling(self) -> int:
+        """Pixels per token side: 4 for the lab's VQGAN, 2^(levels - 1) for ours."""
+        return 4 if self.tokenizer.arch == "lab" else 2 ** (len(self.tokenizer.channels) - 1)
+
+    @property
     def grid(self) -> int:
         """Side of the token grid h = w."""
-        if self.tokenizer.arch == "lab":
-            return self.data.image_size // 4
-        return self.data.image_size // 2 ** (len(self.tokenizer.channels) - 1)
+        return self.data.image_size // self.downsampling
 
 
 def _plain(obj: Any) -> Any:
@@ -244,7 +266,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is tuple:
         (inner, *_rest) = typing.get_args(tp)
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [
+            value = _yaml_value(value, key) if value.strip().startswith("[") else [
                 v for v in value.split(",") if v.strip()
             ]
         if not isinstance(value, (list, tuple)):
@@ -253,6 +275,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return None if value is None else _coerce(value, args[0], key)
+    name = getattr(tp, "__name__", str(tp))
     try:
         if tp is bool:
             if isinstance(value, bool):
@@ -263,18 +286,34 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if text in ("0", "false", "no", "off"):
                 return False
             raise ValueError(value)
+        if tp in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float, str))):
+            raise ValueError(value)  # `yes`, a list or a mapping is not a number
         if tp is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(float(value)) if isinstance(value, str) else int(value)
+            number = float(value) if isinstance(value, str) else value
+            if isinstance(number, float):
+                if not math.isfinite(number):
+                    raise ConfigError(f"config key '{key}' must be a finite whole number, got {value!r}")
+                if not number.is_integer():
+                    raise ValueError(value)
+            return int(number)
         if tp is float:
             return float(value)
         if tp is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError(value)
             return str(value)
-    except (TypeError, ValueError):
-        name = getattr(tp, "__name__", str(tp))
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"config key '{key}': {value!r} is not a valid {name}") from None
     return value
+
+
+def _yaml_value(text: str, key: str) -> Any:
+    """A `--set` value written as YAML (a list: `[16, 32]`)."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as err:
+        problem = str(err).splitlines()[0]
+        raise ConfigError(f"config key '{key}': {text!r} is not a valid list ({problem})") from None
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -330,6 +369,8 @@ def _validate(cfg: Config) -> Config:
         for f in dataclasses.fields(part):
             check_value(type(part), f.name, getattr(part, f.name), f"{section.name}.{f.name}")
     tok, tr = cfg.tokenizer, cfg.transformer
+    if not tok.channels:
+        raise ConfigError("tokenizer.channels needs at least one width, e.g. [64, 128, 128]")
     if tok.fsq_levels:
         if tok.arch != "vqgan":
             raise ConfigError("tokenizer.fsq_levels needs tokenizer.arch 'vqgan' (the lab's VQGAN has a codebook)")
@@ -340,8 +381,10 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(f"transformer.dim ({tr.dim}) must be divisible by heads ({tr.heads})")
     if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3:
         raise ConfigError("data.mean and data.std need 3 values (R, G, B)")
-    if cfg.data.image_size % (cfg.data.image_size // cfg.grid or 1):
-        raise ConfigError("data.image_size must be divisible by the tokenizer's downsampling")
+    factor = cfg.downsampling
+    if cfg.data.image_size % factor or cfg.data.image_size < factor:
+        raise ConfigError(f"data.image_size ({cfg.data.image_size}) must be a multiple of the tokenizer's "
+                          f"downsampling, {factor} (one token per {factor}x{factor} pixels)")
     if cfg.decode.sweet_spot > cfg.decode.total_iter:
         raise ConfigError(f"decode.sweet_spot ({cfg.decode.sweet_spot}) must not exceed decode.total_iter "
                           f"({cfg.decode.total_iter})")
@@ -349,6 +392,8 @@ def _validate(cfg: Config) -> Config:
 
 
 def from_dict(data: dict[str, Any] | None, source: str = "config") -> Config:
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got a {type(data).__name__}")
     try:
         return _validate(_apply(Config(), data or {}))
     except ConfigError as err:
@@ -381,9 +426,15 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
     if path is not None:
         path = config_path(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.load(path.read_bytes().decode("utf-8"), Loader=_StrictLoader) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file in UTF-8; save the config as UTF-8 YAML") from None
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read the config ({err.strerror})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return apply_overrides(from_dict(data, str(path) if path else "config"), overrides)

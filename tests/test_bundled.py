@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from conftest import invoke_json
-from maskgit_cli import checkpoint, data, metrics, pipeline
-from maskgit_cli.train import evaluate_transformer
+from maskgit_cli import checkpoint, data, metrics, pairing, pipeline, tokens
+from maskgit_cli.train.transformer import evaluate_transformer
 
 SAMPLES = pipeline.SAMPLES
 
@@ -31,7 +31,7 @@ def bundled():
     tokenizer, tr, cfg = checkpoint.load_transformer(pipeline.BUNDLED, "cpu")
     images = data.load_images(data.list_images(SAMPLES / "images"), cfg.data.image_size)
     with torch.no_grad():
-        ids, colors = pipeline.encode_images(tokenizer, images, cfg, torch.device("cpu"))
+        ids, colors = tokens.encode_images(tokenizer, images, cfg, torch.device("cpu"))
     return tokenizer, tr, cfg, images, ids, colors
 
 
@@ -61,7 +61,7 @@ def test_demo_on_bundled_model(runner, tmp_path):
     grid = Image.open(tmp_path / "demo" / "grid.png")
     assert grid.height > grid.width  # one row per sample, three columns
     # paste-back: every known pixel of every result equals its input
-    for p, m in data.pair_masks(SAMPLES / "masked", SAMPLES / "masks").pairs:
+    for p, m in pairing.pair_masks(SAMPLES / "masked", SAMPLES / "masks").pairs:
         result = np.asarray(Image.open(tmp_path / "demo" / "results" / f"{p.stem}.png").convert("RGB"))
         known = ~data.read_mask(m, 64).numpy()
         assert (result[known] == np.asarray(Image.open(p).convert("RGB"))[known]).all()

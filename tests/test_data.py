@@ -4,7 +4,8 @@ import torch
 from PIL import Image
 
 from conftest import make_images, make_masks
-from maskgit_cli import data
+from maskgit_cli import data, tokens
+from maskgit_cli.pairing import pair_masks
 from maskgit_cli.config import DataConfig
 from maskgit_cli.errors import DataError
 
@@ -78,11 +79,11 @@ def test_masks_zero_means_missing(tmp_path):
 def test_pairing_by_name_and_by_lab_number(tmp_path):
     make_images(tmp_path / "img", 3, prefix="image_")
     make_masks(tmp_path / "mask", 3, prefix="mask_")
-    pairs = data.pair_masks(tmp_path / "img", tmp_path / "mask").pairs
+    pairs = pair_masks(tmp_path / "img", tmp_path / "mask").pairs
     assert [(a.name, b.name) for a, b in pairs][1] == ("image_001.png", "mask_001.png")
     (tmp_path / "mask" / "mask_002.png").unlink()
     with pytest.raises(DataError, match="no mask .* for: image_002.png"):
-        data.pair_masks(tmp_path / "img", tmp_path / "mask")
+        pair_masks(tmp_path / "img", tmp_path / "mask")
 
 
 def _touch(folder, names):
@@ -103,7 +104,7 @@ def _touch(folder, names):
 def test_pairing_rules(tmp_path, images, masks, expect):
     _touch(tmp_path / "i", images)
     _touch(tmp_path / "m", masks)
-    pairing = data.pair_masks(tmp_path / "i", tmp_path / "m")
+    pairing = pair_masks(tmp_path / "i", tmp_path / "m")
     assert {a.name: b.name for a, b in pairing.pairs} == expect
     assert sorted(p.name for p in pairing.unused) == sorted(set(masks) - set(expect.values()))
 
@@ -112,29 +113,29 @@ def test_pairing_refuses_to_share_or_guess(tmp_path):
     _touch(tmp_path / "i", ["img_1.png", "img_01.png"])
     _touch(tmp_path / "m", ["mask_1.png"])  # img_01 has no mask of its own: an error, not mask_1 twice
     with pytest.raises(DataError, match="no mask .* for: img_01.png"):
-        data.pair_masks(tmp_path / "i", tmp_path / "m")
+        pair_masks(tmp_path / "i", tmp_path / "m")
     _touch(tmp_path / "i2", ["a_1.png", "b_1.png"])
     _touch(tmp_path / "m2", ["m_1.png", "n_1.png"])
     with pytest.raises(DataError, match="ambiguous pairing of images and masks .*a_1.png, b_1.png, m_1.png, n_1.png"):
-        data.pair_masks(tmp_path / "i2", tmp_path / "m2")
+        pair_masks(tmp_path / "i2", tmp_path / "m2")
 
 
 def test_token_file_round_trip_and_errors(tmp_path):
     ids = torch.randint(0, 1024, (3, 4, 4))
-    tf = data.TokenFile(ids=ids, files=["a", "b", "c"], tokenizer_id="abc", codebook_size=1024)
-    data.save_tokens(tmp_path / "t.npz", tf)
-    back = data.load_tokens(tmp_path / "t.npz")
+    tf = tokens.TokenFile(ids=ids, files=["a", "b", "c"], tokenizer_id="abc", codebook_size=1024)
+    tokens.save_tokens(tmp_path / "t.npz", tf)
+    back = tokens.load_tokens(tmp_path / "t.npz")
     assert torch.equal(back.ids, ids) and back.files == ["a", "b", "c"] and back.tokenizer_id == "abc"
     assert np.load(tmp_path / "t.npz")["ids"].dtype == np.uint16
     (tmp_path / "bad.npz").write_bytes(b"garbage")
     with pytest.raises(DataError, match="corrupt token file"):
-        data.load_tokens(tmp_path / "bad.npz")
+        tokens.load_tokens(tmp_path / "bad.npz")
     with pytest.raises(DataError, match="not found"):
-        data.load_tokens(tmp_path / "none.npz")
+        tokens.load_tokens(tmp_path / "none.npz")
     np.savez(tmp_path / "empty.npz", ids=np.zeros((0, 4, 4), np.uint16), files=np.array([]),
              tokenizer_id=np.array("x"), grid=np.array(4), codebook_size=np.array(8))
     with pytest.raises(DataError, match="no token grids"):
-        data.load_tokens(tmp_path / "empty.npz")
+        tokens.load_tokens(tmp_path / "empty.npz")
 
 
 def test_region_masks_cover_a_sensible_fraction():

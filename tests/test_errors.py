@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,11 +139,13 @@ def test_mask_limit_zero(runner, tiny_data, tmp_path):
 # ------------------------------------------------------------- 1b. messages that point the right way
 
 
-def test_wrong_image_size_in_inpaint_says_what_the_model_needs(runner, inp, tiny_data, tmp_path):
+def test_a_mask_of_another_size_than_its_image_says_so(runner, inp, tiny_data, tmp_path):
+    """Images of any size are inpainted (the model runs at its own size); a mask must still
+    match its own image, and the message says which, without naming flags inpaint lacks."""
     big = tmp_path / "big"
     make_images(big, 2, size=32)
     args = ["inpaint", big, "--masks", tiny_data["masks"], *inp[4:], "--out", tmp_path / "o"]
-    assert_error(runner, args, "the model works on 16x16 images")
+    assert_error(runner, args, "mask is 16x16, expected 32x32; masks must match their images")
     assert "--resize" not in run(runner, args).stderr  # inpaint has no --resize
 
 
@@ -206,7 +207,7 @@ def test_ctrl_c_while_loading_images_is_one_line_130_and_json(runner, inp, tmp_p
     def interrupted(*_a, **_k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data, "load_images", interrupted)
+    monkeypatch.setattr(data, "read_rgb", interrupted)
     assert_error(runner, [*inp, "--out", tmp_path / "o"], "interrupted (Ctrl-C)", code=130)
     assert not (tmp_path / "o").exists()
 

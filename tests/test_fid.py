@@ -1,12 +1,11 @@
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import SHARED, TinyFeatures, invoke_json
-from maskgit_cli import data, fid, pipeline
+from maskgit_cli import fid, inception, pipeline
 from maskgit_cli.errors import WeightsNotFound
 
 FIX = SHARED / "fixtures" / "fid"
@@ -50,7 +49,7 @@ def test_psd_factor_reproduces_the_covariance(n):
 
 def test_state_dict_matches_the_real_file_layout():
     ref = json.loads((FIX / "pt_inception_state_dict_shapes.json").read_text())
-    sd = fid.FIDInception().state_dict()
+    sd = inception.FIDInception().state_dict()
     assert {k: list(v.shape) for k, v in sd.items()} == ref
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import SHARED, invoke_json, make_images
-from maskgit_cli import checkpoint, data, fid, fid_weights, pipeline
-from maskgit_cli.errors import WeightsError, WeightsNotFound
+from maskgit_cli import checkpoint, data, fid_weights, inception, pipeline
+from maskgit_cli.errors import OutputExistsError, WeightsError, WeightsNotFound
 
 FIX = SHARED / "fixtures" / "fid"
 SHAPES = json.loads((FIX / "pt_inception_state_dict_shapes.json").read_text())
@@ -119,7 +119,7 @@ def _synthetic(model):
 @pytest.fixture(scope="module")
 def synthetic_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("w") / "synthetic.pth"
-    torch.save(_synthetic(fid.FIDInception(2048)), path)
+    torch.save(_synthetic(inception.FIDInception(2048)), path)
     return path
 
 
@@ -155,7 +155,7 @@ def test_damaged_or_foreign_weight_files_are_clear_errors(kind, tmp_path, synthe
 def test_reproduces_pytorch_fid_features_with_synthetic_weights(synthetic_file):
     """Architecture and preprocessing equal pytorch-fid's (fixture, synthetic weights, 1e-4)."""
     ref = json.loads((FIX / "synthetic_weights_features.json").read_text())
-    model = fid.FIDInception(2048).eval()
+    model = inception.FIDInception(2048).eval()
     model.load_state_dict(fid_weights.read_state_dict(synthetic_file))
     paths = [SHARED / "data" / "cats64" / "test" / "images" / f for f in ref["files"]]
     x = data.load_images(paths, 64).float() / 255
@@ -198,9 +198,13 @@ def test_fetch_from_a_local_file_is_idempotent_and_atomic(real_inception, tmp_pa
     first = fid_weights.fetch(dest, source=real_inception)
     assert first.fetched and dest.is_file()
     assert fid_weights.fetch(dest, source=real_inception).fetched is False  # verified, kept
-    dest.write_bytes(b"garbage")  # a damaged file is replaced, not trusted
-    assert fid_weights.fetch(dest, source=real_inception).fetched
+    assert fid_weights.fetch(dest, source=real_inception, overwrite=True).fetched  # ours: replaced when asked
     assert [p.name for p in dest.parent.iterdir()] == ["w.pth"]  # no temp files left
+    dest.write_bytes(b"garbage")  # not FID weights: perhaps the user's own file, never replaced
+    for overwrite in (False, True):
+        with pytest.raises(OutputExistsError):
+            fid_weights.fetch(dest, source=real_inception, overwrite=overwrite)
+    assert dest.read_bytes() == b"garbage"
 
 
 def test_failed_download_names_the_three_ways(monkeypatch, tmp_path, runner):
@@ -218,3 +222,6 @@ def test_default_lookup_finds_what_fetch_stored(real_inception, monkeypatch, tmp
     fid_weights.fetch(source=real_inception)
     assert fid_weights.find_weights() == fid_weights.default_path() == tmp_path / "hub" / "checkpoints" / \
         fid_weights.CONVERTED_NAME
+    fid_weights.default_path().write_bytes(b"garbage")  # maskgit's own file, damaged: replaced, not trusted
+    assert fid_weights.fetch(source=real_inception).fetched
+    fid_weights.load_inception(2048)

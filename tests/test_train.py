@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import TINY
-from maskgit_cli import checkpoint, data, pipeline
+from maskgit_cli import checkpoint, data, pipeline, tokens
 from maskgit_cli.errors import ConfigError, DataError
 
 
@@ -79,7 +79,7 @@ def test_tiny_transformer_run_lowers_val_loss(tiny_run):
 def test_run_directory_is_self_contained(tiny_run, tiny_data, tmp_path):
     # tokens were cached once; the tokenizer sits beside the transformer
     assert (tiny_run / "tokens_train.npz").exists() and (tiny_run / "tokenizer.pt").exists()
-    cached = data.load_tokens(tiny_run / "tokens_train.npz")
+    cached = tokens.load_tokens(tiny_run / "tokens_train.npz")
     assert len(cached.ids) == 2 * 48  # images and their mirror images
     tok, tr, cfg = checkpoint.load_transformer(tiny_run)
     assert tr.K == tok.codebook_size
@@ -184,7 +184,7 @@ def test_decoder_resume_equals_an_uninterrupted_run(tiny_run, tiny_data, tmp_pat
 def test_decoder_stage_on_the_transformers_fills(tiny_run, tiny_data, tmp_path):
     """decoder_train.generated: part of each batch is the run's transformer's inpainting fills,
     made once (a pool kept in the checkpoint) from holes in train images."""
-    from maskgit_cli.train import inpainting_pool
+    from maskgit_cli.inpaint import inpainting_pool
 
     run = _decoder_run(tiny_run, tmp_path / "run")
     tok, _, cfg = checkpoint.load_transformer(run)
@@ -247,7 +247,7 @@ def test_decoder_stage_refuses_what_it_cannot_do(tiny_run, tiny_data, tmp_path):
 
 
 def test_adaptive_gan_weight_balances_the_gradients():
-    from maskgit_cli.train import adaptive_gan_weight
+    from maskgit_cli.train.decoder import adaptive_gan_weight
 
     w = torch.ones(3, requires_grad=True)
     rec, gan = 2.0 * w.sum(), -8.0 * w.sum()  # gradients (2, 2, 2) and (-8, -8, -8)
@@ -281,7 +281,7 @@ def test_colour_hints_train_decode_and_are_used(tiny_data, tmp_path):
     inpainting builds the same hint from the masked image."""
     from maskgit_cli import checkpoint, pipeline
     from maskgit_cli.errors import DataError
-    from maskgit_cli.train import mvtm_hint
+    from maskgit_cli.mvtm import mvtm_hint
 
     run = tmp_path / "run"
     pipeline.train(TINY, "tokenizer", tiny_data["train"], run, device="cpu", overrides=["tokenizer_train.max_steps=20"])
@@ -306,7 +306,7 @@ def test_colour_hints_train_decode_and_are_used(tiny_data, tmp_path):
                            settings={"total_iter": 3}, ground_truth=tiny_data["test"])
     assert out.count == 10 and out.metrics["psnr_masked"] is not None
     # a token file without colours cannot feed a hinted transformer
-    from maskgit_cli import data as data_mod
+    from maskgit_cli import tokens as data_mod
 
     tokens = data_mod.load_tokens(run / "tokens_train.npz")
     data_mod.save_tokens(tmp_path / "bare.npz", data_mod.TokenFile(ids=tokens.ids, files=tokens.files,
@@ -320,7 +320,7 @@ def test_colour_hints_train_decode_and_are_used(tiny_data, tmp_path):
 def test_the_hint_comes_from_the_hole_a_mask_was_drawn_from():
     """Decoding computes the hint once, from the whole initial hole; region-mode training samples
     (a gamma fraction masked inside a hole) therefore take it from the hole, random ones from the mask."""
-    from maskgit_cli.train import mvtm_mask
+    from maskgit_cli.mvtm import mvtm_mask
 
     ids = torch.zeros(16, 256, dtype=torch.long)
     plain = mvtm_mask(ids, "cosine", torch.Generator().manual_seed(3), "region")

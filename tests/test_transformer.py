@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from maskgit_cli import config, transformer
-from maskgit_cli.train import fixed_ratio_mask, masked_loss, mvtm_mask
+from maskgit_cli.mvtm import fixed_ratio_mask, masked_loss, mvtm_mask
 from conftest import ROOT
 
 

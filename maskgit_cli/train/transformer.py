@@ -1,0 +1,242 @@
+"""Stage 2: the bidirectional transformer, trained by masked visual token modeling
+(`--stage transformer`) on the run tokenizer's tokens of the images (cached in the run), with
+EMA, gradient accumulation, validation at fixed mask ratios, a best checkpoint by val loss, and
+DDP under torchrun (rank 0 writes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from maskgit_cli import checkpoint, runtime, tokens
+from maskgit_cli.errors import ConfigError, DataError
+from maskgit_cli.mvtm import fixed_ratio_mask, masked_loss, mvtm_hint, mvtm_mask
+from maskgit_cli.train.loop import (Run, Stage, StepOut, adamw, batch_indices, check_finite, optimizer_step,
+                                    past_total, resume_changes, rng_state, set_rng_state, write_config)
+
+BEST = "transformer_best.pt"
+
+
+@dataclass
+class TransformerResult:
+    stage: str
+    steps: int
+    final_loss: float | None
+    val_loss: float | None
+    val_accuracy: dict[str, float] | None
+    tokens_per_second: float
+    checkpoint: str
+    best_checkpoint: str | None
+    seconds: float
+    interrupted: bool = False
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@torch.no_grad()
+def evaluate_transformer(model, ids: torch.Tensor, ratios: tuple[float, ...], device, batch_size: int = 128,
+                         seed: int = 1234, colors: torch.Tensor | None = None) -> dict[str, Any]:
+    """Loss and masked-token accuracy at fixed mask ratios; val_loss is their mean. `colors` (M, 3,
+    h, w): token colours, for a model with hints."""
+    model.eval()
+    K = model.K
+    if model.cfg.hint and colors is None:
+        raise DataError("this transformer uses colour hints: evaluating it needs the token colours")
+    ids = ids.flatten(1)
+    out: dict[str, Any] = {"accuracy": {}, "loss": {}}
+    for j, ratio in enumerate(ratios):
+        mask = fixed_ratio_mask(len(ids), ids.shape[1], ratio, seed + j)
+        total_loss, correct, count = 0.0, 0, 0
+        for i in range(0, len(ids), batch_size):
+            x, m = ids[i:i + batch_size].to(device), mask[i:i + batch_size].to(device)
+            hint = mvtm_hint(colors[i:i + batch_size], m) if model.cfg.hint else None
+            with runtime.autocast(device):
+                logits = model(x.masked_fill(m, K), m, hint=hint.to(device) if hint is not None else None)
+            total_loss += F.cross_entropy(logits.float(), x[m], reduction="sum").item()
+            correct += (logits.argmax(-1) == x[m]).sum().item()
+            count += m.sum().item()
+        out["loss"][str(ratio)] = total_loss / count
+        out["accuracy"][str(ratio)] = correct / count
+    out["val_loss"] = sum(out["loss"].values()) / len(ratios)
+    return out
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on weight matrices only: not on biases, norms or embeddings' positions."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and not name.endswith("pos_emb") else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def run_tokenizer(cfg, out: Path, tokenizer: str | Path | None, device: torch.device, rank: int):
+    """The tokenizer a transformer run uses, copied into RUN/tokenizer.pt so the run directory is
+    self-contained. Returns (model, tokenizer id)."""
+    dest = out / checkpoint.TOKENIZER
+    src = Path(tokenizer) if tokenizer else dest
+    if src.is_dir():
+        src = src / checkpoint.TOKENIZER
+    if not src.is_file():
+        raise DataError(f"no tokenizer at {src}: train one with --stage tokenizer --out {out}, or pass --tokenizer")
+    model, tok_cfg, tok_id = checkpoint.load_tokenizer(src, cfg, device)
+    if model.codebook_size != cfg.tokenizer.codebook_size:
+        raise ConfigError(f"tokenizer {src} has {model.codebook_size} codes but the config says "
+                          f"tokenizer.codebook_size={cfg.tokenizer.codebook_size}; fix the config")
+    if tok_cfg.grid != cfg.grid or tok_cfg.data.image_size != cfg.data.image_size:
+        raise ConfigError(f"tokenizer {src} makes a {tok_cfg.grid}x{tok_cfg.grid} grid from "
+                          f"{tok_cfg.data.image_size}px images but the config gives {cfg.grid}x{cfg.grid} "
+                          f"from {cfg.data.image_size}px; fix the config")
+    if rank == 0 and src.resolve() != dest.resolve():
+        if dest.exists():
+            existing = checkpoint.load(dest)
+            if checkpoint.tokens_id(existing) != tok_id:
+                raise DataError(f"{dest} holds another tokenizer than {src}; use a new --out")
+        else:
+            checkpoint.save(dest, {"kind": "tokenizer", "config": tok_cfg.to_dict(), "model": model.state_dict(),
+                                   "model_id": tok_id, "step": None, "metrics": {}})
+    return model, tok_id
+
+
+class TransformerStage(Stage):
+    name = "transformer"
+    section = "transformer_train"
+    checkpoint_file = checkpoint.TRANSFORMER
+    metrics_file = "metrics_transformer.jsonl"
+    files = ("config.yaml", "metrics_transformer.jsonl", checkpoint.TRANSFORMER, BEST, checkpoint.TOKENIZER,
+             "tokens_train.npz", "tokens_val.npz")
+    depends_on = ("data", "tokenizer", "transformer", "transformer_train")
+    unit = "tokens"
+    summary = "stage 2, the MVTM transformer"
+
+    def __init__(self, cfg, run_dir, *, ids: torch.Tensor, tokenizer_id: str, colors: torch.Tensor | None = None,
+                 val_ids: torch.Tensor | None = None, val_colors: torch.Tensor | None = None, compile: bool = False,
+                 **kw):
+        super().__init__(cfg, run_dir, **kw)
+        if cfg.transformer.hint and (colors is None or (val_ids is not None and val_colors is None)):
+            raise DataError("transformer.hint needs the token colours of the training (and val) tokens")
+        if not cfg.transformer.hint:
+            colors = val_colors = None
+        self.grid = int(ids.shape[-1])
+        self.ids, self.colors, self.val_ids, self.val_colors = ids.flatten(1), colors, val_ids, val_colors
+        self.tokenizer_id, self.compile = tokenizer_id, compile
+        self.best, self.last_val = float("inf"), None
+
+    @classmethod
+    def open(cls, cfg, run_dir, *, data, val, tokenizer, resize, device, seed, compile, overwrite, status):
+        rank, _world, device = runtime.init_distributed(device)
+        tok_model, tok_id = run_tokenizer(cfg, run_dir, tokenizer, device, rank)
+        status("preparing tokens")
+        train = tokens.run_tokens(data, "train", cfg, tok_model, tok_id, run_dir, device, resize, rank,
+                                  flips=cfg.data.hflip)
+        val_tokens = tokens.run_tokens(val, "val", cfg, tok_model, tok_id, run_dir, device, resize, rank) if val else None
+        del tok_model  # the tokenizer never runs inside the training loop
+        return cls(cfg, run_dir, ids=train.ids, tokenizer_id=tok_id, colors=train.colors,
+                   val_ids=val_tokens.ids if val_tokens else None,
+                   val_colors=val_tokens.colors if val_tokens else None, compile=compile, device=device, seed=seed,
+                   overwrite=overwrite)
+
+    def setup(self, resume: bool) -> tuple[int, list[str]]:
+        from maskgit_cli import transformer as transformer_mod
+
+        cfg, tc, device = self.cfg, self.settings, self.device
+        K = cfg.tokenizer.codebook_size
+        torch.manual_seed(self.seed)
+        self.model = transformer_mod.build(cfg.transformer, self.grid, K).to(device)
+        self.ema = transformer_mod.build(cfg.transformer, self.grid, K).to(device).eval() if tc.ema > 0 else None
+        if self.ema is not None:
+            self.ema.load_state_dict(self.model.state_dict())
+            self.ema.requires_grad_(False)
+        self.opt = adamw(param_groups(self.model, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2))
+        self.scaler = runtime.grad_scaler(device)
+        self.steps(len(self.ids), tc.batch_size * tc.grad_accum)
+        step, notes = 0, []
+        if resume:
+            path = self.checkpoint_path
+            ck = checkpoint.load(path, "transformer")
+            notes = resume_changes(ck["config"], cfg, self, path)
+            past_total(ck["step"], self.total, path)
+            self.model.load_state_dict(ck["model"])
+            self.opt.load_state_dict(ck["optimizer"])
+            self.scaler.load_state_dict(ck["scaler"])
+            if self.ema is not None and ck.get("ema") is not None:
+                self.ema.load_state_dict(ck["ema"])
+            step, self.best = ck["step"], ck.get("best_val_loss", float("inf"))
+            set_rng_state(ck["rng"])
+        if self.rank == 0:
+            write_config(self.run_dir, cfg)
+        self.net = self.model
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        if self.compile:
+            self.net = torch.compile(self.net)
+        self.eval_model = self.ema if self.ema is not None else self.model
+        return step, notes
+
+    def step(self, step: int, lr: float) -> StepOut:
+        tc, device, K = self.settings, self.device, self.cfg.tokenizer.codebook_size
+        self.net.train()
+        self.opt.zero_grad(set_to_none=True)
+        step_loss, count, M = 0.0, 0, len(self.ids)
+        for micro in range(tc.grad_accum):
+            g = runtime.step_generator(self.seed, step * tc.grad_accum + micro, self.rank)
+            idx = batch_indices(M, tc.batch_size, self.seed, step * tc.grad_accum + micro, self.rank, self.world)
+            target = self.ids[idx]
+            mask, hole = mvtm_mask(target, tc.schedule, g, tc.mask_mode, self.cfg.data.image_size, with_hole=True)
+            hint = mvtm_hint(self.colors[idx] if self.colors is not None else None, hole)
+            target, mask = target.to(device), mask.to(device)
+            with runtime.autocast(device):
+                logits = self.net(target.masked_fill(mask, K), mask,  # the last block and head at the mask only
+                                  hint=hint.to(device) if hint is not None else None)
+                loss = masked_loss(logits, target, mask, tc.label_smoothing) / tc.grad_accum
+            check_finite(loss, step, self.checkpoint_path, "lower transformer_train.lr")
+            self.scaler.scale(loss).backward()
+            step_loss += loss.item()
+            count += target.numel() * self.world
+        optimizer_step(self.opt, self.scaler, self.model.parameters(), tc.grad_clip)
+        if self.ema is not None:
+            with torch.no_grad():
+                for pe, pm in zip(self.ema.parameters(), self.model.parameters()):
+                    pe.lerp_(pm, 1 - tc.ema)
+        return StepOut(step_loss, count, lambda: {"lr": lr})
+
+    def epoch_fields(self, lr: float, rate: float) -> dict[str, Any]:
+        return {"lr": lr, "tokens_per_second": rate}
+
+    def evaluate(self, step: int) -> dict[str, Any]:
+        if self.val_ids is None:
+            return {}
+        self.last_val = evaluate_transformer(self.eval_model, self.val_ids, self.settings.val_ratios, self.device,
+                                             colors=self.val_colors)
+        if self.last_val["val_loss"] < self.best:
+            self.best = self.last_val["val_loss"]
+            self._write(self.run_dir / BEST, self.last_val, step)
+        return {"val_loss": self.last_val["val_loss"],
+                **{f"val_acc@{r}": a for r, a in self.last_val["accuracy"].items()}}
+
+    def save(self, step: int, final: bool = False) -> None:
+        self._write(self.checkpoint_path, (self.last_val or {}) if final else {}, step)
+
+    def _write(self, path: Path, metrics: dict[str, Any], step: int) -> None:
+        if self.rank != 0:
+            return
+        checkpoint.save(path, {
+            "kind": "transformer", "config": self.cfg.to_dict(), "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None, "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict(), "step": step, "rng": rng_state(), "tokenizer_id": self.tokenizer_id,
+            "best_val_loss": self.best, "metrics": metrics,
+        })
+
+    def result(self, run: Run) -> TransformerResult:
+        best = self.run_dir / BEST
+        return TransformerResult(
+            stage=self.name, steps=run.steps, final_loss=run.final_loss,
+            val_loss=self.last_val["val_loss"] if self.last_val else None,
+            val_accuracy=self.last_val["accuracy"] if self.last_val else None,
+            tokens_per_second=run.rate, checkpoint=str(self.checkpoint_path),
+            best_checkpoint=str(best) if best.exists() else None, seconds=run.seconds,
+            interrupted=run.interrupted, epochs=run.epochs, warnings=run.warnings)
