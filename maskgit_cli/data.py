@@ -63,39 +63,52 @@ def output_names(paths: list[Path]) -> list[str]:
     return names
 
 
+def _header(path: Path) -> Image.Image:
+    """The image opened lazily: format and size from its header only, refused when larger than
+    MAX_PIXELS (Pillow's own bomb check is off here: ours names the size)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        img = Image.open(path)  # PIL detects the format from the bytes, not the name
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        img.close()
+        raise DataError(f"{path}: image is {w}x{h} ({w * h / 1e6:.0f} megapixels), more than maskgit reads "
+                        f"({MAX_PIXELS / 1e6:.0f}); downscale it first")
+    return img
+
+
+_UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
 def _open(path: Path) -> Image.Image:
     """A decoded image, oriented as viewers show it (EXIF). Its size is checked from the header
     first, so a huge or hostile file costs nothing; Pillow's warnings never reach the user."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = Image.open(path)  # PIL detects the format from the bytes, not the name
-            w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise DataError(f"{path}: image is {w}x{h} ({w * h / 1e6:.0f} megapixels), more than maskgit "
-                                f"reads ({MAX_PIXELS / 1e6:.0f}); downscale it first")
+            img = _header(path)
             img.load()
             return ImageOps.exif_transpose(img)
-    except Image.DecompressionBombError:
-        raise DataError(f"{path}: image is larger than maskgit reads ({MAX_PIXELS / 1e6:.0f} megapixels); "
-                        "downscale it first") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
+    except _UNREADABLE as err:
         raise DataError(f"{path}: cannot read this image ({err.__class__.__name__}); "
                         "replace or remove the file") from None
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) as viewers show it, from the header and EXIF only."""
+    """(width, height) as viewers show it, from the header (and EXIF) only."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as img:
+            with _header(path) as img:
                 w, h = img.size
-                orientation = img.getexif().get(0x0112, 1)
-    except Image.DecompressionBombError:
-        raise DataError(f"{path}: image is larger than maskgit reads ({MAX_PIXELS / 1e6:.0f} megapixels); "
-                        "downscale it first") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
+                try:
+                    orientation = img.getexif().get(0x0112, 1)
+                except _UNREADABLE:
+                    orientation = 1
+    except _UNREADABLE as err:
         raise DataError(f"{path}: cannot read this image ({err.__class__.__name__}); "
                         "replace or remove the file") from None
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)

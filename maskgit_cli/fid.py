@@ -42,12 +42,13 @@ def features(images01: torch.Tensor | list[torch.Tensor], extractor: FeatureFn, 
     return np.concatenate(out)
 
 
-def load_float_images(folder: str | Path) -> list[torch.Tensor]:
-    """A folder's images as RGB float in [0, 1] at their own size; a folder of mixed sizes is
-    resized to 299 now (bilinear, as the network would)."""
+def load_float_images(folder: str | Path | list[Path]) -> list[torch.Tensor]:
+    """A folder's images (or these files) as RGB float in [0, 1] at their own size; a set of
+    mixed sizes is resized to 299 now (bilinear, as the network would)."""
     from maskgit_cli import data
 
-    out = [torch.from_numpy(data.read_rgb(p)).permute(2, 0, 1).float() / 255 for p in data.list_images(folder)]
+    paths = folder if isinstance(folder, list) else data.list_images(folder)
+    out = [torch.from_numpy(data.read_rgb(p)).permute(2, 0, 1).float() / 255 for p in paths]
     if len({tuple(t.shape) for t in out}) > 1:
         out = [F.interpolate(t[None], size=(299, 299), mode="bilinear", align_corners=False)[0] for t in out]
     return out

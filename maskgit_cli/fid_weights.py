@@ -363,14 +363,14 @@ def fetch(dest: str | Path | None = None, source: str | Path | None = None, over
     t0 = time.time()
     ours_by_place = dest is None  # the default location holds nothing but maskgit's file
     dest = resolve(dest, "--out") if dest is not None else default_path()
+    target = OutputFile(dest, overwrite, signature=lambda p: ours_by_place or is_weights_file(p),
+                        what="FID-Inception weights file", reads=[(source, "--from")], example=CONVERTED_NAME)
     if dest.is_file() and not dest.is_symlink() and not overwrite:
         try:
             load_inception(2048, dest)
             return FetchResult(path=str(dest), fetched=False, source=str(dest), seconds=time.time() - t0)
         except WeightsError:
-            overwrite = ours_by_place  # damaged: replace maskgit's own file, ask about any other
-    target = OutputFile(dest, overwrite, signature=lambda p: ours_by_place or is_weights_file(p),
-                        what="FID-Inception weights file", reads=[(source, "--from")], example=CONVERTED_NAME)
+            target.overwrite = ours_by_place  # damaged: replace maskgit's own file, ask about any other
     with target as out, tempfile.TemporaryDirectory(prefix="maskgit-fid-") as tmp:
         tmp = Path(tmp)
         if source is None:

@@ -329,6 +329,8 @@ class OutputDir:
                 shutil.rmtree(self.tmp, ignore_errors=True)
         finally:
             self.lock.release()
+        if isinstance(exc, OSError):  # a full disk or a vanished folder while writing: one line
+            raise os_error(exc) from None
 
     def _commit(self) -> None:
         tmp, out = self.tmp, self.out
@@ -422,6 +424,10 @@ class OutputFile:
             if self.tmp is not None:
                 self.tmp.unlink(missing_ok=True)
             self.lock.release()
+        if isinstance(exc, OSError):
+            if exc.filename is None or str(exc.filename) == str(self.tmp):
+                exc.filename = str(self.out)
+            raise os_error(exc) from None
 
 
 def npz_signature(*keys: str) -> Callable[[Path], bool]:

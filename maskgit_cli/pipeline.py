@@ -247,8 +247,10 @@ def fid(a: str | Path, b: str | Path, *, dims: int = 2048, batch_size: int = 50,
     from maskgit_cli.errors import MaskgitError
 
     check_batch_size(batch_size)
-    if dims not in fid_mod.DIMS:
-        raise ConfigError(f"--dims must be one of {', '.join(map(str, fid_mod.DIMS))}, got {dims}")
+    from maskgit_cli.inception import DIMS
+
+    if dims not in DIMS:
+        raise ConfigError(f"--dims must be one of {', '.join(map(str, DIMS))}, got {dims}")
     target = None
     if save_stats:
         if Path(a).suffix == ".npz":
@@ -342,7 +344,6 @@ def compare_schedules(masked_dir: str | Path, masks_dir: str | Path, ground_trut
     dev = runtime.resolve_device(device)
     models = load_model(model, dev)
     cfg = models[2]
-    size = cfg.data.image_size
     t_start = time.time()
 
     extractor = feature_fn
@@ -360,8 +361,7 @@ def compare_schedules(masked_dir: str | Path, masks_dir: str | Path, ground_trut
         if reference_stats:
             ref = fid_mod.Stats.load(reference_stats)
         else:
-            gt_images = [img.float() / 255 for img in data.load_images(truths, size, hint=_size_hint(size))]
-            ref = fid_mod.Stats.of(fid_mod.features(gt_images, extractor, 50, dev))
+            ref = fid_mod.Stats.of(fid_mod.features(fid_mod.load_float_images(truths), extractor, 50, dev))
         if feature_fn is None and len(ref.mu) != dims:
             raise DataError(f"--reference-stats {reference_stats} has {len(ref.mu)} dims but FID here uses {dims}; "
                             "save the reference statistics at the same feature size")
@@ -370,8 +370,7 @@ def compare_schedules(masked_dir: str | Path, masks_dir: str | Path, ground_trut
                          "equal N")
 
         def fid_of(folder: Path) -> tuple[float, float | None]:
-            imgs = [img.float() / 255 for img in data.load_images(sorted(folder.glob("*.png")), size)]
-            st = fid_mod.Stats.of(fid_mod.features(imgs, extractor, 50, dev))
+            st = fid_mod.Stats.of(fid_mod.features(fid_mod.load_float_images(folder), extractor, 50, dev))
             k = fid_mod.kid(st.features, ref.features)[0] if ref.features is not None else None
             return fid_mod.frechet_distance(st.mu, st.sigma, ref.mu, ref.sigma), k
 
@@ -385,10 +384,6 @@ def compare_schedules(masked_dir: str | Path, masks_dir: str | Path, ground_trut
                          count=len(pairs), out=str(out),
                          files={k: str(Path(out) / v) for k, v in schedule_study.FILES.items()},
                          seconds=time.time() - t_start, warnings=notes)
-
-
-def _size_hint(size: int) -> str:
-    return f"the model works on {size}x{size} images: resize the images and their masks to {size}x{size} first"
 
 
 # --------------------------------------------------------------------------- export / demo

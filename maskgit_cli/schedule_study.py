@@ -39,6 +39,11 @@ def cells(base: InpaintSettings, schedules: list[str], total_iter: int, spots: l
     return jobs
 
 
+def _thumb(path: Path, size: int) -> torch.Tensor:
+    """An image for the examples grid: uint8 (3, size, size) whatever its own size."""
+    return data.load_images([path], size, resize=True)[0]
+
+
 def label(settings: InpaintSettings) -> str:
     if settings.fill != "maskgit":
         return settings.fill
@@ -72,7 +77,7 @@ def run(models: tuple, pairs: list[tuple[Path, Path]], truths: list[Path], out: 
             per_seed.append({"fid": f, "kid": k, "psnr": summary["psnr_masked"], "ssim": summary["ssim_masked"],
                              "seconds_per_image": secs / len(pairs)})
             if seed == job_seeds[0]:
-                examples[name] = data.load_images([cell_dir / f"{pairs[0][0].stem}.png"], size)[0]
+                examples[name] = _thumb(cell_dir / f"{pairs[0][0].stem}.png", size)
             run_i += 1
             if on_cell:
                 on_cell(run_i, total_runs, name.replace("_", " ") + f" seed={seed}")
@@ -107,8 +112,7 @@ def run(models: tuple, pairs: list[tuple[Path, Path]], truths: list[Path], out: 
         series[f"{r['fill']} (ref.)"] = [(t, r[metric] if r[metric] is not None else nan) for t in spots]
     plots.line_chart(series, out / FILES["plot"], f"{metric} vs sweet spot (T={total_iter})", "sweet spot t",
                      metric)
-    first_masked = data.load_images([pairs[0][0]], size)[0]
-    first_gt = data.load_images([truths[0]], size)[0]
+    first_masked, first_gt = _thumb(pairs[0][0], size), _thumb(truths[0], size)
     grid_rows = [[first_masked, *[examples[f"{s}_T{total_iter}_t{t}"] for t in spots], first_gt] for s in schedules]
     plots.image_grid(grid_rows, out / FILES["grid"], row_labels=schedules,
                      col_labels=["input", *[f"t={t}" for t in spots], "truth"])

@@ -23,42 +23,9 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import TINY, make_images, make_masks, mask_out
+from conftest import TINY, assert_error, make_images, make_masks, mask_out, ok_json, run
 from maskgit_cli import checkpoint, data
 from maskgit_cli.cli import app
-
-
-def run(runner, args: list[str], json_out: bool = False):
-    return runner.invoke(app, [*map(str, args), *(["--json"] if json_out else [])])
-
-
-def assert_error(runner, args: list, fragment: str, code: int = 1) -> None:
-    """The command fails with `code`: one stderr line with `fragment` and no traceback; with
-    --json, exactly one JSON object {"error": ...} on stdout carrying the same message."""
-    r = run(runner, args)
-    assert r.exit_code == code, (r.exit_code, r.stdout, r.stderr, r.exception)
-    assert "Traceback" not in r.output and r.stdout.strip() == ""
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and fragment in lines[0], r.stderr
-    rj = run(runner, args, json_out=True)
-    assert rj.exit_code == code and "Traceback" not in rj.output
-    out = [line for line in rj.stdout.splitlines() if line.strip()]
-    assert len(out) == 1 and fragment in json.loads(out[0])["error"], rj.stdout
-
-
-def ok_json(runner, args: list) -> dict:
-    r = run(runner, args, json_out=True)
-    assert r.exit_code == 0, (r.stdout, r.stderr, r.exception)
-    out = [line for line in r.stdout.splitlines() if line.strip()]
-    assert len(out) == 1
-    return json.loads(out[0])
-
-
-@pytest.fixture()
-def inp(tiny_data, tiny_run, tmp_path):
-    """Arguments of a valid inpaint run into tmp_path/out (a fresh name each test)."""
-    return ["inpaint", tiny_data["masked"], "--masks", tiny_data["masks"], "--model", tiny_run,
-            "--device", "cpu", "-T", "2"]
 
 
 # ---------------------------------------------------------------- 1. one line, exit 1, no traceback
