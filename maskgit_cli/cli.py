@@ -20,6 +20,7 @@ from typer.core import TyperCommand, TyperGroup
 from maskgit_cli import __version__
 from maskgit_cli import console as ui
 from maskgit_cli.errors import MaskgitError
+from maskgit_cli.train import STAGES
 
 
 def _valueless(option: Any) -> Any:
@@ -147,6 +148,12 @@ def command(fn: Callable) -> Callable:
             from maskgit_cli.outputs import os_error
 
             _fail(str(os_error(err, "cannot read or write")), json_out)
+        except (MemoryError, RuntimeError) as err:  # torch's allocator says so in a RuntimeError
+            text = str(err).lower()
+            if not isinstance(err, MemoryError) and "allocate" not in text and "out of memory" not in text:
+                raise
+            _fail(f"out of memory during `maskgit {name}`: lower --batch-size (or the model's size) and try "
+                  "again", json_out)
         except KeyboardInterrupt as err:
             how, code = _stopped(err)
             message = f"{how} during `maskgit {name}`; nothing was written"
@@ -198,13 +205,62 @@ def _config_help() -> str:
     return f"YAML config, or the name of a bundled one: {', '.join(bundled_configs())}."
 
 
+def _bundled_decode():
+    """The bundled model's decode defaults (its config, configs/cats64.yaml), for --help."""
+    from maskgit_cli.config import DecodeConfig, load
+
+    try:
+        return load("cats64").decode
+    except MaskgitError:  # a trimmed install without the config
+        return DecodeConfig()
+
+
+def decode_options(*, skip: tuple[str, ...] = ()) -> Callable:
+    """Give a command one flag per DecodeConfig field (its help from the field, its default the
+    model's own `decode` section, shown with the bundled model's value) and pass them on as the
+    dict `decode` (None = not given). A new decode option needs a field, not a new flag here."""
+    import dataclasses
+    import inspect
+    import typing
+
+    from maskgit_cli.config import DecodeConfig
+    from maskgit_cli.schedules import SCHEDULES
+
+    hints = typing.get_type_hints(DecodeConfig)
+    bundled = _bundled_decode()
+    fields = [f for f in dataclasses.fields(DecodeConfig) if f.name not in skip]
+    params = []
+    for f in fields:
+        meta = f.metadata
+        choices = meta.get("choices") or (tuple(SCHEDULES) if f.name == "schedule" else ())
+        names = ["--" + f.name.replace("_", "-"), *([meta["short"]] if meta.get("short") else [])]
+        help_ = f"{meta['help']} [default: the model's; the bundled model's: {getattr(bundled, f.name)}]"
+        option = typer.Option(None, *names, help=help_, metavar="|".join(choices) if choices else None)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=option,
+                                        annotation=Optional[hints[f.name]]))
+
+    def wrap(fn: Callable) -> Callable:
+        sig = inspect.signature(fn)
+        own = [p for p in sig.parameters.values() if p.name != "decode"]
+        names = [p.name for p in own]
+        at = names.index("fill") + 1 if "fill" in names else names.index("model") + 1  # right after the model
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return fn(*args, decode={f.name: kwargs.pop(f.name, None) for f in fields}, **kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=own[:at] + params + own[at:])
+        return wrapper
+
+    return wrap
+
+
 @app.command(cls=_Command)
 @command
 def train(
     config: Path = typer.Argument(..., help=_config_help()),
-    stage: str = typer.Option(..., "--stage", metavar="tokenizer|decoder|transformer",
-                              help="tokenizer (stage 1, VQGAN), decoder (stage 1b: fine-tune RUN_DIR's tokenizer "
-                                   "decoder with a patch GAN, tokens unchanged) or transformer (stage 2, MVTM)."),
+    stage: str = typer.Option(..., "--stage", metavar="|".join(STAGES),
+                              help="; ".join(f"{k} ({v.summary})" for k, v in STAGES.items()) + "."),
     data: Path = typer.Option(..., "--data", help="Image folder (any stage) or token file .npz (transformer)."),
     out: Path = typer.Option(..., "--out", help="Run directory; checkpoints, config.yaml and metrics.jsonl go here."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation image folder or token file."),
@@ -221,20 +277,13 @@ def train(
     overwrite: bool = Flag("--overwrite", help="Restart a run directory that already holds this stage's checkpoint."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Train stage 1 (VQGAN tokenizer), fine-tune its decoder (stage 1b), or train stage 2 (MVTM transformer)."""
+    """Train one stage of a model: the VQGAN tokenizer, its decoder against a patch GAN, or the MVTM transformer."""
     from maskgit_cli import pipeline
 
+    shows = STAGES[stage].shows if stage in STAGES else ()
     with ui.progress(f"train {stage}", None) as bar:
         def on_step(rec: dict) -> None:
-            if stage == "tokenizer":
-                status = (f"loss {rec['loss']:.4f} psnr {rec['psnr']:.2f} usage {rec['usage']:.0%} "
-                          f"{rec['images_per_second']:.1f} img/s")
-            elif stage == "decoder":
-                status = (f"loss {rec['loss']:.4f} psnr {rec['psnr']:.2f} gan weight {rec['gan_weight']:.3f} "
-                          f"{rec['images_per_second']:.1f} img/s")
-            else:
-                status = f"loss {rec['loss']:.4f} lr {rec['lr']:.2e} {rec['tokens_per_second']:.0f} tok/s"
-            bar.update(completed=rec["step"], total=rec["total"], status=status)
+            bar.update(completed=rec["step"], total=rec["total"], status=ui.figures(rec, shows))
 
         def on_epoch(row: dict) -> None:
             shown = {_SHORT.get(k, k.replace("val_acc@", "acc@")): v for k, v in row.items() if k != "epoch"}
@@ -273,14 +322,9 @@ def encode(
         ui.kv_table("encode", pipeline.as_dict(result))
 
 
-def _schedule_help() -> str:
-    from maskgit_cli.schedules import SCHEDULES
-
-    return "Mask schedule gamma: " + ", ".join(SCHEDULES) + "."
-
-
 @app.command(cls=_Command)
 @command
+@decode_options()
 def inpaint(
     masked: Path = typer.Argument(..., help="Folder of masked images."),
     masks: Path = typer.Option(..., "--masks", help="Folder of masks (paired by name, or by number: image_000 <-> mask_000)."),
@@ -290,22 +334,6 @@ def inpaint(
                              help="maskgit (iterative decoding), or a reference fill: harmonic (Laplace "
                              "interpolation, no model) or oracle (the tokenizer's reconstruction of the true "
                              "image; needs --ground-truth)."),
-    prefill: Optional[str] = typer.Option(None, "--prefill", metavar="none|harmonic",
-                                          help="What the hole holds when the known context is encoded: none (the "
-                                          "input as given, the lab's way) or harmonic (Laplace-filled first). "
-                                          "[default: the model's]"),
-    schedule: Optional[str] = typer.Option(None, "--schedule", help=_schedule_help() + " [default: the model's]"),
-    total_iter: Optional[int] = typer.Option(None, "--total-iter", "-T", help="Total decoding iterations T. [default: the model's]"),
-    sweet_spot: Optional[int] = typer.Option(None, "--sweet-spot", "-t", help="Stop after t <= T steps and commit the sampled tokens (0 = T). [default: the model's]"),
-    choice_temperature: Optional[float] = typer.Option(None, "--choice-temperature", help="Gumbel noise on confidences, annealed by 1 - (t+1)/T. [default: the model's]"),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature of the token distribution. [default: the model's]"),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample only among the K most likely codes (0 = all). [default: the model's]"),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Sample only within the nucleus of probability P (1 = all). [default: the model's]"),
-    sampling: Optional[str] = typer.Option(None, "--sampling", metavar="sample|greedy", help="Sample tokens or take the most likely. [default: the model's]"),
-    token_mask: Optional[str] = typer.Option(None, "--token-mask", metavar="any|all|majority", help="Pixel to token mask rule (any is the lab's). [default: the model's]"),
-    dilate: Optional[int] = typer.Option(None, "--dilate", help="Grow the token mask by K tokens. [default: the model's]"),
-    blend: Optional[str] = typer.Option(None, "--blend", metavar="none|poisson", help="How the fill meets the known pixels: none, or poisson (seamless cloning: the fill's gradients, the known pixels at the hole's edge). [default: the model's]"),
-    candidates: Optional[int] = typer.Option(None, "--candidates", help="Decode each hole N times and keep the fill that best continues the known pixels around it (least seam error); N x the time. [default: the model's]"),
     paste_back_: bool = typer.Option(True, "--paste-back/--no-paste-back", metavar="", help="Copy the known pixels back from the input."),
     feather: int = typer.Option(0, "--feather", help="Blend the seam over PX known pixels."),
     mask_missing: str = typer.Option("black", "--mask-missing", metavar="black|white", help="Which mask value means missing: black (0, the lab's) or white."),
@@ -316,14 +344,12 @@ def inpaint(
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
     json_out: bool = JsonOpt,
+    decode: dict = None,
 ) -> None:
     """Fill the masked regions of a folder of images by iterative decoding."""
     from maskgit_cli import pipeline
 
-    settings = dict(fill=fill, prefill=prefill, schedule=schedule, total_iter=total_iter,  # None: the model's default
-                    sweet_spot=sweet_spot, choice_temperature=choice_temperature, temperature=temperature,
-                    top_k=top_k, top_p=top_p, sampling=sampling, token_mask=token_mask, dilate=dilate, blend=blend,
-                    candidates=candidates, paste_back=paste_back_, feather=feather)
+    settings = dict(decode, fill=fill, paste_back=paste_back_, feather=feather)  # None: the model's default
     with ui.progress("inpaint") as bar:
         result = pipeline.inpaint(masked, masks, out, model=model, settings=settings, batch_size=batch_size, seed=seed,
                                   device=device, mask_missing=mask_missing, save_steps=save_steps,
@@ -403,32 +429,29 @@ def fid_weights(
 
 @app.command("compare-schedules", cls=_Command)
 @command
+@decode_options(skip=("schedule", "total_iter", "sweet_spot"))
 def compare_schedules(
     masked: Path = typer.Argument(..., help="Folder of masked images."),
     masks: Path = typer.Option(..., "--masks", help="Folder of masks (paired with the images as in inpaint)."),
     ground_truth: Path = typer.Option(..., "--ground-truth", help="Folder of originals."),
     out: Path = typer.Option(..., "--out", help="Output folder: cells/, results.json, results.csv, plot.png, examples.png."),
     model: Optional[Path] = typer.Option(None, "--model", help="Run directory (default: the bundled model)."),
-    schedules_: str = typer.Option("cosine,linear,square", "--schedules", help="Comma-separated. " + _schedule_help()),
+    schedules_: str = typer.Option("cosine,linear,square", "--schedule", "--schedules",
+                                   help="Mask schedules to compare, comma-separated."),
     total_iter: int = typer.Option(12, "--total-iter", "-T", help="Total decoding iterations T of every schedule."),
-    sweet_spots: str = typer.Option("2,4,8,12", "--sweet-spots", help="Comma-separated t values (each <= T)."),
-    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds; each cell reports mean and std over them."),
+    sweet_spots: str = typer.Option("2,4,8,12", "--sweet-spot", "--sweet-spots", "-t",
+                                    help="Sweet spots t to compare (each <= T), comma-separated."),
+    seeds: str = typer.Option("0,1,2", "--seed", "--seeds", help="Seeds, comma-separated; each cell reports mean and std over them."),
+    mask_missing: str = typer.Option("black", "--mask-missing", metavar="black|white", help="Which mask value means missing: black (0, the lab's) or white."),
     reference_stats: Optional[Path] = typer.Option(None, "--reference-stats", help="FID reference .npz (default: statistics of --ground-truth)."),
     baselines: bool = typer.Option(True, "--baselines/--no-baselines", metavar="", help="Add the harmonic and oracle fills as reference rows."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images decoded together."),
     inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help=_WEIGHTS_HELP),
     require_fid: bool = Flag("--require-fid", help="Fail instead of ranking by PSNR when Inception weights are missing."),
-    prefill: Optional[str] = typer.Option(None, "--prefill", metavar="none|harmonic", help="As in inpaint. [default: the model's]"),
-    choice_temperature: Optional[float] = typer.Option(None, "--choice-temperature", help="Gumbel noise on confidences, as in inpaint. [default: the model's]"),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature, as in inpaint. [default: the model's]"),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Top-k sampling, as in inpaint. [default: the model's]"),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling, as in inpaint. [default: the model's]"),
-    token_mask: Optional[str] = typer.Option(None, "--token-mask", metavar="any|all|majority", help="Pixel to token mask rule. [default: the model's]"),
-    blend: Optional[str] = typer.Option(None, "--blend", metavar="none|poisson", help="Seam blending, as in inpaint. [default: the model's]"),
-    candidates: Optional[int] = typer.Option(None, "--candidates", help="Fills decoded per hole, the best kept, as in inpaint. [default: the model's]"),
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
     json_out: bool = JsonOpt,
+    decode: dict = None,
 ) -> None:
     """Inpaint under schedules x sweet spots x seeds and tabulate FID, KID, PSNR and SSIM."""
     from maskgit_cli import pipeline
@@ -439,9 +462,7 @@ def compare_schedules(
             total_iter=total_iter, sweet_spots=_ints(sweet_spots, "--sweet-spots"), seeds=_ints(seeds, "--seeds"),
             reference_stats=reference_stats, batch_size=batch_size, inception_weights=inception_weights,
             require_fid=require_fid, baselines=baselines, device=device, overwrite=overwrite,
-            base_settings=dict(prefill=prefill, choice_temperature=choice_temperature, temperature=temperature,
-                               top_k=top_k, top_p=top_p, token_mask=token_mask, blend=blend,
-                               candidates=candidates),
+            mask_missing=mask_missing, base_settings=decode,
             on_cell=lambda i, n, label: bar.update(completed=i, total=n, status=label))
     _warnings(result.warnings)
     if json_out:

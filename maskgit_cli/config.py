@@ -70,9 +70,16 @@ def _schedule(v: str) -> str | None:
     return None if v in SCHEDULES else f"must be one of {', '.join(SCHEDULES)}"
 
 
-def ruled(default: Any, rule: Rule) -> Any:
-    """A dataclass field with a validation rule (for a tuple, each element is checked)."""
-    return field(default=default, metadata={"rule": rule})
+def ruled(default: Any, rule: Rule | None, help: str = "", short: str = "", choices: tuple[str, ...] = ()) -> Any:
+    """A dataclass field with a validation rule (for a tuple, each element is checked). `help`,
+    `short` and `choices` describe its command-line flag where one is generated from the field
+    (the decode options of inpaint and compare-schedules)."""
+    return field(default=default, metadata={"rule": rule, "help": help, "short": short, "choices": choices})
+
+
+def choice(default: str, *choices: str, help: str = "", short: str = "") -> Any:
+    """A field that takes one of `choices`."""
+    return ruled(default, one_of(*choices), help, short, choices)
 
 
 def check_value(cls: type, name: str, value: Any, label: str) -> None:
@@ -204,28 +211,33 @@ class TransformerTrainConfig:
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    # what the hole holds when the context tokens are encoded: "none" (the masked image as
-    # given, the lab's way) or "harmonic" (Laplace-filled first: far fewer known tokens change)
-    prefill: str = ruled("none", one_of("none", "harmonic"))
-    schedule: str = ruled("cosine", _schedule)
-    total_iter: int = ruled(12, at_least(1))  # T
-    sweet_spot: int = ruled(0, at_least(0))  # t; 0 = T
-    choice_temperature: float = ruled(4.5, at_least(0))
-    temperature: float = ruled(1.0, positive)
-    # sample only among the k most likely codes (0 = all) / the smallest set holding probability p
-    # (1 = all); confidences stay the model's own log-probabilities
-    top_k: int = ruled(0, at_least(0))
-    top_p: float = ruled(1.0, lambda v: None if 0 < v <= 1 else "must be in (0, 1]")
-    sampling: str = ruled("sample", one_of("sample", "greedy"))
-    token_mask: str = ruled("any", one_of("any", "all", "majority"))  # pixel mask -> token mask
-    dilate: int = ruled(0, at_least(0))
-    # how the generated hole meets the known pixels pasted back: "none" (as generated) or
-    # "poisson" (seamless cloning, Perez et al. 2003: the generated gradients inside the hole, the
-    # known pixels as its boundary values)
-    blend: str = ruled("none", one_of("none", "poisson"))
-    # decode each hole this many times and keep the fill that best continues the context: the
-    # least seam error (inpaint.seam_error), judged on the known pixels only; costs N x the passes
-    candidates: int = ruled(1, at_least(1))
+    """How a model inpaints (MaskGIT decoding, sec. 3.2 of the paper); a model's own defaults live
+    in its config's `decode` section. Each field is also a flag of `inpaint` and
+    `compare-schedules` (cli.decode_options), with the help given here: adding a decode option is
+    one field here plus its use in decode.py / inpaint.py."""
+    prefill: str = choice("none", "none", "harmonic", help=(
+        "What the hole holds when the known context is encoded: none (the input as given, the lab's way) or "
+        "harmonic (Laplace-filled first: far fewer known tokens change)."))
+    schedule: str = ruled("cosine", _schedule, "Mask schedule gamma (how many tokens stay masked after each step).")
+    total_iter: int = ruled(12, at_least(1), "Total decoding iterations T.", short="-T")
+    sweet_spot: int = ruled(0, at_least(0), "Run t <= T steps of the T-step schedule, then commit every sampled "
+                            "token (0 = T).", short="-t")
+    choice_temperature: float = ruled(4.5, at_least(0), "Gumbel noise added to the confidences, annealed by "
+                                      "1 - (t+1)/T (0 = keep the most confident tokens).")
+    temperature: float = ruled(1.0, positive, "Sampling temperature of the token distribution.")
+    # confidences stay the model's own log-probabilities whatever top_k / top_p sample from
+    top_k: int = ruled(0, at_least(0), "Sample only among the K most likely codes (0 = all).")
+    top_p: float = ruled(1.0, lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
+                         "Sample only within the nucleus of probability P (1 = all).")
+    sampling: str = choice("sample", "sample", "greedy", help="Sample tokens, or take the most likely one.")
+    token_mask: str = choice("any", "any", "all", "majority", help=(
+        "Pixel to token mask: a token is masked if any (the lab's rule), all or most of its pixels are missing."))
+    dilate: int = ruled(0, at_least(0), "Grow the token mask by K tokens.")
+    blend: str = choice("none", "none", "poisson", help=(
+        "How the fill meets the known pixels: none, or poisson (seamless cloning, Perez et al. 2003: the "
+        "fill's gradients inside the hole, the known pixels at its edge)."))
+    candidates: int = ruled(1, at_least(1), "Decode each hole N times and keep the fill that best continues the "
+                            "known pixels around it (least seam error); N x the time.")
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,24 @@ def fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+_FIGURES = {  # how a logged figure reads in a progress line: (label, format)
+    "loss": ("loss", "{:.4f}"), "psnr": ("psnr", "{:.2f} dB"), "usage": ("usage", "{:.0%}"),
+    "gan_weight": ("gan weight", "{:.3f}"), "lr": ("lr", "{:.2e}"),
+    "images_per_second": ("", "{:.1f} img/s"), "tokens_per_second": ("", "{:.0f} tok/s"),
+}
+
+
+def figures(record: dict[str, Any], keys: Iterable[str]) -> str:
+    """'loss 0.1234 psnr 21.30 dB 12.5 img/s': the named figures of a logged record."""
+    parts = []
+    for k in keys:
+        if record.get(k) is None:
+            continue
+        label, form = _FIGURES.get(k, (k.replace("_", " "), "{:.4g}"))
+        parts.append(f"{label} {form.format(record[k])}".strip())
+    return " ".join(parts)
+
+
 def table(title: str, columns: list[str], rows: Iterable[Iterable[Any]], highlight: int | None = None) -> None:
     t = Table(title=title, title_justify="left")
     for c in columns:

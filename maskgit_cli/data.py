@@ -262,6 +262,7 @@ def token_mask(missing: torch.Tensor, grid: int, rule: str = "any", dilate: int 
         out = frac > 0.5
     else:
         raise DataError(f"unknown token-mask rule '{rule}' (any, all, majority)")
+    dilate = min(dilate, grid)  # beyond the grid every token is reached anyway
     if dilate > 0:
         k = 2 * dilate + 1
         out = F.max_pool2d(out.float().unsqueeze(1), k, stride=1, padding=dilate).squeeze(1) > 0

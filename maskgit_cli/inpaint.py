@@ -9,6 +9,7 @@ reconstruction of the true image: what a transformer that predicted every token 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from maskgit_cli import data, decode, fit, harmonic, runtime
-from maskgit_cli.config import Config, DecodeConfig, check_value
+from maskgit_cli.config import Config, DecodeConfig, at_least, check_value, choice, ruled
 from maskgit_cli.errors import ConfigError, DataError
 
 
@@ -25,37 +26,24 @@ FILLS = ("maskgit", "harmonic", "oracle")
 
 
 @dataclass(frozen=True)
-class InpaintSettings:
-    fill: str = "maskgit"  # maskgit, or a reference: harmonic (no model), oracle (needs the truth)
-    prefill: str = "none"  # none | harmonic: the hole's content when the context tokens are encoded
-    schedule: str = "cosine"
-    total_iter: int = 12
-    sweet_spot: int = 0  # 0 = total_iter
-    choice_temperature: float = 4.5
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    sampling: str = "sample"
-    token_mask: str = "any"
-    dilate: int = 0
-    blend: str = "none"
-    candidates: int = 1
+class InpaintSettings(DecodeConfig):
+    """The decode settings (DecodeConfig, defaulting to a model's `decode` section) and what only
+    inpainting adds: which fill, and how the result meets the input."""
+    fill: str = choice("maskgit", *FILLS, help=(
+        "maskgit (iterative decoding), or a reference fill: harmonic (Laplace interpolation, no model) or "
+        "oracle (the tokenizer's reconstruction of the true image; needs --ground-truth)."))
     paste_back: bool = True
-    feather: int = 0
+    feather: int = ruled(0, at_least(0), "Blend the seam over PX known pixels.")
 
     def check(self) -> "InpaintSettings":
-        """The decode fields obey DecodeConfig's rules (the same ones a config or export checks),
-        reported under their flag names."""
-        if self.fill not in FILLS:
-            raise ConfigError(f"--fill must be one of {', '.join(FILLS)}, got '{self.fill}'")
-        for name in DecodeConfig.__dataclass_fields__:
-            check_value(DecodeConfig, name, getattr(self, name), "--" + name.replace("_", "-"))
+        """Every field obeys its rule (the same ones a config or export checks), reported under
+        its flag's name."""
+        for f in dataclasses.fields(self):
+            check_value(type(self), f.name, getattr(self, f.name), "--" + f.name.replace("_", "-"))
         if self.sweet_spot > self.total_iter:
             raise ConfigError(f"--sweet-spot ({self.sweet_spot}) must not exceed --total-iter ({self.total_iter})")
         if self.blend != "none" and not self.paste_back:
             raise ConfigError(f"--blend {self.blend} blends into the known pixels pasted back: drop --no-paste-back")
-        if self.feather < 0:
-            raise ConfigError(f"--feather must be at least 0, got {self.feather}")
         return self
 
     def to_dict(self) -> dict:
@@ -67,7 +55,7 @@ class InpaintSettings:
         section) with the given overrides (None = not given) on top."""
         if isinstance(given, cls):
             return given.check()
-        base = {k: getattr(decode, k) for k in cls.__dataclass_fields__ if hasattr(decode, k)}
+        base = {f.name: getattr(decode, f.name) for f in dataclasses.fields(DecodeConfig)}
         return cls(**{**base, **{k: v for k, v in (given or {}).items() if v is not None}}).check()
 
 
@@ -77,6 +65,7 @@ def feather_alpha(missing: torch.Tensor, feather: int) -> torch.Tensor:
     m = missing.float().unsqueeze(1)
     alpha = m.clone()
     grown = m
+    feather = min(feather, max(missing.shape[-2:]))  # wider than the image changes nothing more
     for i in range(1, feather + 1):
         bigger = F.max_pool2d(grown, 3, stride=1, padding=1)
         alpha = torch.where((bigger > 0) & (grown == 0), torch.full_like(alpha, 1 - i / (feather + 1)), alpha)

@@ -312,7 +312,7 @@ def compare_schedules(masked_dir: str | Path, masks_dir: str | Path, ground_trut
                       reference_stats: str | Path | None = None, batch_size: int = 32,
                       inception_weights: str | Path | None = None, require_fid: bool = False, dims: int = 2048,
                       baselines: bool = True, device: str = "auto", overwrite: bool = False, base_settings=None,
-                      feature_fn=None, on_cell: Callable[[int, int, str], None] | None = None) -> CompareResult:
+                      mask_missing: str = "black", feature_fn=None, on_cell: Callable[[int, int, str], None] | None = None) -> CompareResult:
     """Inpaint under every (schedule, sweet spot, seed); tabulate FID / KID / masked PSNR / SSIM,
     with the harmonic and oracle fills as reference rows (`baselines`)."""
     from maskgit_cli import fid as fid_mod
@@ -320,6 +320,8 @@ def compare_schedules(masked_dir: str | Path, masks_dir: str | Path, ground_trut
     from maskgit_cli.errors import WeightsNotFound
     from maskgit_cli.inpaint import InpaintSettings
 
+    if mask_missing not in data.MISSING:
+        raise ConfigError("--mask-missing must be 'black' (0 = missing, the lab's) or 'white'")
     names = _unique(schedules_ or ["cosine", "linear", "square"], "--schedules")
     spots = _unique(sweet_spots or [total_iter], "--sweet-spots")
     seeds = _unique(seeds if seeds is not None else [0], "--seeds")
@@ -379,7 +381,8 @@ def compare_schedules(masked_dir: str | Path, masks_dir: str | Path, ground_trut
     with target as tmp:
         rows, best, ranked_by = schedule_study.run(models, pairs, truths, tmp, jobs=jobs, schedules=names,
                                                    total_iter=total_iter, spots=spots, batch_size=batch_size,
-                                                   device=dev, fid_of=fid_of, notes=notes, on_cell=on_cell)
+                                                   mask_missing=mask_missing, device=dev, fid_of=fid_of, notes=notes,
+                                                   on_cell=on_cell)
     return CompareResult(rows=rows, best=best, ranked_by=ranked_by, fid_skipped=extractor is None,
                          count=len(pairs), out=str(out),
                          files={k: str(Path(out) / v) for k, v in schedule_study.FILES.items()},

@@ -52,7 +52,7 @@ def label(settings: InpaintSettings) -> str:
 
 def run(models: tuple, pairs: list[tuple[Path, Path]], truths: list[Path], out: Path, *,
         jobs: list[tuple[InpaintSettings, list[int]]], schedules: list[str], total_iter: int, spots: list[int],
-        batch_size: int, device, fid_of: Callable[[Path], tuple[float, float | None]] | None,
+        batch_size: int, mask_missing: str = "black", device, fid_of: Callable[[Path], tuple[float, float | None]] | None,
         notes: list[str], on_cell: Callable[[int, int, str], None] | None = None
         ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str]:
     """Every job into out/cells/<label>_seed<s>, then results.json / .csv, plot.png and
@@ -71,7 +71,8 @@ def run(models: tuple, pairs: list[tuple[Path, Path]], truths: list[Path], out: 
         for seed in job_seeds:
             cell_dir = out / "cells" / f"{name}_seed{seed}"
             t0 = time.time()
-            summary, _ = inpaint_pairs(inpainter, pairs, cell_dir, seed=seed, batch_size=batch_size, truths=truths)
+            summary, _ = inpaint_pairs(inpainter, pairs, cell_dir, seed=seed, batch_size=batch_size, truths=truths,
+                                       mask_missing=mask_missing)
             secs = time.time() - t0
             f, k = fid_of(cell_dir) if fid_of is not None else (None, None)
             per_seed.append({"fid": f, "kid": k, "psnr": summary["psnr_masked"], "ssim": summary["ssim_masked"],

@@ -9,15 +9,16 @@ gamma(0) = 1 (all masked), gamma(1) = 0 (none masked) and is non-increasing. Con
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+if TYPE_CHECKING:  # the names are needed without torch (command-line help), the functions with it
+    import torch
 
-Gamma = Callable[[torch.Tensor], torch.Tensor]
+Gamma = Callable[["torch.Tensor"], "torch.Tensor"]
 
 
 def cosine(r: torch.Tensor) -> torch.Tensor:
-    return torch.cos(r * math.pi / 2)
+    return (r * math.pi / 2).cos()
 
 
 def linear(r: torch.Tensor) -> torch.Tensor:
@@ -33,11 +34,11 @@ def cubic(r: torch.Tensor) -> torch.Tensor:
 
 
 def sqrt(r: torch.Tensor) -> torch.Tensor:
-    return 1 - torch.sqrt(r)
+    return 1 - r.sqrt()
 
 
 def arccos(r: torch.Tensor) -> torch.Tensor:
-    return torch.arccos(r.clamp(-1, 1)) / (math.pi / 2)
+    return r.clamp(-1, 1).arccos() / (math.pi / 2)
 
 
 SCHEDULES: dict[str, Gamma] = {
@@ -56,5 +57,7 @@ def get(name: str) -> Gamma:
 
 def gamma(name: str, r: float | torch.Tensor) -> torch.Tensor:
     """gamma_name(r), clamped to [0, 1] against float error at the ends."""
+    import torch
+
     r = torch.as_tensor(r, dtype=torch.float64)
     return get(name)(r.clamp(0, 1)).clamp(0, 1)

@@ -145,3 +145,27 @@ def test_mask_makes_a_lab_convention_inpainting_set(runner, tiny_data, tmp_path)
     m = np.asarray(Image.open(tmp_path / "set" / "masks" / "000.png"))
     masked = np.asarray(Image.open(tmp_path / "set" / "masked" / "000.png"))
     assert set(np.unique(m)) <= {0, 255} and (masked[m == 0] == 128).all()
+
+
+def test_every_decode_setting_is_a_flag_of_inpaint_and_compare_schedules():
+    """A decode option is one DecodeConfig field: both commands get its flag from it."""
+    import dataclasses
+
+    from typer.main import get_command
+
+    from maskgit_cli.config import DecodeConfig
+
+    commands = get_command(app).commands
+    flags = {name: {o for p in commands[name].params for o in p.opts} for name in ("inpaint", "compare-schedules")}
+    for f in dataclasses.fields(DecodeConfig):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in flags["inpaint"], flag
+        assert flag in flags["compare-schedules"], flag  # a list there for schedule / total_iter / sweet_spot
+
+
+def test_the_help_shows_the_bundled_models_real_decode_defaults():
+    """--help quotes configs/cats64.yaml's decode section: it must be the bundled model's own."""
+    from maskgit_cli import checkpoint, config, pipeline
+
+    saved = checkpoint.config_of(checkpoint.load(pipeline.BUNDLED / checkpoint.TRANSFORMER)).decode
+    assert config.load("cats64").decode == saved

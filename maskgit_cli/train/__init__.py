@@ -17,14 +17,18 @@ class StageEntry:
     module: str  # maskgit_cli.train.<module>
     cls: str
     summary: str
+    shows: tuple[str, ...]  # the logged figures a progress line shows
 
 
 STAGES: dict[str, StageEntry] = {
-    "tokenizer": StageEntry("tokenizer", "TokenizerStage", "stage 1: the VQGAN tokenizer, on images"),
+    "tokenizer": StageEntry("tokenizer", "TokenizerStage", "stage 1: the VQGAN tokenizer, on images",
+                            ("loss", "psnr", "usage", "images_per_second")),
     "decoder": StageEntry("decoder", "DecoderStage",
-                          "stage 1b: fine-tune RUN's tokenizer decoder against a patch GAN, tokens unchanged"),
+                          "stage 1b: fine-tune RUN's tokenizer decoder against a patch GAN, tokens unchanged",
+                          ("loss", "psnr", "gan_weight", "images_per_second")),
     "transformer": StageEntry("transformer", "TransformerStage",
-                              "stage 2: the MVTM transformer, on RUN's tokenizer's tokens"),
+                              "stage 2: the MVTM transformer, on RUN's tokenizer's tokens",
+                              ("loss", "lr", "tokens_per_second")),
 }
 
 
