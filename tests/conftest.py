@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
-SHARED = ROOT.parent / "shared"
+FIXTURES = ROOT / "tests" / "fixtures"  # provenance in fixtures/README.md
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

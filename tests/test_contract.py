@@ -191,13 +191,6 @@ def test_help_shows_no_bool_values_and_every_option_is_explained(runner):
                 assert param.help, f"maskgit {name} {param.opts[0]} has no help text"
 
 
-def test_plot_labels_keep_their_spaces():
-    from maskgit_cli.plots import _font
-
-    font = _font()
-    assert font.getlength("a b") >= font.getlength("ab") + 3
-
-
 # ------------------------------------------------------------- 3. overwriting, and only our own
 
 

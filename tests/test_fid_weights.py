@@ -10,11 +10,11 @@ import sys
 import pytest
 import torch
 
-from conftest import SHARED, invoke_json, make_images
+from conftest import FIXTURES, invoke_json, make_images
 from maskgit_cli import checkpoint, data, fid_weights, inception, pipeline
 from maskgit_cli.errors import OutputExistsError, WeightsError, WeightsNotFound
 
-FIX = SHARED / "fixtures" / "fid"
+FIX = FIXTURES / "fid"
 SHAPES = json.loads((FIX / "pt_inception_state_dict_shapes.json").read_text())
 
 
@@ -157,7 +157,7 @@ def test_reproduces_pytorch_fid_features_with_synthetic_weights(synthetic_file):
     ref = json.loads((FIX / "synthetic_weights_features.json").read_text())
     model = inception.FIDInception(2048).eval()
     model.load_state_dict(fid_weights.read_state_dict(synthetic_file))
-    paths = [SHARED / "data" / "cats64" / "test" / "images" / f for f in ref["files"]]
+    paths = [FIXTURES / "cats64" / f for f in ref["files"]]
     x = data.load_images(paths, 64).float() / 255
     with torch.no_grad():
         assert (model(x) - torch.tensor(ref["pool3_2048"])).abs().max() < 1e-4
@@ -175,7 +175,7 @@ def test_real_weights_reproduce_pytorch_fid_features(real_inception, monkeypatch
     ref = json.loads((FIX / "real_weights_features.json").read_text())
     monkeypatch.setenv("MASKGIT_INCEPTION_WEIGHTS", str(real_inception))
     model = pipeline.feature_extractor(2048, None, torch.device("cpu"))
-    x = data.load_images([SHARED / "data" / "cats64" / "test" / "images" / f for f in ref["files"]], 64).float() / 255
+    x = data.load_images([FIXTURES / "cats64" / f for f in ref["files"]], 64).float() / 255
     with torch.no_grad():
         assert (model(x) - torch.tensor(ref["pool3_2048"])).abs().max() < 1e-3
     assert not model.classifier_present

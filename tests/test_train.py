@@ -316,16 +316,3 @@ def test_colour_hints_train_decode_and_are_used(tiny_data, tmp_path):
         pipeline.train(TINY, "transformer", tmp_path / "bare.npz", run, device="cpu", overwrite=True,
                        overrides=["transformer.hint=true", "transformer_train.max_steps=2"])
 
-
-def test_the_hint_comes_from_the_hole_a_mask_was_drawn_from():
-    """Decoding computes the hint once, from the whole initial hole; region-mode training samples
-    (a gamma fraction masked inside a hole) therefore take it from the hole, random ones from the mask."""
-    from maskgit_cli.mvtm import mvtm_mask
-
-    ids = torch.zeros(16, 256, dtype=torch.long)
-    plain = mvtm_mask(ids, "cosine", torch.Generator().manual_seed(3), "region")
-    mask, hole = mvtm_mask(ids, "cosine", torch.Generator().manual_seed(3), "region", with_hole=True)
-    assert torch.equal(plain, mask) and not (mask & ~hole).any() and (hole.sum(1) >= mask.sum(1)).all()
-    assert (hole.sum(1) > mask.sum(1)).any()
-    mask, hole = mvtm_mask(ids, "cosine", torch.Generator().manual_seed(3), "random", with_hole=True)
-    assert torch.equal(mask, hole)

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, SHARED
+from conftest import FIXTURES, ROOT
 from maskgit_cli import checkpoint, config, data, vqgan
 from maskgit_cli.errors import CheckpointError
 
-LAB = SHARED / "fixtures" / "lab"
+LAB = FIXTURES / "lab"
 
 
 def tiny_model(**over):
@@ -91,7 +91,7 @@ def test_lab_vqgan_reproduces_the_synthetic_weight_fixture(tmp_path):
     torch.save(_lab_fill(vqgan.build(cfg).state_dict()), tmp_path / "VQGAN.pt")
     model, cfg2, _ = checkpoint.load_tokenizer(tmp_path / "VQGAN.pt", cfg)
     assert tuple(ref["normalize_mean"]) == cfg2.data.mean
-    paths = [SHARED / "data" / "cats64" / "test" / "images" / f for f in ref["files"]]
+    paths = [FIXTURES / "cats64" / f for f in ref["files"]]
     x = data.normalize(data.load_images(paths, 64), cfg2.data)
     with torch.no_grad():
         ids = model.encode(x)
