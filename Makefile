@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup fid-weights test test-fast demo bench clean
+.PHONY: setup fid-weights lint format test test-fast demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,10 +22,19 @@ setup: $(STAMP)
 fid-weights: $(STAMP)
 	$(VENV)/bin/maskgit fid-weights
 
-test: $(STAMP) fid-weights
+# Style is checked, not remembered: ruff's linter and formatter (`make format` applies it).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: $(STAMP) lint fid-weights
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP) fid-weights
+test-fast: $(STAMP) lint fid-weights
 	$(PY) -m pytest -q -m "not slow"
 
 demo: $(STAMP)

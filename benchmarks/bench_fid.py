@@ -11,9 +11,8 @@ Run `make fid-weights` first. `--quick` skips the reference FID (about 4 minutes
 import argparse
 import time
 
-from common import SHARED, emit, machine
-
 import numpy as np
+from common import SHARED, emit, machine
 
 from maskgit_cli import data, fid, fid_weights, pipeline
 
@@ -26,9 +25,18 @@ def main(quick: bool = False) -> dict:
         test = SHARED / "data" / "cats64" / "test"
         r = pipeline.fid(test / "images", test / "masked", device="cpu")
         rel = abs(r.fid - PYTORCH_FID) / PYTORCH_FID
-        out.update({"reference_fid": r.fid, "pytorch_fid": PYTORCH_FID, "relative_difference_to_pytorch_fid": rel,
-                    "reference_ok": rel < 1e-3, "reference_seconds": r.seconds, "kid": r.kid, "kid_std": r.kid_std,
-                    "kid_subset_size": r.kid_subset_size})
+        out.update(
+            {
+                "reference_fid": r.fid,
+                "pytorch_fid": PYTORCH_FID,
+                "relative_difference_to_pytorch_fid": rel,
+                "reference_ok": rel < 1e-3,
+                "reference_seconds": r.seconds,
+                "kid": r.kid,
+                "kid_std": r.kid_std,
+                "kid_subset_size": r.kid_subset_size,
+            }
+        )
 
     rng = np.random.default_rng(0)
     feats1 = rng.standard_normal((3000, 2048)) @ (rng.standard_normal((2048, 2048)) * 0.05)
@@ -47,9 +55,16 @@ def main(quick: bool = False) -> dict:
     t = time.perf_counter()
     stats = fid.Stats.of(fid.features(images, model, batch_size=50))
     stats_s = time.perf_counter() - t
-    out.update({"frechet_seconds": ours_s, "scipy_sqrtm_seconds": scipy_s, "speedup": scipy_s / ours_s,
-                "relative_difference": abs(ours - ref) / abs(ref), "statistics_500_images_seconds": stats_s,
-                "images": stats.count})
+    out.update(
+        {
+            "frechet_seconds": ours_s,
+            "scipy_sqrtm_seconds": scipy_s,
+            "speedup": scipy_s / ours_s,
+            "relative_difference": abs(ours - ref) / abs(ref),
+            "statistics_500_images_seconds": stats_s,
+            "images": stats.count,
+        }
+    )
     return out
 
 

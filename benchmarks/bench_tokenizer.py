@@ -2,9 +2,8 @@
 
 import argparse
 
-from common import ROOT, emit, interleaved, machine
-
 import torch
+from common import ROOT, emit, interleaved, machine
 
 from maskgit_cli import config, vqgan
 from maskgit_cli.train.loop import adamw
@@ -28,8 +27,13 @@ def bench(name: str, batch: int) -> dict:
     model.eval()
     with torch.no_grad():
         enc_s = interleaved({"encode": lambda: model.encode(x)})["encode"]
-    return {"config": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "batch": batch,
-            "train_images_per_second": batch / train_s, "encode_images_per_second": batch / enc_s}
+    return {
+        "config": name,
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "batch": batch,
+        "train_images_per_second": batch / train_s,
+        "encode_images_per_second": batch / enc_s,
+    }
 
 
 if __name__ == "__main__":
@@ -37,4 +41,10 @@ if __name__ == "__main__":
     ap.add_argument("--only", choices=["cats64", "lab"])
     args = ap.parse_args()
     plan = [("cats64", 16), ("lab", 4)]
-    emit({"benchmark": "tokenizer", **machine(), "results": [bench(*p) for p in plan if args.only in (None, p[0])]})
+    emit(
+        {
+            "benchmark": "tokenizer",
+            **machine(),
+            "results": [bench(*p) for p in plan if args.only in (None, p[0])],
+        }
+    )

@@ -45,7 +45,11 @@ def interleaved(fns: dict, rounds: int = 3) -> dict:
 
 
 def machine() -> dict:
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+    }
 
 
 def emit(payload: dict) -> None:

@@ -28,12 +28,16 @@ from maskgit_cli.mvtm import masked_loss, mvtm_mask
 def reference_models(cfg: Config):
     """(lab VQGAN in NCHW, lab transformer with attention dropout 0.1 on the hand-written path)."""
     tok = vqgan.build(cfg).to(memory_format=torch.contiguous_format).eval()
-    tr = transformer.build(replace(cfg.transformer, attn_dropout=0.1), cfg.grid, cfg.tokenizer.codebook_size)
+    tr = transformer.build(
+        replace(cfg.transformer, attn_dropout=0.1), cfg.grid, cfg.tokenizer.codebook_size
+    )
     tr.set_fast_attention(False)
     return tok, tr
 
 
-def reference_train_step(tok, tr, opt, images: torch.Tensor, cfg: Config, g: torch.Generator) -> float:
+def reference_train_step(
+    tok, tr, opt, images: torch.Tensor, cfg: Config, g: torch.Generator
+) -> float:
     """images (B, 3, H, W) normalized. Re-encode, mask, full logits, loss, step."""
     K = cfg.tokenizer.codebook_size
     with torch.no_grad():
@@ -48,8 +52,17 @@ def reference_train_step(tok, tr, opt, images: torch.Tensor, cfg: Config, g: tor
 
 
 @torch.no_grad()
-def reference_inpaint(tok, tr, image: torch.Tensor, missing: torch.Tensor, cfg: Config, g: torch.Generator,
-                      total_iter: int = 12, sweet_spot: int = 8, choice_temperature: float = 4.5) -> torch.Tensor:
+def reference_inpaint(
+    tok,
+    tr,
+    image: torch.Tensor,
+    missing: torch.Tensor,
+    cfg: Config,
+    g: torch.Generator,
+    total_iter: int = 12,
+    sweet_spot: int = 8,
+    choice_temperature: float = 4.5,
+) -> torch.Tensor:
     """image (1, 3, H, W) normalized, missing (1, H, W) bool -> decoded image (1, 3, H, W)."""
     tr.eval()
     K = cfg.tokenizer.codebook_size
@@ -67,7 +80,11 @@ def reference_inpaint(tok, tr, image: torch.Tensor, missing: torch.Tensor, cfg: 
         conf = logp.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
         conf = conf + choice_temperature * (1 - ratio) * decode.gumbel(tuple(conf.shape), g)
         conf = conf.masked_fill(~still, math.inf)
-        n = 0 if step == sweet_spot - 1 else int(math.floor(float(schedules.gamma("cosine", ratio)) * unknown0))
+        n = (
+            0
+            if step == sweet_spot - 1
+            else int(math.floor(float(schedules.gamma("cosine", ratio)) * unknown0))
+        )
         remask = torch.zeros_like(still)
         remask[0, conf[0].argsort()[:n]] = True
         z = sampled.masked_fill(remask, K)

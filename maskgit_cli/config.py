@@ -70,11 +70,15 @@ def _schedule(v: str) -> str | None:
     return None if v in SCHEDULES else f"must be one of {', '.join(SCHEDULES)}"
 
 
-def ruled(default: Any, rule: Rule | None, help: str = "", short: str = "", choices: tuple[str, ...] = ()) -> Any:
+def ruled(
+    default: Any, rule: Rule | None, help: str = "", short: str = "", choices: tuple[str, ...] = ()
+) -> Any:
     """A dataclass field with a validation rule (for a tuple, each element is checked). `help`,
     `short` and `choices` describe its command-line flag where one is generated from the field
     (the decode options of inpaint and compare-schedules)."""
-    return field(default=default, metadata={"rule": rule, "help": help, "short": short, "choices": choices})
+    return field(
+        default=default, metadata={"rule": rule, "help": help, "short": short, "choices": choices}
+    )
 
 
 def choice(default: str, *choices: str, help: str = "", short: str = "") -> Any:
@@ -110,8 +114,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    arch: str = ruled("vqgan", one_of("vqgan", "lab"))  # ours, or the course's VQGAN (exact state_dict)
-    channels: tuple[int, ...] = ruled((64, 128, 128), at_least(1))  # encoder width per resolution level
+    arch: str = ruled(
+        "vqgan", one_of("vqgan", "lab")
+    )  # ours, or the course's VQGAN (exact state_dict)
+    channels: tuple[int, ...] = ruled(
+        (64, 128, 128), at_least(1)
+    )  # encoder width per resolution level
     dec_channels: tuple[int, ...] = ruled((), at_least(1))  # lab only; ours mirrors `channels`
     res_blocks: int = ruled(1, at_least(1))  # residual blocks per level
     attn_resolutions: tuple[int, ...] = ()  # feature-map sizes that get self-attention
@@ -135,11 +143,15 @@ class TokenizerTrainConfig:
     min_lr_ratio: float = ruled(0.1, below(0, 1.0001))
     grad_clip: float = ruled(1.0, positive)
     loss: str = ruled("l1", one_of("l1", "l2"))
-    disc_start: int = ruled(-1, at_least(-1))  # step at which the patch discriminator switches on; -1 = never
+    disc_start: int = ruled(
+        -1, at_least(-1)
+    )  # step at which the patch discriminator switches on; -1 = never
     disc_weight: float = ruled(0.1, at_least(0))
     disc_lr: float = ruled(2e-4, positive)
     restart_every: int = ruled(100, at_least(0))  # revive dead codes every N steps (0 = never)
-    dead_threshold: float = ruled(0.03, at_least(0))  # a code is dead below this EMA count per batch
+    dead_threshold: float = ruled(
+        0.03, at_least(0)
+    )  # a code is dead below this EMA count per batch
     log_every: int = ruled(10, at_least(1))
     checkpoint_every: int = ruled(500, at_least(1))
 
@@ -149,6 +161,7 @@ class DecoderTrainConfig:
     """Stage 1b (`--stage decoder`): fine-tune only the tokenizer's decoder, reconstruction loss
     plus a patch discriminator, with the encoder and codebook frozen: the tokens do not change,
     so a transformer trained on them stays valid."""
+
     batch_size: int = ruled(16, at_least(1))
     epochs: int = ruled(1, at_least(1))
     max_steps: int = ruled(0, at_least(0))  # 0 = run all epochs
@@ -161,7 +174,8 @@ class DecoderTrainConfig:
     # |grad of the reconstruction loss| / |grad of the GAN loss| at the decoder's last layer
     disc_weight: float = ruled(0.5, at_least(0))
     disc_lr: float = ruled(2e-4, positive)
-    # this many grids of each batch are the run's own transformer's inpainting fills (RUN/transformer.pt,
+    # this many grids of each batch are the run's own transformer's inpainting fills
+    # (RUN/transformer.pt,
     # its decode defaults, holes like `maskgit mask`'s): the token grids the decoder meets when it
     # inpaints, hole tokens that no encoder made. Only their known pixels have an L1 target; the
     # critic judges them whole. 0 = off (encoder tokens only).
@@ -181,7 +195,9 @@ class TransformerConfig:
     # on the attention probabilities; > 0 forces SDPA onto its slow math path on the CPU
     attn_dropout: float = ruled(0.0, below(0, 1))
     norm: str = ruled("pre", one_of("pre", "post"))  # pre (default) or post (the lab's layout)
-    head: str = ruled("linear", one_of("linear", "tied"))  # or token embedding + per-position bias (the lab's)
+    head: str = ruled(
+        "linear", one_of("linear", "tied")
+    )  # or token embedding + per-position bias (the lab's)
     # masked positions also see the hole's coarse colour: the mean colours of the known tokens,
     # harmonically interpolated across the masked ones (harmonic.harmonic_grid)
     hint: bool = False
@@ -215,29 +231,71 @@ class DecodeConfig:
     in its config's `decode` section. Each field is also a flag of `inpaint` and
     `compare-schedules` (cli.decode_options), with the help given here: adding a decode option is
     one field here plus its use in decode.py / inpaint.py."""
-    prefill: str = choice("none", "none", "harmonic", help=(
-        "What the hole holds when the known context is encoded: none (the input as given, the lab's way) or "
-        "harmonic (Laplace-filled first: far fewer known tokens change)."))
-    schedule: str = ruled("cosine", _schedule, "Mask schedule gamma (how many tokens stay masked after each step).")
+
+    prefill: str = choice(
+        "none",
+        "none",
+        "harmonic",
+        help=(
+            "What the hole holds when the known context is encoded: none (the input as given, the "
+            "lab's way) or "
+            "harmonic (Laplace-filled first: far fewer known tokens change)."
+        ),
+    )
+    schedule: str = ruled(
+        "cosine", _schedule, "Mask schedule gamma (how many tokens stay masked after each step)."
+    )
     total_iter: int = ruled(12, at_least(1), "Total decoding iterations T.", short="-T")
-    sweet_spot: int = ruled(0, at_least(0), "Run t <= T steps of the T-step schedule, then commit every sampled "
-                            "token (0 = T).", short="-t")
-    choice_temperature: float = ruled(4.5, at_least(0), "Gumbel noise added to the confidences, annealed by "
-                                      "1 - (t+1)/T (0 = keep the most confident tokens).")
+    sweet_spot: int = ruled(
+        0,
+        at_least(0),
+        "Run t <= T steps of the T-step schedule, then commit every sampled token (0 = T).",
+        short="-t",
+    )
+    choice_temperature: float = ruled(
+        4.5,
+        at_least(0),
+        "Gumbel noise added to the confidences, annealed by "
+        "1 - (t+1)/T (0 = keep the most confident tokens).",
+    )
     temperature: float = ruled(1.0, positive, "Sampling temperature of the token distribution.")
     # confidences stay the model's own log-probabilities whatever top_k / top_p sample from
     top_k: int = ruled(0, at_least(0), "Sample only among the K most likely codes (0 = all).")
-    top_p: float = ruled(1.0, lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
-                         "Sample only within the nucleus of probability P (1 = all).")
-    sampling: str = choice("sample", "sample", "greedy", help="Sample tokens, or take the most likely one.")
-    token_mask: str = choice("any", "any", "all", "majority", help=(
-        "Pixel to token mask: a token is masked if any (the lab's rule), all or most of its pixels are missing."))
+    top_p: float = ruled(
+        1.0,
+        lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
+        "Sample only within the nucleus of probability P (1 = all).",
+    )
+    sampling: str = choice(
+        "sample", "sample", "greedy", help="Sample tokens, or take the most likely one."
+    )
+    token_mask: str = choice(
+        "any",
+        "any",
+        "all",
+        "majority",
+        help=(
+            "Pixel to token mask: a token is masked if any (the lab's rule), all or most of its "
+            "pixels are missing."
+        ),
+    )
     dilate: int = ruled(0, at_least(0), "Grow the token mask by K tokens.")
-    blend: str = choice("none", "none", "poisson", help=(
-        "How the fill meets the known pixels: none, or poisson (seamless cloning, Perez et al. 2003: the "
-        "fill's gradients inside the hole, the known pixels at its edge)."))
-    candidates: int = ruled(1, at_least(1), "Decode each hole N times and keep the fill that best continues the "
-                            "known pixels around it (least seam error); N x the time.")
+    blend: str = choice(
+        "none",
+        "none",
+        "poisson",
+        help=(
+            "How the fill meets the known pixels: none, or poisson (seamless cloning, Perez et al. "
+            "2003: the "
+            "fill's gradients inside the hole, the known pixels at its edge)."
+        ),
+    )
+    candidates: int = ruled(
+        1,
+        at_least(1),
+        "Decode each hole N times and keep the fill that best continues the "
+        "known pixels around it (least seam error); N x the time.",
+    )
 
 
 @dataclass(frozen=True)
@@ -278,9 +336,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is tuple:
         (inner, *_rest) = typing.get_args(tp)
         if isinstance(value, str):
-            value = _yaml_value(value, key) if value.strip().startswith("[") else [
-                v for v in value.split(",") if v.strip()
-            ]
+            value = (
+                _yaml_value(value, key)
+                if value.strip().startswith("[")
+                else [v for v in value.split(",") if v.strip()]
+            )
         if not isinstance(value, (list, tuple)):
             value = [value]
         return tuple(_coerce(v, inner, key) for v in value)
@@ -298,13 +358,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if text in ("0", "false", "no", "off"):
                 return False
             raise ValueError(value)
-        if tp in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float, str))):
+        if tp in (int, float) and (
+            isinstance(value, bool) or not isinstance(value, (int, float, str))
+        ):
             raise ValueError(value)  # `yes`, a list or a mapping is not a number
         if tp is int:
             number = float(value) if isinstance(value, str) else value
             if isinstance(number, float):
                 if not math.isfinite(number):
-                    raise ConfigError(f"config key '{key}' must be a finite whole number, got {value!r}")
+                    raise ConfigError(
+                        f"config key '{key}' must be a finite whole number, got {value!r}"
+                    )
                 if not number.is_integer():
                     raise ValueError(value)
             return int(number)
@@ -385,21 +449,29 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError("tokenizer.channels needs at least one width, e.g. [64, 128, 128]")
     if tok.fsq_levels:
         if tok.arch != "vqgan":
-            raise ConfigError("tokenizer.fsq_levels needs tokenizer.arch 'vqgan' (the lab's VQGAN has a codebook)")
+            raise ConfigError(
+                "tokenizer.fsq_levels needs tokenizer.arch 'vqgan' (the lab's VQGAN has a codebook)"
+            )
         if math.prod(tok.fsq_levels) != tok.codebook_size:
-            raise ConfigError(f"tokenizer.codebook_size ({tok.codebook_size}) must equal the product of "
-                              f"tokenizer.fsq_levels {list(tok.fsq_levels)} ({math.prod(tok.fsq_levels)})")
+            raise ConfigError(
+                f"tokenizer.codebook_size ({tok.codebook_size}) must equal the product of "
+                f"tokenizer.fsq_levels {list(tok.fsq_levels)} ({math.prod(tok.fsq_levels)})"
+            )
     if tr.dim % tr.heads:
         raise ConfigError(f"transformer.dim ({tr.dim}) must be divisible by heads ({tr.heads})")
     if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3:
         raise ConfigError("data.mean and data.std need 3 values (R, G, B)")
     factor = cfg.downsampling
     if cfg.data.image_size % factor or cfg.data.image_size < factor:
-        raise ConfigError(f"data.image_size ({cfg.data.image_size}) must be a multiple of the tokenizer's "
-                          f"downsampling, {factor} (one token per {factor}x{factor} pixels)")
+        raise ConfigError(
+            f"data.image_size ({cfg.data.image_size}) must be a multiple of the tokenizer's "
+            f"downsampling, {factor} (one token per {factor}x{factor} pixels)"
+        )
     if cfg.decode.sweet_spot > cfg.decode.total_iter:
-        raise ConfigError(f"decode.sweet_spot ({cfg.decode.sweet_spot}) must not exceed decode.total_iter "
-                          f"({cfg.decode.total_iter})")
+        raise ConfigError(
+            f"decode.sweet_spot ({cfg.decode.sweet_spot}) must not exceed decode.total_iter "
+            f"({cfg.decode.total_iter})"
+        )
     return cfg
 
 
@@ -428,8 +500,10 @@ def config_path(name_or_path: str | Path) -> Path:
     bundled = BUNDLED_CONFIGS / f"{path.stem}.yaml"
     if len(path.parts) == 1 and path.suffix in ("", ".yaml") and bundled.is_file():
         return bundled
-    raise ConfigError(f"config file not found: {path}; give a YAML file or a bundled config name "
-                      f"({', '.join(bundled_configs())})")
+    raise ConfigError(
+        f"config file not found: {path}; give a YAML file or a bundled config name "
+        f"({', '.join(bundled_configs())})"
+    )
 
 
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -440,7 +514,9 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
         try:
             data = yaml.load(path.read_bytes().decode("utf-8"), Loader=_StrictLoader) or {}
         except UnicodeDecodeError:
-            raise ConfigError(f"{path}: not a text file in UTF-8; save the config as UTF-8 YAML") from None
+            raise ConfigError(
+                f"{path}: not a text file in UTF-8; save the config as UTF-8 YAML"
+            ) from None
         except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from None
         except yaml.YAMLError as err:

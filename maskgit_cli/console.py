@@ -6,12 +6,20 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Iterable
 from contextlib import contextmanager
-from typing import Any, Iterable
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 _console: Console | None = None
@@ -66,9 +74,13 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 
 _FIGURES = {  # how a logged figure reads in a progress line: (label, format)
-    "loss": ("loss", "{:.4f}"), "psnr": ("psnr", "{:.2f} dB"), "usage": ("usage", "{:.0%}"),
-    "gan_weight": ("gan weight", "{:.3f}"), "lr": ("lr", "{:.2e}"),
-    "images_per_second": ("", "{:.1f} img/s"), "tokens_per_second": ("", "{:.0f} tok/s"),
+    "loss": ("loss", "{:.4f}"),
+    "psnr": ("psnr", "{:.2f} dB"),
+    "usage": ("usage", "{:.0%}"),
+    "gan_weight": ("gan weight", "{:.3f}"),
+    "lr": ("lr", "{:.2e}"),
+    "images_per_second": ("", "{:.1f} img/s"),
+    "tokens_per_second": ("", "{:.0f} tok/s"),
 }
 
 
@@ -83,10 +95,16 @@ def figures(record: dict[str, Any], keys: Iterable[str]) -> str:
     return " ".join(parts)
 
 
-def table(title: str, columns: list[str], rows: Iterable[Iterable[Any]], highlight: int | None = None) -> None:
+def table(
+    title: str, columns: list[str], rows: Iterable[Iterable[Any]], highlight: int | None = None
+) -> None:
     t = Table(title=title, title_justify="left")
     for c in columns:
-        t.add_column(c, justify="left" if c in ("schedule", "key", "file") else "right", no_wrap=c == "schedule")
+        t.add_column(
+            c,
+            justify="left" if c in ("schedule", "key", "file") else "right",
+            no_wrap=c == "schedule",
+        )
     for i, row in enumerate(rows):
         t.add_row(*[fmt(v) for v in row], style="bold green" if i == highlight else None)
     console().print(t)
@@ -102,8 +120,13 @@ class _Bar:
     def __init__(self, progress: Progress | None, task: int | None):
         self.progress, self.task = progress, task
 
-    def update(self, completed: int | None = None, advance: int | None = None, total: int | None = None,
-               status: str = "") -> None:
+    def update(
+        self,
+        completed: int | None = None,
+        advance: int | None = None,
+        total: int | None = None,
+        status: str = "",
+    ) -> None:
         if self.progress is None:
             return
         kw: dict[str, Any] = {"status": status}
@@ -122,9 +145,17 @@ def progress(description: str, total: int | None = None, enabled: bool = True):
     if not enabled:
         yield _Bar(None, None)
         return
-    p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                 TextColumn("{task.fields[status]}"), console=console(), transient=False)
+    p = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console(),
+        transient=False,
+    )
     with p:
         task = p.add_task(description, total=total, status="")
         try:

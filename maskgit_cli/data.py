@@ -42,7 +42,8 @@ def list_images(folder: str | Path) -> list[Path]:
     if strays:
         raise DataError(
             f"{strays[0]}: not an image file (expected {', '.join(sorted(IMAGE_SUFFIXES))}); "
-            f"move it out of {folder}" + (f" (and {len(strays) - 1} more)" if len(strays) > 1 else "")
+            f"move it out of {folder}"
+            + (f" (and {len(strays) - 1} more)" if len(strays) > 1 else "")
         )
     if not files:
         raise DataError(f"no images in {folder}: put .png/.jpg files there")
@@ -56,8 +57,10 @@ def output_names(paths: list[Path]) -> list[str]:
     for p in paths:
         name = f"{p.stem}.png"
         if name in seen:
-            raise DataError(f"{seen[name].name} and {p.name} in {p.parent} would both be written as {name}; "
-                            "rename one of them")
+            raise DataError(
+                f"{seen[name].name} and {p.name} in {p.parent} would both be written as {name}; "
+                "rename one of them"
+            )
         seen[name] = p
         names.append(name)
     return names
@@ -75,12 +78,21 @@ def _header(path: Path) -> Image.Image:
     w, h = img.size
     if w * h > MAX_PIXELS:
         img.close()
-        raise DataError(f"{path}: image is {w}x{h} ({w * h / 1e6:.0f} megapixels), more than maskgit reads "
-                        f"({MAX_PIXELS / 1e6:.0f}); downscale it first")
+        raise DataError(
+            f"{path}: image is {w}x{h} ({w * h / 1e6:.0f} megapixels), more than maskgit reads "
+            f"({MAX_PIXELS / 1e6:.0f}); downscale it first"
+        )
     return img
 
 
-_UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+_UNREADABLE = (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    Image.DecompressionBombError,
+)
 
 
 def _open(path: Path) -> Image.Image:
@@ -93,8 +105,9 @@ def _open(path: Path) -> Image.Image:
             img.load()
             return ImageOps.exif_transpose(img)
     except _UNREADABLE as err:
-        raise DataError(f"{path}: cannot read this image ({err.__class__.__name__}); "
-                        "replace or remove the file") from None
+        raise DataError(
+            f"{path}: cannot read this image ({err.__class__.__name__}); replace or remove the file"
+        ) from None
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -109,8 +122,9 @@ def image_size(path: Path) -> tuple[int, int]:
                 except _UNREADABLE:
                     orientation = 1
     except _UNREADABLE as err:
-        raise DataError(f"{path}: cannot read this image ({err.__class__.__name__}); "
-                        "replace or remove the file") from None
+        raise DataError(
+            f"{path}: cannot read this image ({err.__class__.__name__}); replace or remove the file"
+        ) from None
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
@@ -146,23 +160,30 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def read_image(path: Path, size: int, resize: bool = False, hint: str | None = None) -> np.ndarray:
-    """One image as uint8 (size, size, 3). `hint`: what to do about another size (default: --resize)."""
+    """One image as uint8 (size, size, 3). `hint`: what to do about another size (default:
+    --resize)."""
     img = _open(path)
     if img.size != (size, size):
         if not resize:
-            raise DataError(f"{path}: image is {img.size[0]}x{img.size[1]}, expected "
-                            f"{size}x{size}; {hint or 'pass --resize to resize it'}")
+            raise DataError(
+                f"{path}: image is {img.size[0]}x{img.size[1]}, expected "
+                f"{size}x{size}; {hint or 'pass --resize to resize it'}"
+            )
         img = img.convert("RGB").resize((size, size), Image.BICUBIC)
     return _rgb8(img)
 
 
-def load_images(paths: list[Path], size: int, resize: bool = False, hint: str | None = None) -> torch.Tensor:
+def load_images(
+    paths: list[Path], size: int, resize: bool = False, hint: str | None = None
+) -> torch.Tensor:
     """uint8 (N, 3, H, W)."""
     arr = np.stack([read_image(p, size, resize, hint) for p in paths])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
 
-def load_folder(folder: str | Path, size: int, resize: bool = False) -> tuple[torch.Tensor, list[str]]:
+def load_folder(
+    folder: str | Path, size: int, resize: bool = False
+) -> tuple[torch.Tensor, list[str]]:
     paths = list_images(folder)
     return load_images(paths, size, resize), [p.name for p in paths]
 
@@ -209,7 +230,9 @@ def _mask_plane(img: Image.Image) -> np.ndarray:
     return rgb.max(axis=2)
 
 
-def read_mask(path: Path, size: int | tuple[int, int] | None = None, missing: str = "black") -> torch.Tensor:
+def read_mask(
+    path: Path, size: int | tuple[int, int] | None = None, missing: str = "black"
+) -> torch.Tensor:
     """bool (H, W), True where the pixel is missing. missing='black': the darker of the mask's two
     values is missing (0 = missing, the lab's); 'white': the brighter one. `size`: the size the
     mask must have (an int for a square), or None."""
@@ -217,8 +240,10 @@ def read_mask(path: Path, size: int | tuple[int, int] | None = None, missing: st
     if size is not None:
         want = (size, size) if isinstance(size, int) else tuple(size)
         if img.size != want:
-            raise DataError(f"{path}: mask is {img.size[0]}x{img.size[1]}, expected {want[0]}x{want[1]}; "
-                            "masks must match their images")
+            raise DataError(
+                f"{path}: mask is {img.size[0]}x{img.size[1]}, expected {want[0]}x{want[1]}; "
+                "masks must match their images"
+            )
     plane = _mask_plane(img)
     lo, hi = float(plane.min()), float(plane.max())
     if hi == lo:  # one value: black means all missing (under 'black'); anything else all known
@@ -227,26 +252,35 @@ def read_mask(path: Path, size: int | tuple[int, int] | None = None, missing: st
     band = (plane - lo) / (hi - lo)
     between = float(((band > 0.25) & (band < 0.75)).mean())
     if between > 0.1:
-        raise DataError(f"{path}: not a mask: {between:.0%} of its pixels are neither of its two levels "
-                        "(a photo?); masks are two-valued images, 0 = missing, 255 = known")
+        raise DataError(
+            f"{path}: not a mask: {between:.0%} of its pixels are neither of its two levels "
+            "(a photo?); masks are two-valued images, 0 = missing, 255 = known"
+        )
     hole = band < 0.5 if missing == "black" else band >= 0.5
     return torch.from_numpy(hole)
 
 
-def check_mask_orientation(masked_u8: torch.Tensor, missing: torch.Tensor, mask_path: Path, flag: str) -> None:
+def check_mask_orientation(
+    masked_u8: torch.Tensor, missing: torch.Tensor, mask_path: Path, flag: str
+) -> None:
     """A masked image is flat gray exactly where its holes are. If the gray sits where the mask
     says "known" instead, the mask is inverted (white = hole, the convention of diffusers and
-    LaMa): refuse it, naming the flag that reads it the other way. masked_u8 (3, H, W), missing (H, W)."""
+    LaMa): refuse it, naming the flag that reads it the other way. masked_u8 (3, H, W), missing (H,
+    W)."""
     gray = (masked_u8 == GRAY).all(0)
     known = ~missing
     if known.sum() < 16 or missing.sum() == 0:
         return
     if gray[known].float().mean() > 0.9 and gray[missing].float().mean() < 0.5:
-        raise DataError(f"{mask_path}: this mask looks inverted: its image is flat gray where the mask says "
-                        f"known and not where it says missing; pass {flag} if white marks the hole")
+        raise DataError(
+            f"{mask_path}: this mask looks inverted: its image is flat gray where the mask says "
+            f"known and not where it says missing; pass {flag} if white marks the hole"
+        )
 
 
-def token_mask(missing: torch.Tensor, grid: int, rule: str = "any", dilate: int = 0) -> torch.Tensor:
+def token_mask(
+    missing: torch.Tensor, grid: int, rule: str = "any", dilate: int = 0
+) -> torch.Tensor:
     """Pixel mask (B, H, W) bool -> token mask (B, h, w) bool, True = token to be generated.
 
     any: a token is masked if any of its pixels is missing (the lab's rule, never leaves a
@@ -275,7 +309,9 @@ def mask_out(images_u8: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
     return torch.where(missing.unsqueeze(-3), torch.full((), GRAY, dtype=torch.uint8), images_u8)
 
 
-def random_region_masks(B: int, size: int | tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+def random_region_masks(
+    B: int, size: int | tuple[int, int], generator: torch.Generator
+) -> torch.Tensor:
     """bool (B, H, W) holes shaped like inpainting masks: 80 % irregular random-walk blobs (a
     3x3 brush wandering in steps of up to 2 px, like the lab's and cats64's test masks), 20 %
     boxes; each covers a target fraction drawn from U(10 %, 40 %) of the image, roughly, and at
@@ -292,7 +328,7 @@ def random_region_masks(B: int, size: int | tuple[int, int], generator: torch.Ge
             h = max(1, min(H, round((area * aspect) ** 0.5)))
             w = max(1, min(W, round(area / h)))
             y0, x0 = int((H - h) * u[b, 3]), int((W - w) * u[b, 4])
-            out[b].view(H, W)[y0:y0 + h, x0:x0 + w] = True
+            out[b].view(H, W)[y0 : y0 + h, x0 : x0 + w] = True
             continue
         steps = max(1, int(target[b].item() * H * W * 0.9))
         moves = torch.randint(-2, 3, (steps, 2), generator=generator)

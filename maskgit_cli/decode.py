@@ -17,8 +17,8 @@ its own generator, so a batch decodes exactly as its images would one by one.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -33,7 +33,9 @@ class DecodeResult:
     ids: torch.Tensor  # (B, N) final tokens, no MASK left
     steps: int  # transformer passes run
     masks: list[torch.Tensor] = field(default_factory=list)  # (B, N) still masked after each step
-    predictions: list[torch.Tensor] = field(default_factory=list)  # (B, N) committed + sampled, each step
+    predictions: list[torch.Tensor] = field(
+        default_factory=list
+    )  # (B, N) committed + sampled, each step
 
 
 def gumbel(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -41,8 +43,11 @@ def gumbel(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
     return -torch.log((-torch.log(u)).clamp_min(1e-20))
 
 
-def num_masked_after(step: int, total_iter: int, unknown0: torch.Tensor, schedule: str) -> torch.Tensor:
-    """Tokens left masked after step `step` (0-based) before clamping: floor(gamma((t+1)/T) * unknown0)."""
+def num_masked_after(
+    step: int, total_iter: int, unknown0: torch.Tensor, schedule: str
+) -> torch.Tensor:
+    """Tokens left masked after step `step` (0-based) before clamping: floor(gamma((t+1)/T) *
+    unknown0)."""
     ratio = (step + 1) / total_iter
     return torch.floor(schedules.gamma(schedule, ratio) * unknown0.double()).long()
 
@@ -64,10 +69,23 @@ def truncate(logp: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Te
 
 
 @torch.no_grad()
-def decode(ids: torch.Tensor, unknown: torch.Tensor, logits_fn: LogitsFn, *, mask_id: int,
-           generators: list[torch.Generator], schedule: str = "cosine", total_iter: int = 12,
-           sweet_spot: int | None = None, choice_temperature: float = 4.5, temperature: float = 1.0,
-           top_k: int = 0, top_p: float = 1.0, greedy: bool = False, record: bool = False) -> DecodeResult:
+def decode(
+    ids: torch.Tensor,
+    unknown: torch.Tensor,
+    logits_fn: LogitsFn,
+    *,
+    mask_id: int,
+    generators: list[torch.Generator],
+    schedule: str = "cosine",
+    total_iter: int = 12,
+    sweet_spot: int | None = None,
+    choice_temperature: float = 4.5,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    record: bool = False,
+) -> DecodeResult:
     """ids (B, N) int64 (any value at unknown positions), unknown (B, N) bool -> DecodeResult."""
     B, N = ids.shape
     device = ids.device
@@ -92,7 +110,9 @@ def decode(ids: torch.Tensor, unknown: torch.Tensor, logits_fn: LogitsFn, *, mas
         ratio = (t + 1) / T
         sampled = cur.cpu().clone()
         conf = torch.full((B, N), math.inf)
-        for b, (rows, prows) in enumerate(zip(torch.split(logp, counts), torch.split(pick, counts))):
+        for b, (rows, prows) in enumerate(
+            zip(torch.split(logp, counts), torch.split(pick, counts), strict=True)
+        ):
             if not counts[b]:  # noise per sample from its own generator
                 continue
             g = generators[b]
@@ -101,9 +121,13 @@ def decode(ids: torch.Tensor, unknown: torch.Tensor, logits_fn: LogitsFn, *, mas
             else:
                 s = torch.multinomial(prows.exp(), 1, generator=g).squeeze(1)
             sampled[b, still_cpu[b]] = s
-            conf[b, still_cpu[b]] = rows.gather(-1, s[:, None]).squeeze(-1) + \
-                choice_temperature * (1 - ratio) * gumbel((counts[b],), g)
-        sampled, conf = sampled.to(device), conf.to(device)  # known tokens unchanged, confidence +inf
+            conf[b, still_cpu[b]] = rows.gather(-1, s[:, None]).squeeze(-1) + choice_temperature * (
+                1 - ratio
+            ) * gumbel((counts[b],), g)
+        sampled, conf = (
+            sampled.to(device),
+            conf.to(device),
+        )  # known tokens unchanged, confidence +inf
         if t == t_stop - 1:
             keep = torch.zeros(B, dtype=torch.long)  # last step (or sweet spot): commit all
         else:

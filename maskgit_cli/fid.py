@@ -1,6 +1,7 @@
 """FID and KID (pytorch-fid's convention) from FID-Inception features (`inception.py`).
 
-Statistics are float64. The Frechet distance uses tr sqrt(S1 S2) = sum sqrt(eig(sqrt(S1) S2 sqrt(S1)))
+Statistics are float64. The Frechet distance uses tr sqrt(S1 S2) = sum sqrt(eig(sqrt(S1) S2
+sqrt(S1)))
 with symmetric eigendecompositions: no complex matrix square root, no imaginary residue to drop.
 """
 
@@ -8,9 +9,9 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -28,13 +29,18 @@ FeatureFn = Callable[[torch.Tensor], torch.Tensor]  # x (B, 3, H, W) in [0, 1] -
 
 
 @torch.no_grad()
-def features(images01: torch.Tensor | list[torch.Tensor], extractor: FeatureFn, batch_size: int = 50,
-             device="cpu", on_progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+def features(
+    images01: torch.Tensor | list[torch.Tensor],
+    extractor: FeatureFn,
+    batch_size: int = 50,
+    device="cpu",
+    on_progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
     """(N, D) float64 features of images in [0, 1]."""
     out = []
     n = len(images01)
     for i in range(0, n, batch_size):
-        x = images01[i:i + batch_size]
+        x = images01[i : i + batch_size]
         x = torch.stack(list(x)) if isinstance(x, list) else x
         out.append(extractor(x.to(device).float()).double().cpu().numpy())
         if on_progress:
@@ -50,12 +56,20 @@ def load_float_images(folder: str | Path | list[Path]) -> list[torch.Tensor]:
     paths = folder if isinstance(folder, list) else data.list_images(folder)
     out = [torch.from_numpy(data.read_rgb(p)).permute(2, 0, 1).float() / 255 for p in paths]
     if len({tuple(t.shape) for t in out}) > 1:
-        out = [F.interpolate(t[None], size=(299, 299), mode="bilinear", align_corners=False)[0] for t in out]
+        out = [
+            F.interpolate(t[None], size=(299, 299), mode="bilinear", align_corners=False)[0]
+            for t in out
+        ]
     return out
 
 
-def statistics(source: str | Path, extractor: Callable[[], FeatureFn], batch_size: int, device,
-               on_progress: Callable[[int, int], None] | None = None) -> "Stats":
+def statistics(
+    source: str | Path,
+    extractor: Callable[[], FeatureFn],
+    batch_size: int,
+    device,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Stats:
     """Statistics of an image folder (features kept, for KID) or of a saved .npz. `extractor` is
     called only when a folder needs features (loading FID-Inception takes a while)."""
     source = Path(source)
@@ -67,8 +81,10 @@ def statistics(source: str | Path, extractor: Callable[[], FeatureFn], batch_siz
         raise DataError(f"{source}: neither an image folder nor a .npz of statistics")
     images = load_float_images(source)
     if len(images) < 2:
-        raise DataError(f"{source}: FID needs at least 2 images per set (the covariance of one image is "
-                        "undefined); add images")
+        raise DataError(
+            f"{source}: FID needs at least 2 images per set (the covariance of one image is "
+            "undefined); add images"
+        )
     return Stats.of(features(images, extractor(), batch_size, device, on_progress))
 
 
@@ -80,19 +96,27 @@ class Stats:
     features: np.ndarray | None = None  # kept for KID when available
 
     @classmethod
-    def of(cls, feats: np.ndarray) -> "Stats":
+    def of(cls, feats: np.ndarray) -> Stats:
         feats = np.asarray(feats, dtype=np.float64)
-        return cls(mu=feats.mean(0), sigma=np.cov(feats, rowvar=False), count=len(feats), features=feats)
+        return cls(
+            mu=feats.mean(0), sigma=np.cov(feats, rowvar=False), count=len(feats), features=feats
+        )
 
     def write(self, path: Path) -> None:
         """Write to `path` as it is (callers make the write atomic): mu, sigma, count, features."""
         with open(path, "wb") as fh:
             extra = {"features": self.features} if self.features is not None else {}
-            np.savez(fh, mu=self.mu, sigma=self.sigma, count=np.array(self.count), written_by=np.array("maskgit"),
-                     **extra)
+            np.savez(
+                fh,
+                mu=self.mu,
+                sigma=self.sigma,
+                count=np.array(self.count),
+                written_by=np.array("maskgit"),
+                **extra,
+            )
 
     @classmethod
-    def load(cls, path: str | Path) -> "Stats":
+    def load(cls, path: str | Path) -> Stats:
         """Statistics from a .npz (ours, or pytorch-fid's mu / sigma), checked: sigma must be a
         covariance (symmetric, positive semi-definite) and features, if any, of mu's width."""
         path = Path(path)
@@ -100,22 +124,34 @@ class Stats:
             with np.load(path, allow_pickle=False) as z:
                 mu, sigma = z["mu"].astype(np.float64), z["sigma"].astype(np.float64)
                 feats = z["features"].astype(np.float64) if "features" in z else None
-                count = int(z["count"]) if "count" in z else (len(feats) if feats is not None else -1)
+                count = (
+                    int(z["count"]) if "count" in z else (len(feats) if feats is not None else -1)
+                )
         except KeyError:
-            raise DataError(f"{path}: statistics need 'mu' and 'sigma' (as pytorch-fid saves them)") from None
+            raise DataError(
+                f"{path}: statistics need 'mu' and 'sigma' (as pytorch-fid saves them)"
+            ) from None
         except Exception as err:
             raise DataError(f"{path}: cannot read statistics ({err.__class__.__name__})") from None
         if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
             raise DataError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit together")
         if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-            raise DataError(f"{path}: statistics hold NaN or infinite values (from fewer than 2 images?); "
-                            "recompute them")
+            raise DataError(
+                f"{path}: statistics hold NaN or infinite values (from fewer than 2 images?); "
+                "recompute them"
+            )
         if not is_covariance(sigma):
-            raise DataError(f"{path}: sigma is not a covariance matrix (not symmetric positive semi-definite); "
-                            "the file is damaged or not FID statistics: recompute them")
-        if feats is not None and (feats.ndim != 2 or feats.shape[1] != len(mu) or not np.isfinite(feats).all()):
-            raise DataError(f"{path}: its features {feats.shape} do not fit mu ({len(mu)} dims); the file is "
-                            "damaged: recompute the statistics")
+            raise DataError(
+                f"{path}: sigma is not a covariance matrix (not symmetric positive semi-definite); "
+                "the file is damaged or not FID statistics: recompute them"
+            )
+        if feats is not None and (
+            feats.ndim != 2 or feats.shape[1] != len(mu) or not np.isfinite(feats).all()
+        ):
+            raise DataError(
+                f"{path}: its features {feats.shape} do not fit mu ({len(mu)} dims); the file is "
+                "damaged: recompute the statistics"
+            )
         return cls(mu=mu, sigma=sigma, count=count, features=feats)
 
 
@@ -147,7 +183,8 @@ def _psd_factor(s: np.ndarray) -> np.ndarray:
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr sqrt(S1 S2), all float64.
 
-    With S1 = W W^T, the symmetric PSD matrix W^T S2 W is similar to S1 S2 (W^T S2 W = W^-1 (S1 S2) W
+    With S1 = W W^T, the symmetric PSD matrix W^T S2 W is similar to S1 S2 (W^T S2 W = W^-1 (S1 S2)
+    W
     when W is invertible, and has the same nonzero eigenvalues otherwise), so tr sqrt(S1 S2) is the
     sum of the square roots of its eigenvalues. With W = V sqrt(L) from S1's eigendecomposition this
     is sqrt(S1) S2 sqrt(S1) in S1's eigenbasis; Cholesky gives the same spectrum cheaper. No complex
@@ -155,15 +192,20 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     if mu1.shape != mu2.shape or s1.shape != s2.shape:
-        raise DataError(f"statistics of different sizes ({mu1.shape[0]} vs {mu2.shape[0]} dims): compute both with "
-                        "the same feature size")
+        raise DataError(
+            f"statistics of different sizes ({mu1.shape[0]} vs {mu2.shape[0]} dims): compute both "
+            "with "
+            "the same feature size"
+        )
     w = _psd_factor((s1 + s1.T) / 2)
     m = w.T @ s2 @ w
     eig = np.linalg.eigvalsh((m + m.T) / 2)
     tr_covmean = np.sqrt(np.clip(eig, 0, None)).sum()
     diff = mu1 - mu2
     value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
-    return max(value, 0.0)  # a distance: identical statistics give 0, not a rounding residue like -3e-13
+    return max(
+        value, 0.0
+    )  # a distance: identical statistics give 0, not a rounding residue like -3e-13
 
 
 def frechet_distance_scipy(mu1, sigma1, mu2, sigma2) -> float:
@@ -191,8 +233,13 @@ def kid_subset_size(n1: int, n2: int, subset_size: int = KID_SUBSET_SIZE) -> int
     return subset_size if n >= 2 * subset_size else n // 2
 
 
-def kid(f1: np.ndarray, f2: np.ndarray, num_subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE,
-        seed: int = 0) -> tuple[float, float, int]:
+def kid(
+    f1: np.ndarray,
+    f2: np.ndarray,
+    num_subsets: int = KID_SUBSETS,
+    subset_size: int = KID_SUBSET_SIZE,
+    seed: int = 0,
+) -> tuple[float, float, int]:
     """Kernel Inception Distance (Binkowski et al. 2018): the unbiased MMD^2 with the polynomial
     kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets of m images drawn without
     replacement from each set. Returns (mean, std over subsets, m). The mean is unbiased at any m;
@@ -209,7 +256,9 @@ def kid(f1: np.ndarray, f2: np.ndarray, num_subsets: int = KID_SUBSETS, subset_s
         kxx = (x @ x.T / d + 1) ** 3
         kyy = (y @ y.T / d + 1) ** 3
         kxy = (x @ y.T / d + 1) ** 3
-        mmd = ((kxx.sum() - np.trace(kxx)) + (kyy.sum() - np.trace(kyy))) / (m * (m - 1)) - 2 * kxy.mean()
+        mmd = ((kxx.sum() - np.trace(kxx)) + (kyy.sum() - np.trace(kyy))) / (
+            m * (m - 1)
+        ) - 2 * kxy.mean()
         vals.append(mmd)
     return float(np.mean(vals)), float(np.std(vals)), m
 
@@ -233,8 +282,10 @@ def compare(a: Stats, b: Stats, dims: int, seconds_so_far: float = 0.0) -> FidRe
     notes = []
     smallest = min(n for n in (a.count, b.count) if n > 0) if max(a.count, b.count) > 0 else -1
     if 0 < smallest < dims:
-        notes.append(f"{smallest} images < {dims} dims: covariances are rank-deficient and FID is biased "
-                     "upward; compare only at equal N")
+        notes.append(
+            f"{smallest} images < {dims} dims: covariances are rank-deficient and FID is biased "
+            "upward; compare only at equal N"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         value = frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
@@ -242,8 +293,19 @@ def compare(a: Stats, b: Stats, dims: int, seconds_so_far: float = 0.0) -> FidRe
     if a.features is not None and b.features is not None:
         k, ks, m = kid(a.features, b.features)
         if m < KID_SUBSET_SIZE:
-            notes.append(f"KID over {KID_SUBSETS} subsets of {m} images (the usual {KID_SUBSET_SIZE} needs "
-                         f"{2 * KID_SUBSET_SIZE} per set); compare kid_std only at equal subset size")
-    return FidResult(fid=value, kid=k, kid_std=ks, kid_subset_size=m, kid_subsets=KID_SUBSETS if m else None,
-                     count_a=a.count, count_b=b.count, dims=dims,
-                     seconds=seconds_so_far + time.time() - t0, warnings=notes)
+            notes.append(
+                f"KID over {KID_SUBSETS} subsets of {m} images (the usual {KID_SUBSET_SIZE} needs "
+                f"{2 * KID_SUBSET_SIZE} per set); compare kid_std only at equal subset size"
+            )
+    return FidResult(
+        fid=value,
+        kid=k,
+        kid_std=ks,
+        kid_subset_size=m,
+        kid_subsets=KID_SUBSETS if m else None,
+        count_a=a.count,
+        count_b=b.count,
+        dims=dims,
+        seconds=seconds_so_far + time.time() - t0,
+        warnings=notes,
+    )

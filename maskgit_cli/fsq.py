@@ -1,4 +1,5 @@
-"""Finite scalar quantization (FSQ; Mentzer et al. 2023, "Finite Scalar Quantization: VQ-VAE Made Simple").
+"""Finite scalar quantization (FSQ; Mentzer et al. 2023, "Finite Scalar Quantization: VQ-VAE Made
+Simple").
 
 Each of d latent channels is squashed to a bounded range and rounded to one of L_i levels; the
 implicit codebook is the grid of all level combinations, K = prod(L_i). There is no learned
@@ -24,14 +25,17 @@ class FSQ(nn.Module):
         self.D = len(self.levels)
         self.K = math.prod(self.levels)
         L = torch.tensor(self.levels, dtype=torch.float32)
-        basis = torch.cumprod(torch.tensor((1, *self.levels[:-1])), 0)  # mixed radix: id = sum digit_i * basis_i
+        basis = torch.cumprod(
+            torch.tensor((1, *self.levels[:-1])), 0
+        )  # mixed radix: id = sum digit_i * basis_i
         self.register_buffer("_levels", L, persistent=False)
         self.register_buffer("_basis", basis, persistent=False)
 
     def _bound(self, z: torch.Tensor) -> torch.Tensor:
         """z (..., d) -> a bounded range that rounds to exactly L integers (-L//2 .. (L-1)//2).
         Even L is offset by half a step. The shift that centres z = 0 is the paper's tan(offset /
-        half) (Appendix A.1), close to atanh for small ratios and finite at L = 2, where atanh is not."""
+        half) (Appendix A.1), close to atanh for small ratios and finite at L = 2, where atanh is
+        not."""
         half = (self._levels - 1) * (1 - 1e-3) / 2
         offset = torch.where(self._levels % 2 == 0, 0.5, 0.0)
         shift = torch.tan(offset / half)

@@ -43,13 +43,22 @@ def harmonic_fill(image01: np.ndarray, missing: np.ndarray) -> np.ndarray:
         cols.append(index[nbr[unknown]])
         vals.append(-np.ones(unknown.sum()))
         np.add.at(rhs, src[~unknown], flat[:, nbr[~unknown]].T)  # known neighbours: boundary values
-    A = sp.csr_matrix((np.concatenate(vals + [degree]),
-                       (np.concatenate(rows + [np.arange(hole.size)]), np.concatenate(cols + [np.arange(hole.size)]))),
-                      shape=(hole.size, hole.size))
+    A = sp.csr_matrix(
+        (
+            np.concatenate(vals + [degree]),
+            (
+                np.concatenate(rows + [np.arange(hole.size)]),
+                np.concatenate(cols + [np.arange(hole.size)]),
+            ),
+        ),
+        shape=(hole.size, hole.size),
+    )
     # Components of the hole with no known neighbour make A singular; pin them to gray by a tiny
     # pull towards 0.5 (it changes a well-posed solution by < 1e-6).
     eps = 1e-9
-    solution = spla.spsolve((A + eps * sp.identity(hole.size, format="csr")).tocsc(), rhs + eps * 0.5)
+    solution = spla.spsolve(
+        (A + eps * sp.identity(hole.size, format="csr")).tocsc(), rhs + eps * 0.5
+    )
     flat[:, hole] = np.asarray(solution).reshape(hole.size, C).T
     return out
 
@@ -58,10 +67,16 @@ def fill_batch(masked_u8: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, H, W), missing (B, H, W) bool -> float (B, 3, H, W) in [0, 1]."""
     x = masked_u8.float().numpy() / 255.0
     m = missing.numpy()
-    return torch.from_numpy(np.stack([harmonic_fill(x[i], m[i]) for i in range(len(x))])).float().clamp(0, 1)
+    return (
+        torch.from_numpy(np.stack([harmonic_fill(x[i], m[i]) for i in range(len(x))]))
+        .float()
+        .clamp(0, 1)
+    )
 
 
-def poisson_blend(generated01: torch.Tensor, masked_u8: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+def poisson_blend(
+    generated01: torch.Tensor, masked_u8: torch.Tensor, missing: torch.Tensor
+) -> torch.Tensor:
     """Seamless cloning (Perez et al. 2003) of a generated fill into its hole: inside the hole the
     result keeps the generated image's gradients, and at the hole's edge it meets the known pixels.
     The solution is generated + the harmonic continuation of (known - generated) from the hole's
@@ -98,8 +113,13 @@ def _neighbour_sum(x: torch.Tensor) -> torch.Tensor:
     return p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]
 
 
-def harmonic_grid(values: torch.Tensor, unknown: torch.Tensor, fill: float = 0.0, tol: float = 1e-6,
-                  max_iter: int = 1000) -> torch.Tensor:
+def harmonic_grid(
+    values: torch.Tensor,
+    unknown: torch.Tensor,
+    fill: float = 0.0,
+    tol: float = 1e-6,
+    max_iter: int = 1000,
+) -> torch.Tensor:
     """Harmonic fill on a small grid, batched: values (B, C, h, w), unknown (B, h, w) bool ->
     (B, C, h, w) with every unknown cell the mean of its neighbours and known cells unchanged.
 
@@ -128,7 +148,9 @@ def harmonic_grid(values: torch.Tensor, unknown: torch.Tensor, fill: float = 0.0
         if not bool(active.any()):  # residual into denormal floats, which are very slow on the CPU
             break
         Ap = apply(p)
-        alpha = torch.where(active, rr / (p * Ap).flatten(1).sum(1).clamp_min(1e-300), 0.0).view(B, 1, 1, 1)
+        alpha = torch.where(active, rr / (p * Ap).flatten(1).sum(1).clamp_min(1e-300), 0.0).view(
+            B, 1, 1, 1
+        )
         x = x + alpha * p
         r = r - alpha * Ap
         rr_new = (r * r).flatten(1).sum(1)

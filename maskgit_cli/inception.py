@@ -10,7 +10,7 @@ Preprocessing as pytorch-fid: RGB in [0, 1] -> bilinear resize to 299 (align_cor
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -47,12 +47,15 @@ class InceptionA(nn.Module):
         self.branch_pool = BasicConv2d(c_in, pool_features, kernel_size=1)
 
     def forward(self, x):
-        return torch.cat([
-            self.branch1x1(x),
-            self.branch5x5_2(self.branch5x5_1(x)),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            self.branch_pool(_avg3(x)),
-        ], 1)
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch5x5_2(self.branch5x5_1(x)),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                self.branch_pool(_avg3(x)),
+            ],
+            1,
+        )
 
 
 class InceptionB(nn.Module):
@@ -64,11 +67,14 @@ class InceptionB(nn.Module):
         self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, stride=2)
 
     def forward(self, x):
-        return torch.cat([
-            self.branch3x3(x),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            F.max_pool2d(x, 3, stride=2),
-        ], 1)
+        return torch.cat(
+            [
+                self.branch3x3(x),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                F.max_pool2d(x, 3, stride=2),
+            ],
+            1,
+        )
 
 
 class InceptionC(nn.Module):
@@ -88,8 +94,13 @@ class InceptionC(nn.Module):
     def forward(self, x):
         b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
         d = x
-        for m in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
-                  self.branch7x7dbl_5):
+        for m in (
+            self.branch7x7dbl_1,
+            self.branch7x7dbl_2,
+            self.branch7x7dbl_3,
+            self.branch7x7dbl_4,
+            self.branch7x7dbl_5,
+        ):
             d = m(d)
         return torch.cat([self.branch1x1(x), b7, d, self.branch_pool(_avg3(x))], 1)
 
@@ -108,7 +119,9 @@ class InceptionD(nn.Module):
         b7 = x
         for m in (self.branch7x7x3_1, self.branch7x7x3_2, self.branch7x7x3_3, self.branch7x7x3_4):
             b7 = m(b7)
-        return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), b7, F.max_pool2d(x, 3, stride=2)], 1)
+        return torch.cat(
+            [self.branch3x3_2(self.branch3x3_1(x)), b7, F.max_pool2d(x, 3, stride=2)], 1
+        )
 
 
 class InceptionE(nn.Module):
@@ -166,8 +179,16 @@ class FIDInception(nn.Module):
         return [
             [self.Conv2d_1a_3x3, self.Conv2d_2a_3x3, self.Conv2d_2b_3x3, pool],
             [self.Conv2d_3b_1x1, self.Conv2d_4a_3x3, pool],
-            [self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c,
-             self.Mixed_6d, self.Mixed_6e],
+            [
+                self.Mixed_5b,
+                self.Mixed_5c,
+                self.Mixed_5d,
+                self.Mixed_6a,
+                self.Mixed_6b,
+                self.Mixed_6c,
+                self.Mixed_6d,
+                self.Mixed_6e,
+            ],
             [self.Mixed_7a, self.Mixed_7b, self.Mixed_7c],
         ]
 
@@ -187,8 +208,11 @@ class FIDInception(nn.Module):
         """(B, 1008) class logits. FID and KID never need them; weights converted from the
         TorchScript file have no classifier (fc = 0), and then these are meaningless."""
         if not self.classifier_present:
-            warnings.warn("these FID-Inception weights have no classifier (fc is zero): the logits are "
-                          "meaningless; FID and KID use pool3 features and are unaffected", stacklevel=2)
+            warnings.warn(
+                "these FID-Inception weights have no classifier (fc is zero): the logits are "
+                "meaningless; FID and KID use pool3 features and are unaffected",
+                stacklevel=2,
+            )
         dims, self.dims = self.dims, 2048
         try:
             return self.fc(self.forward(x))

@@ -21,7 +21,6 @@ from maskgit_cli import data, decode, fit, harmonic, runtime
 from maskgit_cli.config import Config, DecodeConfig, at_least, check_value, choice, ruled
 from maskgit_cli.errors import ConfigError, DataError
 
-
 FILLS = ("maskgit", "harmonic", "oracle")
 
 
@@ -29,28 +28,42 @@ FILLS = ("maskgit", "harmonic", "oracle")
 class InpaintSettings(DecodeConfig):
     """The decode settings (DecodeConfig, defaulting to a model's `decode` section) and what only
     inpainting adds: which fill, and how the result meets the input."""
-    fill: str = choice("maskgit", *FILLS, help=(
-        "maskgit (iterative decoding), or a reference fill: harmonic (Laplace interpolation, no model) or "
-        "oracle (the tokenizer's reconstruction of the true image; needs --ground-truth)."))
+
+    fill: str = choice(
+        "maskgit",
+        *FILLS,
+        help=(
+            "maskgit (iterative decoding), or a reference fill: harmonic (Laplace interpolation, "
+            "no model) or "
+            "oracle (the tokenizer's reconstruction of the true image; needs --ground-truth)."
+        ),
+    )
     paste_back: bool = True
     feather: int = ruled(0, at_least(0), "Blend the seam over PX known pixels.")
 
-    def check(self) -> "InpaintSettings":
+    def check(self) -> InpaintSettings:
         """Every field obeys its rule (the same ones a config or export checks), reported under
         its flag's name."""
         for f in dataclasses.fields(self):
             check_value(type(self), f.name, getattr(self, f.name), "--" + f.name.replace("_", "-"))
         if self.sweet_spot > self.total_iter:
-            raise ConfigError(f"--sweet-spot ({self.sweet_spot}) must not exceed --total-iter ({self.total_iter})")
+            raise ConfigError(
+                f"--sweet-spot ({self.sweet_spot}) must not exceed --total-iter ({self.total_iter})"
+            )
         if self.blend != "none" and not self.paste_back:
-            raise ConfigError(f"--blend {self.blend} blends into the known pixels pasted back: drop --no-paste-back")
+            raise ConfigError(
+                f"--blend {self.blend} blends into the known pixels pasted back: drop "
+                "--no-paste-back"
+            )
         return self
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def resolve(cls, decode: DecodeConfig, given: "InpaintSettings | dict[str, Any] | None") -> "InpaintSettings":
+    def resolve(
+        cls, decode: DecodeConfig, given: InpaintSettings | dict[str, Any] | None
+    ) -> InpaintSettings:
         """Complete settings as given; otherwise the model's decode defaults (its config's `decode`
         section) with the given overrides (None = not given) on top."""
         if isinstance(given, cls):
@@ -68,30 +81,44 @@ def feather_alpha(missing: torch.Tensor, feather: int) -> torch.Tensor:
     feather = min(feather, max(missing.shape[-2:]))  # wider than the image changes nothing more
     for i in range(1, feather + 1):
         bigger = F.max_pool2d(grown, 3, stride=1, padding=1)
-        alpha = torch.where((bigger > 0) & (grown == 0), torch.full_like(alpha, 1 - i / (feather + 1)), alpha)
+        alpha = torch.where(
+            (bigger > 0) & (grown == 0), torch.full_like(alpha, 1 - i / (feather + 1)), alpha
+        )
         grown = bigger
     return alpha
 
 
-def paste_back(generated01: torch.Tensor, masked_u8: torch.Tensor, missing: torch.Tensor, feather: int = 0) -> torch.Tensor:
-    """uint8 result: generated pixels in the hole, the input's own pixels (bit-identical) elsewhere."""
+def paste_back(
+    generated01: torch.Tensor, masked_u8: torch.Tensor, missing: torch.Tensor, feather: int = 0
+) -> torch.Tensor:
+    """uint8 result: generated pixels in the hole, the input's own pixels (bit-identical)
+    elsewhere."""
     gen_u8 = data.to_uint8(generated01)
     if feather <= 0:
-        return torch.where(missing.unsqueeze(1).to(gen_u8.device), gen_u8, masked_u8.to(gen_u8.device))
+        return torch.where(
+            missing.unsqueeze(1).to(gen_u8.device), gen_u8, masked_u8.to(gen_u8.device)
+        )
     alpha = feather_alpha(missing.to(generated01.device), feather)
     mixed = alpha * generated01 + (1 - alpha) * masked_u8.to(generated01.device).float() / 255
     return torch.where(alpha > 0, data.to_uint8(mixed), masked_u8.to(gen_u8.device))
 
 
-def seam_error(generated01: torch.Tensor, masked_u8: torch.Tensor, missing: torch.Tensor, width: int = 3,
-               centered: bool = False) -> torch.Tensor:
+def seam_error(
+    generated01: torch.Tensor,
+    masked_u8: torch.Tensor,
+    missing: torch.Tensor,
+    width: int = 3,
+    centered: bool = False,
+) -> torch.Tensor:
     """How badly a generated image continues the known pixels: the mean squared difference (per
     pixel and channel, [0, 1] scale) over the known pixels within `width` pixels of the hole, where
     the generator re-draws partly known tokens. centered: the band's mean colour difference is
     removed first (a Poisson blend removes it anyway). (B,); 0 where the band is empty."""
     dev = generated01.device
     m = missing.to(dev).float().unsqueeze(1)
-    band = ((F.max_pool2d(m, 2 * width + 1, stride=1, padding=width) > 0) & (m == 0)).float()  # (B, 1, H, W)
+    band = (
+        (F.max_pool2d(m, 2 * width + 1, stride=1, padding=width) > 0) & (m == 0)
+    ).float()  # (B, 1, H, W)
     diff = masked_u8.to(dev).float() / 255 - generated01.float()
     n = band.flatten(1).sum(1).clamp_min(1)  # (B,)
     if centered:
@@ -112,13 +139,30 @@ class InpaintBatch:
 class Inpainter:
     """tokenizer, transformer and cfg may be None for the harmonic fill."""
 
-    def __init__(self, tokenizer, transformer, cfg: Config | None, settings: InpaintSettings, device: torch.device):
-        self.tok, self.tr, self.cfg, self.s, self.device = tokenizer, transformer, cfg, settings.check(), device
+    def __init__(
+        self,
+        tokenizer,
+        transformer,
+        cfg: Config | None,
+        settings: InpaintSettings,
+        device: torch.device,
+    ):
+        self.tok, self.tr, self.cfg, self.s, self.device = (
+            tokenizer,
+            transformer,
+            cfg,
+            settings.check(),
+            device,
+        )
         self.grid = cfg.grid if cfg is not None else None
-        self.size = cfg.data.image_size if cfg is not None and settings.fill != "harmonic" else None  # None: any
+        self.size = (
+            cfg.data.image_size if cfg is not None and settings.fill != "harmonic" else None
+        )  # None: any
         self.transformer_passes = 0
 
-    def logits(self, ids_flat: torch.Tensor, where: torch.Tensor, hint: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(
+        self, ids_flat: torch.Tensor, where: torch.Tensor, hint: torch.Tensor | None = None
+    ) -> torch.Tensor:
         self.transformer_passes += ids_flat.shape[0]
         with runtime.autocast(self.device):
             return self.tr(ids_flat, where, hint=hint)
@@ -126,14 +170,18 @@ class Inpainter:
     def _hint(self, context_u8: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
         """(B, N, 3): the known tokens' mean colours, harmonically continued across the unknown
         ones; the same construction the model was trained with (harmonic.token_hint)."""
-        colors = harmonic.token_colors(data.normalize(context_u8.to(self.device), self.cfg.data), self.grid)
+        colors = harmonic.token_colors(
+            data.normalize(context_u8.to(self.device), self.cfg.data), self.grid
+        )
         return harmonic.token_hint(colors, unknown)
 
     def _pixels(self, ids: torch.Tensor) -> torch.Tensor:
         with runtime.autocast(self.device):
             return data.denormalize(self.tok.decode_ids(ids).float(), self.cfg.data)
 
-    def finish(self, gen01: torch.Tensor, masked_u8: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+    def finish(
+        self, gen01: torch.Tensor, masked_u8: torch.Tensor, missing: torch.Tensor
+    ) -> torch.Tensor:
         """The generated image (B, 3, H, W) in [0, 1] into the input: blended and pasted back as
         the settings say -> uint8."""
         if self.s.paste_back:
@@ -144,44 +192,80 @@ class Inpainter:
 
     def _encode(self, images_u8: torch.Tensor) -> torch.Tensor:
         with runtime.autocast(self.device):
-            return self.tok.encode(data.normalize(images_u8.to(self.device), self.cfg.data))  # (B, h, w)
+            return self.tok.encode(
+                data.normalize(images_u8.to(self.device), self.cfg.data)
+            )  # (B, h, w)
 
     @torch.no_grad()
-    def __call__(self, masked_u8: torch.Tensor, missing: torch.Tensor, generators: list[torch.Generator],
-                 record: bool = False, truth_u8: torch.Tensor | None = None) -> InpaintBatch:
+    def __call__(
+        self,
+        masked_u8: torch.Tensor,
+        missing: torch.Tensor,
+        generators: list[torch.Generator],
+        record: bool = False,
+        truth_u8: torch.Tensor | None = None,
+    ) -> InpaintBatch:
         """masked_u8 (B, 3, H, W) uint8, missing (B, H, W) bool (True = to fill); truth_u8, the
         original images, only for the oracle fill."""
         s, dev = self.s, self.device
         B = masked_u8.shape[0]
         if s.fill == "harmonic":
-            images = self.finish(harmonic.fill_batch(masked_u8, missing).to(dev), masked_u8, missing)
-            return InpaintBatch(images=images.cpu(), ids=None, unknown=None, steps=0, masks=[], step_images=[])
+            images = self.finish(
+                harmonic.fill_batch(masked_u8, missing).to(dev), masked_u8, missing
+            )
+            return InpaintBatch(
+                images=images.cpu(), ids=None, unknown=None, steps=0, masks=[], step_images=[]
+            )
         unknown = data.token_mask(missing, self.grid, s.token_mask, s.dilate).to(dev)
         if s.fill == "oracle":
             if truth_u8 is None:
                 raise ConfigError("the oracle fill needs the true images: pass --ground-truth")
             ids = self._encode(truth_u8)
             images = self.finish(self._pixels(ids), masked_u8, missing)
-            return InpaintBatch(images=images.cpu(), ids=ids.cpu(), unknown=unknown.cpu(), steps=0, masks=[],
-                                step_images=[])
+            return InpaintBatch(
+                images=images.cpu(),
+                ids=ids.cpu(),
+                unknown=unknown.cpu(),
+                steps=0,
+                masks=[],
+                step_images=[],
+            )
         # The encoder's receptive field (and its GroupNorm statistics) reach across the hole, so
         # what the hole holds changes the "known" tokens; a harmonic prefill keeps them close to
         # the tokens of whole images, which is what the transformer was trained on.
-        context = masked_u8 if s.prefill == "none" else data.to_uint8(harmonic.fill_batch(masked_u8, missing))
+        context = (
+            masked_u8
+            if s.prefill == "none"
+            else data.to_uint8(harmonic.fill_batch(masked_u8, missing))
+        )
         ids = self._encode(context)
         hint = self._hint(context, unknown) if self.tr.cfg.hint else None
 
-        def candidate() -> tuple[decode.DecodeResult, torch.Tensor]:  # each sample's generator runs on, so a
+        def candidate() -> tuple[
+            decode.DecodeResult, torch.Tensor
+        ]:  # each sample's generator runs on, so a
             res = decode.decode(  # batch of candidates still decodes as its images one by one
-                ids.flatten(1), unknown.flatten(1), lambda i, w: self.logits(i, w, hint), mask_id=self.tr.mask_id,
+                ids.flatten(1),
+                unknown.flatten(1),
+                lambda i, w: self.logits(i, w, hint),
+                mask_id=self.tr.mask_id,
                 generators=generators,
-                schedule=s.schedule, total_iter=s.total_iter, sweet_spot=s.sweet_spot or None,
-                choice_temperature=s.choice_temperature, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                greedy=s.sampling == "greedy", record=record)
+                schedule=s.schedule,
+                total_iter=s.total_iter,
+                sweet_spot=s.sweet_spot or None,
+                choice_temperature=s.choice_temperature,
+                temperature=s.temperature,
+                top_k=s.top_k,
+                top_p=s.top_p,
+                greedy=s.sampling == "greedy",
+                record=record,
+            )
             return res, self._pixels(res.ids.view(B, self.grid, self.grid))
 
         res, gen01 = candidate()
-        if s.candidates > 1:  # per sample, keep the least seam error (ties keep the earlier candidate)
+        if (
+            s.candidates > 1
+        ):  # per sample, keep the least seam error (ties keep the earlier candidate)
             score = seam_error(gen01, masked_u8, missing, centered=s.blend == "poisson")
             for _ in range(s.candidates - 1):
                 new, new01 = candidate()
@@ -193,26 +277,43 @@ class Inpainter:
         images = self.finish(gen01, masked_u8, missing)
         step_images, masks = [], []
         if record:
-            for m, pred in zip(res.masks, res.predictions):
+            for m, pred in zip(res.masks, res.predictions, strict=True):
                 masks.append(m.view(B, self.grid, self.grid))
-                step_images.append(data.to_uint8(self._pixels(pred.to(dev).view(B, self.grid, self.grid))).cpu())
-        return InpaintBatch(images=images.cpu(), ids=final.cpu(), unknown=unknown.cpu(), steps=res.steps,
-                            masks=masks, step_images=step_images)
+                step_images.append(
+                    data.to_uint8(self._pixels(pred.to(dev).view(B, self.grid, self.grid))).cpu()
+                )
+        return InpaintBatch(
+            images=images.cpu(),
+            ids=final.cpu(),
+            unknown=unknown.cpu(),
+            steps=res.steps,
+            masks=masks,
+            step_images=step_images,
+        )
 
 
-def _pick(take: torch.Tensor, a: decode.DecodeResult, b: decode.DecodeResult) -> decode.DecodeResult:
+def _pick(
+    take: torch.Tensor, a: decode.DecodeResult, b: decode.DecodeResult
+) -> decode.DecodeResult:
     """Per sample, `a` where take (B,) is True, else `b` (the recorded steps too)."""
+
     def choose(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return torch.where(take.to(x.device).view(-1, *[1] * (x.dim() - 1)), x, y)
-    return decode.DecodeResult(ids=choose(a.ids, b.ids), steps=a.steps,
-                               masks=[choose(x, y) for x, y in zip(a.masks, b.masks)],
-                               predictions=[choose(x, y) for x, y in zip(a.predictions, b.predictions)])
+
+    return decode.DecodeResult(
+        ids=choose(a.ids, b.ids),
+        steps=a.steps,
+        masks=[choose(x, y) for x, y in zip(a.masks, b.masks, strict=True)],
+        predictions=[choose(x, y) for x, y in zip(a.predictions, b.predictions, strict=True)],
+    )
 
 
 @torch.no_grad()
-def inpainting_pool(run_dir: Path, images: torch.Tensor, size: int, seed: int, device,
-                    batch_size: int = 64) -> dict[str, torch.Tensor]:
-    """The token grids a decoder meets when it inpaints: `size` train images (drawn with `seed`) with
+def inpainting_pool(
+    run_dir: Path, images: torch.Tensor, size: int, seed: int, device, batch_size: int = 64
+) -> dict[str, torch.Tensor]:
+    """The token grids a decoder meets when it inpaints: `size` train images (drawn with `seed`)
+    with
     random holes (data.random_region_masks, gray 128 like `maskgit mask`), filled by RUN_DIR's
     transformer with its own decode defaults. -> {"index" (P,), "missing" (P, H, W) bool, "ids"
     (P, h, w) int16}. The grids depend only on the encoder, codebook and transformer, which a
@@ -221,17 +322,21 @@ def inpainting_pool(run_dir: Path, images: torch.Tensor, size: int, seed: int, d
     from maskgit_cli.errors import CheckpointError
 
     if not (run_dir / checkpoint.TRANSFORMER).is_file():
-        raise CheckpointError(f"{run_dir}: decoder_train.generated needs the run's transformer, and there is no "
-                              f"{checkpoint.TRANSFORMER}; train stage 2 there first (--stage transformer "
-                              f"--out {run_dir}) or set decoder_train.generated=0")
+        raise CheckpointError(
+            f"{run_dir}: decoder_train.generated needs the run's transformer, and there is no "
+            f"{checkpoint.TRANSFORMER}; train stage 2 there first (--stage transformer "
+            f"--out {run_dir}) or set decoder_train.generated=0"
+        )
     tok, tr, cfg = checkpoint.load_transformer(run_dir, device)
     g = torch.Generator().manual_seed(seed)
     index = torch.randperm(len(images), generator=g)[:size]
     missing = data.random_region_masks(len(index), cfg.data.image_size, g)
-    inpainter = Inpainter(tok, tr, cfg, InpaintSettings.resolve(cfg.decode, {"blend": "none"}), device)
+    inpainter = Inpainter(
+        tok, tr, cfg, InpaintSettings.resolve(cfg.decode, {"blend": "none"}), device
+    )
     ids = []
     for i in range(0, len(index), batch_size):
-        truth, hole = images[index[i:i + batch_size]], missing[i:i + batch_size]
+        truth, hole = images[index[i : i + batch_size]], missing[i : i + batch_size]
         gens = [runtime.image_generator(seed, i + j) for j in range(len(truth))]
         ids.append(inpainter(data.mask_out(truth, hole), hole, gens).ids.to(torch.int16))
     return {"index": index, "missing": missing, "ids": torch.cat(ids)}
@@ -253,6 +358,7 @@ def _mask_strip(masks: list[torch.Tensor], size: int) -> torch.Tensor:
 @dataclass
 class _Photo:
     """One input image at its own size, and where its model inputs sit in the batch."""
+
     image: torch.Tensor  # uint8 (3, H, W)
     missing: torch.Tensor  # bool (H, W)
     truth: torch.Tensor | None
@@ -264,21 +370,34 @@ def _read(image: Path, mask: Path, truth: Path | None, mask_missing: str) -> _Ph
     img = torch.from_numpy(data.read_rgb(image)).permute(2, 0, 1).contiguous()
     H, W = img.shape[1:]
     missing = data.read_mask(mask, (W, H), mask_missing)
-    data.check_mask_orientation(img, missing, mask, "--mask-missing " + ("white" if mask_missing == "black"
-                                                                         else "black"))
+    data.check_mask_orientation(
+        img, missing, mask, "--mask-missing " + ("white" if mask_missing == "black" else "black")
+    )
     gt = None
     if truth is not None:
         gt = torch.from_numpy(data.read_rgb(truth)).permute(2, 0, 1).contiguous()
         if gt.shape != img.shape:
-            raise DataError(f"{truth}: ground truth is {gt.shape[2]}x{gt.shape[1]} but its image {image.name} is "
-                            f"{W}x{H}; they must match")
+            raise DataError(
+                f"{truth}: ground truth is {gt.shape[2]}x{gt.shape[1]} but its image {image.name} "
+                "is "
+                f"{W}x{H}; they must match"
+            )
     return _Photo(img, missing, gt, [], [])
 
 
-def inpaint_pairs(inpainter: Inpainter, pairs: list[tuple[Path, Path]], out_dir: Path, *, seed: int,
-                  batch_size: int, mask_missing: str = "black", save_steps: bool = False,
-                  truths: list[Path] | None = None, fit_mode: str = "pad",
-                  on_progress=None) -> tuple[dict[str, float] | None, list[dict[str, Any]]]:
+def inpaint_pairs(
+    inpainter: Inpainter,
+    pairs: list[tuple[Path, Path]],
+    out_dir: Path,
+    *,
+    seed: int,
+    batch_size: int,
+    mask_missing: str = "black",
+    save_steps: bool = False,
+    truths: list[Path] | None = None,
+    fit_mode: str = "pad",
+    on_progress=None,
+) -> tuple[dict[str, float] | None, list[dict[str, Any]]]:
     """Inpaint every (image, mask) pair into out_dir/NAME.png at the image's own size (see
     fit.py for images that are not the model's size); per-image metrics against `truths`.
     Returns (mean metrics or None, per-image rows)."""
@@ -288,8 +407,11 @@ def inpaint_pairs(inpainter: Inpainter, pairs: list[tuple[Path, Path]], out_dir:
     size = inpainter.size
     per_image: list[dict[str, Any]] = []
     for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        photos = [_read(p, m, truths[start + i] if truths else None, mask_missing) for i, (p, m) in enumerate(chunk)]
+        chunk = pairs[start : start + batch_size]
+        photos = [
+            _read(p, m, truths[start + i] if truths else None, mask_missing)
+            for i, (p, m) in enumerate(chunk)
+        ]
         inputs, holes, small_truths, gens = [], [], [], []
         for i, ph in enumerate(photos):
             H, W = ph.missing.shape
@@ -305,12 +427,21 @@ def inpaint_pairs(inpainter: Inpainter, pairs: list[tuple[Path, Path]], out_dir:
                 small_truths.append(t)
                 gens.append(runtime.image_generator(seed + 7919 * k, start + i))
         if size is None:  # the harmonic fill works at every image's own size, one by one
-            batches = [inpainter(x[None], h[None], [g]) for x, h, g in zip(inputs, holes, gens)]
+            batches = [
+                inpainter(x[None], h[None], [g])
+                for x, h, g in zip(inputs, holes, gens, strict=True)
+            ]
             results = [b.images[0] for b in batches]
             unknown = [None] * len(inputs)
         else:
             truth_batch = torch.stack(small_truths) if small_truths[0] is not None else None
-            batch = inpainter(torch.stack(inputs), torch.stack(holes), gens, record=save_steps, truth_u8=truth_batch)
+            batch = inpainter(
+                torch.stack(inputs),
+                torch.stack(holes),
+                gens,
+                record=save_steps,
+                truth_u8=truth_batch,
+            )
             results = list(batch.images)
             unknown = list(batch.unknown) if batch.unknown is not None else [None] * len(inputs)
         outputs = []
@@ -325,22 +456,36 @@ def inpaint_pairs(inpainter: Inpainter, pairs: list[tuple[Path, Path]], out_dir:
             name = names[start + i]
             data.save_png(out, out_dir / name)
             tokens = [unknown[r] for r in ph.rows]
-            row: dict[str, Any] = {"file": chunk[i][0].name, "output": name, "width": int(ph.missing.shape[1]),
-                                   "height": int(ph.missing.shape[0]),
-                                   "missing_fraction": ph.missing.float().mean().item(),
-                                   "masked_tokens": int(sum(t.sum() for t in tokens)) if tokens[0] is not None else None}
+            row: dict[str, Any] = {
+                "file": chunk[i][0].name,
+                "output": name,
+                "width": int(ph.missing.shape[1]),
+                "height": int(ph.missing.shape[0]),
+                "missing_fraction": ph.missing.float().mean().item(),
+                "masked_tokens": int(sum(t.sum() for t in tokens))
+                if tokens[0] is not None
+                else None,
+            }
             if save_steps and size is not None and batch.masks:
                 r, stem = ph.rows[0], Path(name).stem
-                data.save_png(_mask_strip([m[r] for m in batch.masks], size), out_dir / "steps" / f"{stem}_mask.png")
-                data.save_png(_strip([s[r] for s in batch.step_images]), out_dir / "steps" / f"{stem}_steps.png")
+                data.save_png(
+                    _mask_strip([m[r] for m in batch.masks], size),
+                    out_dir / "steps" / f"{stem}_mask.png",
+                )
+                data.save_png(
+                    _strip([s[r] for s in batch.step_images]),
+                    out_dir / "steps" / f"{stem}_steps.png",
+                )
             per_image.append(row)
         if truths:
             same = len({tuple(o.shape) for o in outputs}) == 1
             groups = [list(range(len(photos)))] if same else [[i] for i in range(len(photos))]
             for idx in groups:
-                vals = metrics_mod.all_metrics(torch.stack([outputs[i] for i in idx]).float() / 255,
-                                               torch.stack([photos[i].truth for i in idx]).float() / 255,
-                                               torch.stack([photos[i].missing for i in idx]))
+                vals = metrics_mod.all_metrics(
+                    torch.stack([outputs[i] for i in idx]).float() / 255,
+                    torch.stack([photos[i].truth for i in idx]).float() / 255,
+                    torch.stack([photos[i].missing for i in idx]),
+                )
                 for j, i in enumerate(idx):
                     per_image[start + i].update({k: v[j].item() for k, v in vals.items()})
         if on_progress:

@@ -51,17 +51,24 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     var_b = blur(b * b) - mu_b**2
     cov = blur(a * b) - mu_a * mu_b
     c1, c2 = 0.01**2, 0.03**2
-    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / (
+        (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+    )
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     return _mean_over(ssim_map(a, b), _region(mask, a))
 
 
-def all_metrics(pred: torch.Tensor, target: torch.Tensor, hole: torch.Tensor) -> dict[str, torch.Tensor]:
+def all_metrics(
+    pred: torch.Tensor, target: torch.Tensor, hole: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Per-image PSNR / SSIM / L1 over the whole image and over the hole."""
     return {
-        "psnr": psnr(pred, target), "ssim": ssim(pred, target), "l1": l1(pred, target),
-        "psnr_masked": psnr(pred, target, hole), "ssim_masked": ssim(pred, target, hole),
+        "psnr": psnr(pred, target),
+        "ssim": ssim(pred, target),
+        "l1": l1(pred, target),
+        "psnr_masked": psnr(pred, target, hole),
+        "ssim_masked": ssim(pred, target, hole),
         "l1_masked": l1(pred, target, hole),
     }

@@ -17,8 +17,14 @@ import torch.nn.functional as F
 from maskgit_cli import data
 
 
-def mvtm_mask(ids: torch.Tensor, schedule: str, generator: torch.Generator, mode: str = "random",
-              image_size: int = 64, with_hole: bool = False):
+def mvtm_mask(
+    ids: torch.Tensor,
+    schedule: str,
+    generator: torch.Generator,
+    mode: str = "random",
+    image_size: int = 64,
+    with_hole: bool = False,
+):
     """The MVTM training mask, bool (B, N), True = replaced by MASK.
 
     random: per sample r ~ U(0, 1), n = ceil(gamma(r) * N) clamped to [1, N], the n positions
@@ -37,7 +43,11 @@ def mvtm_mask(ids: torch.Tensor, schedule: str, generator: torch.Generator, mode
     if mode != "random":
         grid = int(math.isqrt(N))
         holes = data.token_mask(data.random_region_masks(B, image_size, generator), grid).view(B, N)
-        use = torch.ones(B, dtype=torch.bool) if mode == "region" else torch.rand(B, generator=generator) < 0.5
+        use = (
+            torch.ones(B, dtype=torch.bool)
+            if mode == "region"
+            else torch.rand(B, generator=generator) < 0.5
+        )
         holes[holes.sum(1) == 0] = True  # an empty hole falls back to the whole image
         region = torch.where(use.view(B, 1), holes, region)
     size = region.sum(1)
@@ -63,8 +73,9 @@ def mvtm_hint(colors: torch.Tensor | None, unknown: torch.Tensor) -> torch.Tenso
     return token_hint(colors, unknown)
 
 
-def masked_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                label_smoothing: float = 0.0) -> torch.Tensor:
+def masked_loss(
+    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Cross-entropy over the masked positions only. logits (B, N, K), or (M, K) already taken at
     the mask as `model(ids, mask)` returns them; target (B, N), mask (B, N)."""
     if logits.dim() == 3:

@@ -21,8 +21,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 from maskgit_cli import __version__
 from maskgit_cli.errors import DataError, MaskgitError, OutputExistsError
@@ -63,7 +63,8 @@ def os_error(err: OSError, action: str = "cannot write") -> MaskgitError:
 
 
 def usual_mode(directory: bool = False) -> int:
-    """The permissions open()/mkdir() give under the current umask (mkstemp/mkdtemp give 0600/0700)."""
+    """The permissions open()/mkdir() give under the current umask (mkstemp/mkdtemp give
+    0600/0700)."""
     mask = os.umask(0)
     os.umask(mask)
     return (0o777 if directory else 0o666) & ~mask
@@ -109,7 +110,9 @@ def resolve(out: str | Path, flag: str = "--out") -> Path:
     for parent in path.parents:
         if parent.exists() or parent.is_symlink():
             if not parent.is_dir():
-                raise DataError(f"{flag} {out}: {parent} is a file, not a folder; choose another path")
+                raise DataError(
+                    f"{flag} {out}: {parent} is a file, not a folder; choose another path"
+                )
             break
     return path
 
@@ -118,7 +121,9 @@ def _real(p: Path) -> Path:
     return Path(os.path.realpath(p))
 
 
-def check_apart(out: Path, reads: Iterable[tuple[str | Path | None, str]], flag: str = "--out") -> None:
+def check_apart(
+    out: Path, reads: Iterable[tuple[str | Path | None, str]], flag: str = "--out"
+) -> None:
     """The output must not equal, contain or sit inside a folder the command reads, nor equal or
     contain a file it reads. reads: (path, how the user gave it), e.g. (masks, "--masks")."""
     target = _real(out)
@@ -129,14 +134,20 @@ def check_apart(out: Path, reads: Iterable[tuple[str | Path | None, str]], flag:
         is_dir = Path(given).is_dir()
         if target == src:
             what = "folder" if is_dir else "file"
-            raise DataError(f"{flag} {out} is the input {what} {given} ({label}): maskgit never writes over "
-                            f"its inputs; choose another {flag}")
+            raise DataError(
+                f"{flag} {out} is the input {what} {given} ({label}): maskgit never writes over "
+                f"its inputs; choose another {flag}"
+            )
         if target in src.parents:
-            raise DataError(f"{flag} {out} contains the input {given} ({label}): replacing it would delete "
-                            f"the input; choose an {flag} outside every input")
+            raise DataError(
+                f"{flag} {out} contains the input {given} ({label}): replacing it would delete "
+                f"the input; choose an {flag} outside every input"
+            )
         if is_dir and src in target.parents:
-            raise DataError(f"{flag} {out} is inside the input folder {given} ({label}): outputs never sit "
-                            f"inside an input; choose an {flag} outside it")
+            raise DataError(
+                f"{flag} {out} is inside the input folder {given} ({label}): outputs never sit "
+                f"inside an input; choose an {flag} outside it"
+            )
 
 
 # ---------------------------------------------------------------------------------- lock
@@ -150,7 +161,7 @@ class Lock:
         self.path = out.parent / f".{out.name}.{LOCK}"
         self.out, self.flag, self.fd = out, flag, None
 
-    def acquire(self) -> "Lock":
+    def acquire(self) -> Lock:
         try:
             import fcntl
         except ImportError:  # no flock (Windows): outputs are not locked there
@@ -165,8 +176,10 @@ class Lock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
-                raise OutputInUse(f"{self.flag} {self.out} is in use: another maskgit run is writing it; "
-                                  "wait for it to finish or choose another path") from None
+                raise OutputInUse(
+                    f"{self.flag} {self.out} is in use: another maskgit run is writing it; "
+                    "wait for it to finish or choose another path"
+                ) from None
             try:  # the holder before us may have removed the file: lock the one at the path
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -185,7 +198,7 @@ class Lock:
             os.close(self.fd)
             self.fd = None
 
-    def __enter__(self) -> "Lock":
+    def __enter__(self) -> Lock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -197,9 +210,11 @@ def remove_partials(out: Path) -> None:
     if not out.parent.is_dir():
         return
     for p in out.parent.glob(f".{glob_escape(out.name)}.*"):
-        name = p.name[len(out.name) + 2:]
+        name = p.name[len(out.name) + 2 :]
         if name.startswith((PARTIAL + "-", OLD + "-")) or (name.endswith(".tmp") and p.is_file()):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(
+                missing_ok=True
+            )
 
 
 def glob_escape(name: str) -> str:
@@ -240,10 +255,18 @@ def manifest(folder: Path) -> tuple[set[str], set[str]]:
     return files, folders
 
 
-def write_manifest(folder: Path, files: Iterable[str], folders: Iterable[str], command: str) -> None:
-    payload = {"written_by": f"maskgit {__version__}", "command": command, "files": sorted(set(files)),
-               "folders": sorted(set(folders))}
-    atomic_write(folder / MANIFEST, lambda tmp: tmp.write_text(json.dumps(payload, indent=1) + "\n"))
+def write_manifest(
+    folder: Path, files: Iterable[str], folders: Iterable[str], command: str
+) -> None:
+    payload = {
+        "written_by": f"maskgit {__version__}",
+        "command": command,
+        "files": sorted(set(files)),
+        "folders": sorted(set(folders)),
+    }
+    atomic_write(
+        folder / MANIFEST, lambda tmp: tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    )
 
 
 def manifest_command(folder: Path) -> str | None:
@@ -258,8 +281,11 @@ def foreign_entries(folder: Path) -> list[str]:
     """Entries of `folder` that its manifest does not list (a user's files, links, folders)."""
     files, folders, others = entries(folder)
     ours_f, ours_d = manifest(folder)
-    return [f for f in files if f not in ours_f and f != MANIFEST] + \
-        [d for d in folders if d not in ours_d] + others
+    return (
+        [f for f in files if f not in ours_f and f != MANIFEST]
+        + [d for d in folders if d not in ours_d]
+        + others
+    )
 
 
 def _named(items: Sequence[str]) -> str:
@@ -278,8 +304,15 @@ class OutputDir:
     An existing OUT is replaced (with --overwrite) only if it is empty or every entry in it is
     listed in its manifest; anything else is refused, naming the entries."""
 
-    def __init__(self, out: str | Path, overwrite: bool, *, reads: Iterable[tuple[str | Path | None, str]] = (),
-                 command: str = "", flag: str = "--out"):
+    def __init__(
+        self,
+        out: str | Path,
+        overwrite: bool,
+        *,
+        reads: Iterable[tuple[str | Path | None, str]] = (),
+        command: str = "",
+        flag: str = "--out",
+    ):
         self.given, self.flag, self.command = out, flag, command
         self.out = resolve(out, flag)
         check_apart(self.out, reads, flag)
@@ -288,20 +321,27 @@ class OutputDir:
         self.tmp: Path | None = None
 
     def check_existing(self) -> None:
-        """Refuse an existing OUT that is not maskgit's to replace (again under the lock, on entry)."""
+        """Refuse an existing OUT that is not maskgit's to replace (again under the lock, on
+        entry)."""
         out = self.out
         if out.is_symlink() or (out.exists() and not out.is_dir()):
-            raise OutputExistsError(f"{self.flag} {self.given} is a file, not a folder; choose a folder")
+            raise OutputExistsError(
+                f"{self.flag} {self.given} is a file, not a folder; choose a folder"
+            )
         if not out.exists():
             return
         if manifest_command(out) == "train":
-            raise OutputExistsError(f"{self.flag} {self.given} is a training run directory; maskgit never "
-                                    f"replaces one with {self.command} output: choose another {self.flag}")
+            raise OutputExistsError(
+                f"{self.flag} {self.given} is a training run directory; maskgit never "
+                f"replaces one with {self.command} output: choose another {self.flag}"
+            )
         foreign = foreign_entries(out)
         if foreign:
-            raise OutputExistsError(f"{self.flag} {self.given} holds files maskgit did not write "
-                                    f"({_named(foreign)}); choose a new or empty folder (--overwrite only "
-                                    "replaces earlier maskgit output)")
+            raise OutputExistsError(
+                f"{self.flag} {self.given} holds files maskgit did not write "
+                f"({_named(foreign)}); choose a new or empty folder (--overwrite only "
+                "replaces earlier maskgit output)"
+            )
         if any(out.iterdir()) and not self.overwrite:
             raise OutputExistsError(f"{self.given} already exists; pass --overwrite to replace it")
 
@@ -311,7 +351,9 @@ class OutputDir:
             remove_partials(self.out)
             self.check_existing()
             self.out.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.{PARTIAL}-", dir=self.out.parent))
+            self.tmp = Path(
+                tempfile.mkdtemp(prefix=f".{self.out.name}.{PARTIAL}-", dir=self.out.parent)
+            )
             self.tmp.chmod(usual_mode(directory=True))
         except OSError as err:
             self.lock.release()
@@ -369,14 +411,24 @@ class OutputFile:
         with OutputFile(out, overwrite, signature=is_token_file, what="token file") as tmp:
             save(tmp)"""
 
-    def __init__(self, out: str | Path, overwrite: bool, *, signature: Callable[[Path], bool], what: str,
-                 reads: Iterable[tuple[str | Path | None, str]] = (), flag: str = "--out",
-                 example: str = "out.npz"):
+    def __init__(
+        self,
+        out: str | Path,
+        overwrite: bool,
+        *,
+        signature: Callable[[Path], bool],
+        what: str,
+        reads: Iterable[tuple[str | Path | None, str]] = (),
+        flag: str = "--out",
+        example: str = "out.npz",
+    ):
         self.given, self.flag, self.what = out, flag, what
         self.out = resolve(out, flag)
         check_apart(self.out, reads, flag)
         if self.out.is_dir() and not self.out.is_symlink():
-            raise DataError(f"{flag} {out} is a folder; give the file to write, e.g. {Path(out) / example}")
+            raise DataError(
+                f"{flag} {out} is a folder; give the file to write, e.g. {Path(out) / example}"
+            )
         self.overwrite, self.signature = overwrite, signature
         self.lock = Lock(self.out, flag)
         self.tmp: Path | None = None
@@ -386,13 +438,17 @@ class OutputFile:
         if not (out.exists() or out.is_symlink()):
             return
         if out.is_symlink() or not out.is_file():
-            raise OutputExistsError(f"{self.flag} {self.given} exists and is not a regular file (a link, pipe or "
-                                    "device); maskgit does not replace it: choose another path")
+            raise OutputExistsError(
+                f"{self.flag} {self.given} exists and is not a regular file (a link, pipe or "
+                "device); maskgit does not replace it: choose another path"
+            )
         if not self.overwrite:
             raise OutputExistsError(f"{self.given} already exists; pass --overwrite to replace it")
         if not self.signature(out):
-            raise OutputExistsError(f"{self.flag} {self.given} is not a {self.what} maskgit wrote; --overwrite "
-                                    "only replaces maskgit's own files: choose another path")
+            raise OutputExistsError(
+                f"{self.flag} {self.given} is not a {self.what} maskgit wrote; --overwrite "
+                "only replaces maskgit's own files: choose another path"
+            )
 
     def __enter__(self) -> Path:
         self.lock.acquire()
@@ -400,7 +456,9 @@ class OutputFile:
             remove_partials(self.out)
             self.check_existing()
             self.out.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.out.parent, prefix=f".{self.out.name}.", suffix=".tmp")
+            fd, tmp = tempfile.mkstemp(
+                dir=self.out.parent, prefix=f".{self.out.name}.", suffix=".tmp"
+            )
             os.close(fd)
             self.tmp = Path(tmp)
         except OSError as err:
@@ -433,6 +491,7 @@ class OutputFile:
 def npz_signature(*keys: str) -> Callable[[Path], bool]:
     """A signature test for .npz files maskgit writes: `written_by` says so, or (older files)
     all of `keys` are present."""
+
     def ours(path: Path) -> bool:
         import numpy as np
 
@@ -444,6 +503,7 @@ def npz_signature(*keys: str) -> Callable[[Path], bool]:
                 return set(keys) <= names
         except Exception:
             return False
+
     return ours
 
 
@@ -459,31 +519,52 @@ class RunDir:
             ...atomic writes into run..."""
 
     # what a run directory made before manifests held; adopted only when a checkpoint is there
-    LEGACY = ("config.yaml", "metrics.jsonl", "metrics_decoder.jsonl", "metrics_transformer.jsonl",
-              "tokenizer.pt", "tokenizer_stage1.pt", "transformer.pt", "transformer_best.pt", "tokens_train.npz",
-              "tokens_val.npz")
+    LEGACY = (
+        "config.yaml",
+        "metrics.jsonl",
+        "metrics_decoder.jsonl",
+        "metrics_transformer.jsonl",
+        "tokenizer.pt",
+        "tokenizer_stage1.pt",
+        "transformer.pt",
+        "transformer_best.pt",
+        "tokens_train.npz",
+        "tokens_val.npz",
+    )
 
-    def __init__(self, out: str | Path, names: Iterable[str], *, reads: Iterable[tuple[str | Path | None, str]] = (),
-                 flag: str = "--out", primary: bool = True):
+    def __init__(
+        self,
+        out: str | Path,
+        names: Iterable[str],
+        *,
+        reads: Iterable[tuple[str | Path | None, str]] = (),
+        flag: str = "--out",
+        primary: bool = True,
+    ):
         self.given, self.flag = out, flag
         self.out = resolve(out, flag)
         check_apart(self.out, reads, flag)
         self.names = list(names)
-        self.primary = primary  # under torchrun only rank 0 locks and claims; the others write nothing
+        self.primary = (
+            primary  # under torchrun only rank 0 locks and claims; the others write nothing
+        )
         self.lock = Lock(self.out, flag)
         self.created = False
 
     def _ours(self) -> tuple[set[str], set[str]]:
         files, folders = manifest(self.out)
-        if not (self.out / MANIFEST).is_file() and any((self.out / n).is_file() for n in
-                                                        ("tokenizer.pt", "transformer.pt")):
+        if not (self.out / MANIFEST).is_file() and any(
+            (self.out / n).is_file() for n in ("tokenizer.pt", "transformer.pt")
+        ):
             files |= {n for n in self.LEGACY if (self.out / n).is_file()}
         return files, folders
 
     def __enter__(self) -> Path:
         out = self.out
         if out.is_symlink() or (out.exists() and not out.is_dir()):
-            raise DataError(f"{self.flag} {self.given} is a file, not a folder; give a run directory")
+            raise DataError(
+                f"{self.flag} {self.given} is a file, not a folder; give a run directory"
+            )
         if not self.primary:
             return out
         self.lock.acquire()
@@ -491,10 +572,16 @@ class RunDir:
             self.created = not out.exists()
             out.mkdir(parents=True, exist_ok=True)
             files, folders = self._ours()
-            clash = [n for n in self.names if ((out / n).exists() or (out / n).is_symlink()) and n not in files]
+            clash = [
+                n
+                for n in self.names
+                if ((out / n).exists() or (out / n).is_symlink()) and n not in files
+            ]
             if clash:
-                raise OutputExistsError(f"{self.flag} {self.given} holds {_named(clash)}, which maskgit did not "
-                                        "write; move it away or choose another run directory")
+                raise OutputExistsError(
+                    f"{self.flag} {self.given} holds {_named(clash)}, which maskgit did not "
+                    "write; move it away or choose another run directory"
+                )
             for p in out.glob(".*.tmp"):  # temporary files of a run killed while saving
                 if p.is_file() and not p.is_symlink():
                     p.unlink(missing_ok=True)
@@ -509,7 +596,13 @@ class RunDir:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if exc_type is not None and self.created and [p.name for p in self.out.iterdir()] == [MANIFEST]:
-                shutil.rmtree(self.out, ignore_errors=True)  # refused before anything was written: leave no trace
+            if (
+                exc_type is not None
+                and self.created
+                and [p.name for p in self.out.iterdir()] == [MANIFEST]
+            ):
+                shutil.rmtree(
+                    self.out, ignore_errors=True
+                )  # refused before anything was written: leave no trace
         finally:
             self.lock.release()

@@ -49,7 +49,12 @@ def pair_files(images: list[Path], partners: list[Path], what: str, where: str |
     img_01 never silently share a mask."""
     pairs: dict[Path, Path] = {}
     free = set(partners)
-    for key in (lambda p: p.name, lambda p: _base(p.name), lambda p: _digits(p.name), lambda p: _number(p.name)):
+    for key in (
+        lambda p: p.name,
+        lambda p: _base(p.name),
+        lambda p: _digits(p.name),
+        lambda p: _number(p.name),
+    ):
         todo = [p for p in images if p not in pairs]
         if not todo or not free:
             break
@@ -66,14 +71,20 @@ def pair_files(images: list[Path], partners: list[Path], what: str, where: str |
             cands = by_partner[k]
             if len(imgs) > 1 or len(cands) > 1:
                 names = ", ".join(p.name for p in imgs + cands)
-                raise DataError(f"ambiguous pairing of images and {what}s ({names}): rename them so that each "
-                                f"image has one {what} of the same name")
+                raise DataError(
+                    f"ambiguous pairing of images and {what}s ({names}): rename them so that each "
+                    f"image has one {what} of the same name"
+                )
             pairs[imgs[0]] = cands[0]
             free.discard(cands[0])
     unpaired = [p.name for p in images if p not in pairs]
     if unpaired:
-        shown = ", ".join(unpaired[:5]) + (f" (+{len(unpaired) - 5} more)" if len(unpaired) > 5 else "")
-        raise DataError(f"no {what} in {where} for: {shown}; {what}s pair with images by name or by number")
+        shown = ", ".join(unpaired[:5]) + (
+            f" (+{len(unpaired) - 5} more)" if len(unpaired) > 5 else ""
+        )
+        raise DataError(
+            f"no {what} in {where} for: {shown}; {what}s pair with images by name or by number"
+        )
     return Pairing(pairs=[(p, pairs[p]) for p in images], unused=sorted(free))
 
 
@@ -87,12 +98,17 @@ def pair_inputs(masked_dir: str | Path, masks_dir: str | Path) -> tuple[Pairing,
     pairing = pair_masks(masked_dir, masks_dir)
     notes = []
     if pairing.unused:
-        names = ", ".join(p.name for p in pairing.unused[:3]) + \
-            (f" and {len(pairing.unused) - 3} more" if len(pairing.unused) > 3 else "")
-        notes.append(f"{len(pairing.unused)} mask(s) in {masks_dir} have no image in {masked_dir}: {names}")
+        names = ", ".join(p.name for p in pairing.unused[:3]) + (
+            f" and {len(pairing.unused) - 3} more" if len(pairing.unused) > 3 else ""
+        )
+        notes.append(
+            f"{len(pairing.unused)} mask(s) in {masks_dir} have no image in {masked_dir}: {names}"
+        )
     return pairing, notes
 
 
 def ground_truth_paths(folder: str | Path, images: list[Path]) -> list[Path]:
     """The ground-truth image of each image (same pairing rules as masks; extra ones are fine)."""
-    return [g for _, g in pair_files(images, list_images(folder), "ground-truth image", folder).pairs]
+    return [
+        g for _, g in pair_files(images, list_images(folder), "ground-truth image", folder).pairs
+    ]

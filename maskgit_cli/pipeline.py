@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -38,16 +39,25 @@ def check_batch_size(n: int) -> int:
     return n
 
 
-def resolve_config(config_path: str | Path | None, overrides: list[str] | None, stage: str | None = None,
-                   epochs: int | None = None, max_steps: int | None = None,
-                   batch_size: int | None = None) -> Config:
+def resolve_config(
+    config_path: str | Path | None,
+    overrides: list[str] | None,
+    stage: str | None = None,
+    epochs: int | None = None,
+    max_steps: int | None = None,
+    batch_size: int | None = None,
+) -> Config:
     """Defaults <- CONFIG <- --set <- the dedicated flags (--epochs, --max-steps, --batch-size),
     each flag checked by its config field's rule under its own name."""
     extra = list(overrides or [])
     if stage is not None:
         section = f"{stage}_train"
         cls = type(getattr(Config(), section))
-        for key, value in (("epochs", epochs), ("max_steps", max_steps), ("batch_size", batch_size)):
+        for key, value in (
+            ("epochs", epochs),
+            ("max_steps", max_steps),
+            ("batch_size", batch_size),
+        ):
             if value is not None:
                 config.check_value(cls, key, value, "--" + key.replace("_", "-"))
                 extra.append(f"{section}.{key}={value}")
@@ -67,12 +77,28 @@ def _model_reads(model: str | Path | None, flag: str = "--model") -> list[tuple[
 # ---------------------------------------------------------------------------------- train
 
 
-def train(config_path: str | Path, stage: str, data_path: str | Path, out: str | Path, *,
-          val: str | Path | None = None, overrides: list[str] | None = None, epochs: int | None = None,
-          max_steps: int | None = None, batch_size: int | None = None, resume: bool = False, seed: int = 0,
-          device: str = "auto", resize: bool = False, tokenizer: str | Path | None = None,
-          compile: bool = False, overwrite: bool = False,
-          on_step=None, on_epoch=None, on_status: Callable[[str], None] | None = None):
+def train(
+    config_path: str | Path,
+    stage: str,
+    data_path: str | Path,
+    out: str | Path,
+    *,
+    val: str | Path | None = None,
+    overrides: list[str] | None = None,
+    epochs: int | None = None,
+    max_steps: int | None = None,
+    batch_size: int | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+    resize: bool = False,
+    tokenizer: str | Path | None = None,
+    compile: bool = False,
+    overwrite: bool = False,
+    on_step=None,
+    on_epoch=None,
+    on_status: Callable[[str], None] | None = None,
+):
     """Train one stage (train.STAGES) into the run directory `out`."""
     from maskgit_cli import train as training
     from maskgit_cli.train import loop
@@ -90,12 +116,26 @@ def train(config_path: str | Path, stage: str, data_path: str | Path, out: str |
     with outputs.RunDir(out, stage_cls.files, reads=reads, primary=primary) as run_dir:
         stage_cls.check_start(run_dir, resume, overwrite)
         dev = runtime.resolve_device(device)
-        st = stage_cls.open(cfg, run_dir, data=Path(data_path), val=Path(val) if val else None,
-                            tokenizer=Path(tokenizer) if tokenizer else None, resize=resize, device=dev, seed=seed,
-                            compile=compile, overwrite=overwrite, status=on_status or (lambda _msg: None))
+        st = stage_cls.open(
+            cfg,
+            run_dir,
+            data=Path(data_path),
+            val=Path(val) if val else None,
+            tokenizer=Path(tokenizer) if tokenizer else None,
+            resize=resize,
+            device=dev,
+            seed=seed,
+            compile=compile,
+            overwrite=overwrite,
+            status=on_status or (lambda _msg: None),
+        )
         primary = st.rank == 0
-        return loop.run(st, resume=resume, on_step=on_step if primary else None,
-                        on_epoch=on_epoch if primary else None)
+        return loop.run(
+            st,
+            resume=resume,
+            on_step=on_step if primary else None,
+            on_epoch=on_epoch if primary else None,
+        )
 
 
 # --------------------------------------------------------------------------------- encode
@@ -113,15 +153,29 @@ class EncodeResult:
     images_per_second: float
 
 
-def encode(images_dir: str | Path, tokenizer: str | Path, out: str | Path, *, config_path: str | Path | None = None,
-           batch_size: int = 64, device: str = "auto", resize: bool = False, overwrite: bool = False,
-           on_progress: Progress = None) -> EncodeResult:
+def encode(
+    images_dir: str | Path,
+    tokenizer: str | Path,
+    out: str | Path,
+    *,
+    config_path: str | Path | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    resize: bool = False,
+    overwrite: bool = False,
+    on_progress: Progress = None,
+) -> EncodeResult:
     from maskgit_cli import tokens
 
     check_batch_size(batch_size)
-    target = outputs.OutputFile(out, overwrite, signature=tokens.is_token_file, what="token file",
-                                reads=[(images_dir, "images"), (tokenizer, "--tokenizer"), (config_path, "--config")],
-                                example="tokens.npz")
+    target = outputs.OutputFile(
+        out,
+        overwrite,
+        signature=tokens.is_token_file,
+        what="token file",
+        reads=[(images_dir, "images"), (tokenizer, "--tokenizer"), (config_path, "--config")],
+        example="tokens.npz",
+    )
     target.check_existing()  # before the work, not after it
     dev = runtime.resolve_device(device)
     fallback = config.load(config_path) if config_path else None
@@ -132,13 +186,28 @@ def encode(images_dir: str | Path, tokenizer: str | Path, out: str | Path, *, co
     ids, colors = tokens.encode_images(model, images, cfg, dev, batch_size, on_progress)
     K = model.codebook_size
     with target as tmp:
-        tokens.write_tokens(tmp, tokens.TokenFile(ids=ids, files=[p.name for p in paths], tokenizer_id=mid,
-                                                  codebook_size=K, colors=colors))
+        tokens.write_tokens(
+            tmp,
+            tokens.TokenFile(
+                ids=ids,
+                files=[p.name for p in paths],
+                tokenizer_id=mid,
+                codebook_size=K,
+                colors=colors,
+            ),
+        )
     seconds = time.time() - t0
     usage = torch.unique(ids).numel() / K
-    return EncodeResult(count=len(paths), grid=int(ids.shape[-1]), codebook_size=K, codebook_usage=usage,
-                        tokenizer_id=mid, out=str(out), seconds=seconds,
-                        images_per_second=len(paths) / max(seconds, 1e-9))
+    return EncodeResult(
+        count=len(paths),
+        grid=int(ids.shape[-1]),
+        codebook_size=K,
+        codebook_usage=usage,
+        tokenizer_id=mid,
+        out=str(out),
+        seconds=seconds,
+        images_per_second=len(paths) / max(seconds, 1e-9),
+    )
 
 
 # -------------------------------------------------------------------------------- inpaint
@@ -148,7 +217,9 @@ def load_model(model: str | Path | None, device: torch.device):
     """(tokenizer, transformer, config) from a run directory, or the bundled cats64 model."""
     if model is None:
         if not (BUNDLED / checkpoint.TRANSFORMER).is_file():
-            raise DataError("no --model given and no bundled model in this install; pass --model RUN_DIR")
+            raise DataError(
+                "no --model given and no bundled model in this install; pass --model RUN_DIR"
+            )
         model = BUNDLED
     return checkpoint.load_transformer(model, device)
 
@@ -165,18 +236,30 @@ def _model_label(model: str | Path | None, settings) -> str:
 
 def make_inpainter(model: str | Path | None, settings, device: torch.device):
     """An Inpainter for the settings. The harmonic fill needs no model (it works at every image's
-    own size); the oracle fill needs only a tokenizer: a run directory without a transformer will do."""
+    own size); the oracle fill needs only a tokenizer: a run directory without a transformer will
+    do."""
     from maskgit_cli.inpaint import Inpainter, InpaintSettings
 
     fill = _fill_of(settings)
     if fill == "harmonic":
-        return Inpainter(None, None, None, InpaintSettings.resolve(config.DecodeConfig(), settings), device)
-    if fill == "oracle" and model is not None and not (Path(model) / checkpoint.TRANSFORMER).is_file():
-        tokenizer, cfg, _ = checkpoint.load_tokenizer(Path(model) / checkpoint.TOKENIZER
-                                                      if Path(model).is_dir() else model, device=device)
-        return Inpainter(tokenizer, None, cfg, InpaintSettings.resolve(cfg.decode, settings), device)
+        return Inpainter(
+            None, None, None, InpaintSettings.resolve(config.DecodeConfig(), settings), device
+        )
+    if (
+        fill == "oracle"
+        and model is not None
+        and not (Path(model) / checkpoint.TRANSFORMER).is_file()
+    ):
+        tokenizer, cfg, _ = checkpoint.load_tokenizer(
+            Path(model) / checkpoint.TOKENIZER if Path(model).is_dir() else model, device=device
+        )
+        return Inpainter(
+            tokenizer, None, cfg, InpaintSettings.resolve(cfg.decode, settings), device
+        )
     tokenizer, transformer, cfg = load_model(model, device)
-    return Inpainter(tokenizer, transformer, cfg, InpaintSettings.resolve(cfg.decode, settings), device)
+    return Inpainter(
+        tokenizer, transformer, cfg, InpaintSettings.resolve(cfg.decode, settings), device
+    )
 
 
 @dataclass
@@ -194,38 +277,79 @@ class InpaintResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def inpaint(masked_dir: str | Path, masks_dir: str | Path, out: str | Path, *, model: str | Path | None = None,
-            settings=None, batch_size: int = 32, seed: int = 0, device: str = "auto",
-            mask_missing: str = "black", save_steps: bool = False, ground_truth: str | Path | None = None,
-            overwrite: bool = False, on_progress: Progress = None) -> InpaintResult:
+def inpaint(
+    masked_dir: str | Path,
+    masks_dir: str | Path,
+    out: str | Path,
+    *,
+    model: str | Path | None = None,
+    settings=None,
+    batch_size: int = 32,
+    seed: int = 0,
+    device: str = "auto",
+    mask_missing: str = "black",
+    save_steps: bool = False,
+    ground_truth: str | Path | None = None,
+    overwrite: bool = False,
+    on_progress: Progress = None,
+) -> InpaintResult:
     from maskgit_cli.inpaint import inpaint_pairs
 
     if mask_missing not in data.MISSING:
         raise ConfigError("--mask-missing must be 'black' (0 = missing, the lab's) or 'white'")
     check_batch_size(batch_size)
     runtime.check_seed(seed)
-    target = outputs.OutputDir(out, overwrite, command="inpaint",
-                               reads=[(masked_dir, "images"), (masks_dir, "--masks"),
-                                      (ground_truth, "--ground-truth"), *_model_reads(model)])
+    target = outputs.OutputDir(
+        out,
+        overwrite,
+        command="inpaint",
+        reads=[
+            (masked_dir, "images"),
+            (masks_dir, "--masks"),
+            (ground_truth, "--ground-truth"),
+            *_model_reads(model),
+        ],
+    )
     target.check_existing()  # before the work, not after it
     pairing, notes = pair_inputs(masked_dir, masks_dir)
     pairs = pairing.pairs
     if ground_truth is None and _fill_of(settings) == "oracle":
-        raise ConfigError("--fill oracle needs --ground-truth: it decodes the true images' own tokens")
+        raise ConfigError(
+            "--fill oracle needs --ground-truth: it decodes the true images' own tokens"
+        )
     truths = ground_truth_paths(ground_truth, [p for p, _ in pairs]) if ground_truth else None
-    data.output_names([p for p, _ in pairs])  # two inputs on one output name: refused before any work
+    data.output_names(
+        [p for p, _ in pairs]
+    )  # two inputs on one output name: refused before any work
     dev = runtime.resolve_device(device)
     inpainter = make_inpainter(model, settings, dev)
     t0 = time.time()
     with target as tmp:
-        summary, per_image = inpaint_pairs(inpainter, pairs, tmp, seed=seed, batch_size=batch_size,
-                                           mask_missing=mask_missing, save_steps=save_steps, truths=truths,
-                                           on_progress=on_progress)
+        summary, per_image = inpaint_pairs(
+            inpainter,
+            pairs,
+            tmp,
+            seed=seed,
+            batch_size=batch_size,
+            mask_missing=mask_missing,
+            save_steps=save_steps,
+            truths=truths,
+            on_progress=on_progress,
+        )
     seconds = time.time() - t0
-    return InpaintResult(count=len(pairs), seconds=seconds, images_per_second=len(pairs) / max(seconds, 1e-9),
-                         out=str(out), settings=inpainter.s.to_dict(), model=_model_label(model, inpainter.s),
-                         transformer_passes=inpainter.transformer_passes, metrics=summary, per_image=per_image,
-                         unused_masks=len(pairing.unused), warnings=notes)
+    return InpaintResult(
+        count=len(pairs),
+        seconds=seconds,
+        images_per_second=len(pairs) / max(seconds, 1e-9),
+        out=str(out),
+        settings=inpainter.s.to_dict(),
+        model=_model_label(model, inpainter.s),
+        transformer_passes=inpainter.transformer_passes,
+        metrics=summary,
+        per_image=per_image,
+        unused_masks=len(pairing.unused),
+        warnings=notes,
+    )
 
 
 # ------------------------------------------------------------------------------------ fid
@@ -237,9 +361,19 @@ def feature_extractor(dims: int, weights: str | Path | None, device: torch.devic
     return fid_weights.load_inception(dims, weights, device)
 
 
-def fid(a: str | Path, b: str | Path, *, dims: int = 2048, batch_size: int = 50, device: str = "auto",
-        inception_weights: str | Path | None = None, save_stats: str | Path | None = None,
-        overwrite: bool = False, feature_fn=None, on_progress: Progress = None):
+def fid(
+    a: str | Path,
+    b: str | Path,
+    *,
+    dims: int = 2048,
+    batch_size: int = 50,
+    device: str = "auto",
+    inception_weights: str | Path | None = None,
+    save_stats: str | Path | None = None,
+    overwrite: bool = False,
+    feature_fn=None,
+    on_progress: Progress = None,
+):
     """FID (and KID when features are at hand) between two folders or .npz statistics. With
     `save_stats`, A's statistics are saved after the FID is computed; if saving fails, the error
     carries the FID."""
@@ -255,9 +389,15 @@ def fid(a: str | Path, b: str | Path, *, dims: int = 2048, batch_size: int = 50,
     if save_stats:
         if Path(a).suffix == ".npz":
             raise ConfigError("--save-stats saves the statistics of A; A is already a .npz")
-        target = outputs.OutputFile(save_stats, overwrite, signature=fid_mod.is_stats_file, what="statistics file",
-                                    reads=[(a, "A"), (b, "B"), (inception_weights, "--inception-weights")],
-                                    flag="--save-stats", example="stats.npz")
+        target = outputs.OutputFile(
+            save_stats,
+            overwrite,
+            signature=fid_mod.is_stats_file,
+            what="statistics file",
+            reads=[(a, "A"), (b, "B"), (inception_weights, "--inception-weights")],
+            flag="--save-stats",
+            example="stats.npz",
+        )
         target.check_existing()
     dev = runtime.resolve_device(device)
     cache: dict[str, Any] = {}
@@ -271,15 +411,20 @@ def fid(a: str | Path, b: str | Path, *, dims: int = 2048, batch_size: int = 50,
     sa = fid_mod.statistics(a, extractor, batch_size, dev, on_progress)
     sb = fid_mod.statistics(b, extractor, batch_size, dev, on_progress)
     if len(sa.mu) != dims or len(sb.mu) != dims:
-        raise DataError(f"statistics have {len(sa.mu)} and {len(sb.mu)} dims but --dims is {dims}; compute both "
-                        "at the same feature size")
+        raise DataError(
+            f"statistics have {len(sa.mu)} and {len(sb.mu)} dims but --dims is {dims}; compute "
+            "both "
+            "at the same feature size"
+        )
     result = fid_mod.compare(sa, sb, dims, time.time() - t0)
     if target is not None:
         try:
             with target as tmp:
                 sa.write(tmp)
         except MaskgitError as err:
-            raise type(err)(f"{err} (the FID was computed: {result.fid:.4f})", details=as_dict(result)) from None
+            raise type(err)(
+                f"{err} (the FID was computed: {result.fid:.4f})", details=as_dict(result)
+            ) from None
     return result
 
 
@@ -306,13 +451,30 @@ def _unique(values: list, flag: str) -> list:
     return values
 
 
-def compare_schedules(masked_dir: str | Path, masks_dir: str | Path, ground_truth: str | Path, out: str | Path, *,
-                      model: str | Path | None = None, schedules_: list[str] | None = None, total_iter: int = 12,
-                      sweet_spots: list[int] | None = None, seeds: list[int] | None = None,
-                      reference_stats: str | Path | None = None, batch_size: int = 32,
-                      inception_weights: str | Path | None = None, require_fid: bool = False, dims: int = 2048,
-                      baselines: bool = True, device: str = "auto", overwrite: bool = False, base_settings=None,
-                      mask_missing: str = "black", feature_fn=None, on_cell: Callable[[int, int, str], None] | None = None) -> CompareResult:
+def compare_schedules(
+    masked_dir: str | Path,
+    masks_dir: str | Path,
+    ground_truth: str | Path,
+    out: str | Path,
+    *,
+    model: str | Path | None = None,
+    schedules_: list[str] | None = None,
+    total_iter: int = 12,
+    sweet_spots: list[int] | None = None,
+    seeds: list[int] | None = None,
+    reference_stats: str | Path | None = None,
+    batch_size: int = 32,
+    inception_weights: str | Path | None = None,
+    require_fid: bool = False,
+    dims: int = 2048,
+    baselines: bool = True,
+    device: str = "auto",
+    overwrite: bool = False,
+    base_settings=None,
+    mask_missing: str = "black",
+    feature_fn=None,
+    on_cell: Callable[[int, int, str], None] | None = None,
+) -> CompareResult:
     """Inpaint under every (schedule, sweet spot, seed); tabulate FID / KID / masked PSNR / SSIM,
     with the harmonic and oracle fills as reference rows (`baselines`)."""
     from maskgit_cli import fid as fid_mod
@@ -334,10 +496,19 @@ def compare_schedules(masked_dir: str | Path, masks_dir: str | Path, ground_trut
         InpaintSettings(schedule=n, total_iter=total_iter).check()
     if any(t < 1 or t > total_iter for t in spots):
         raise ConfigError(f"--sweet-spots must lie in 1..{total_iter} (--total-iter)")
-    target = outputs.OutputDir(out, overwrite, command="compare-schedules",
-                               reads=[(masked_dir, "images"), (masks_dir, "--masks"), (ground_truth, "--ground-truth"),
-                                      *_model_reads(model), (reference_stats, "--reference-stats"),
-                                      (inception_weights, "--inception-weights")])
+    target = outputs.OutputDir(
+        out,
+        overwrite,
+        command="compare-schedules",
+        reads=[
+            (masked_dir, "images"),
+            (masks_dir, "--masks"),
+            (ground_truth, "--ground-truth"),
+            *_model_reads(model),
+            (reference_stats, "--reference-stats"),
+            (inception_weights, "--inception-weights"),
+        ],
+    )
     target.check_existing()
     pairing, notes = pair_inputs(masked_dir, masks_dir)
     pairs = pairing.pairs
@@ -359,34 +530,66 @@ def compare_schedules(masked_dir: str | Path, masks_dir: str | Path, ground_trut
     fid_of = None
     if extractor is not None:
         if len(pairs) < 2:
-            raise DataError(f"{masked_dir}: FID needs at least 2 images per set and there is {len(pairs)}; add images")
+            raise DataError(
+                f"{masked_dir}: FID needs at least 2 images per set and there is {len(pairs)}; add "
+                "images"
+            )
         if reference_stats:
             ref = fid_mod.Stats.load(reference_stats)
         else:
-            ref = fid_mod.Stats.of(fid_mod.features(fid_mod.load_float_images(truths), extractor, 50, dev))
+            ref = fid_mod.Stats.of(
+                fid_mod.features(fid_mod.load_float_images(truths), extractor, 50, dev)
+            )
         if feature_fn is None and len(ref.mu) != dims:
-            raise DataError(f"--reference-stats {reference_stats} has {len(ref.mu)} dims but FID here uses {dims}; "
-                            "save the reference statistics at the same feature size")
+            raise DataError(
+                f"--reference-stats {reference_stats} has {len(ref.mu)} dims but FID here uses "
+                f"{dims}; "
+                "save the reference statistics at the same feature size"
+            )
         if 0 < len(pairs) < len(ref.mu):
-            notes.append(f"{len(pairs)} images < {len(ref.mu)} feature dims: FID is biased upward; compare only at "
-                         "equal N")
+            notes.append(
+                f"{len(pairs)} images < {len(ref.mu)} feature dims: FID is biased upward; compare "
+                "only at "
+                "equal N"
+            )
 
         def fid_of(folder: Path) -> tuple[float, float | None]:
-            st = fid_mod.Stats.of(fid_mod.features(fid_mod.load_float_images(folder), extractor, 50, dev))
+            st = fid_mod.Stats.of(
+                fid_mod.features(fid_mod.load_float_images(folder), extractor, 50, dev)
+            )
             k = fid_mod.kid(st.features, ref.features)[0] if ref.features is not None else None
             return fid_mod.frechet_distance(st.mu, st.sigma, ref.mu, ref.sigma), k
 
     base = InpaintSettings.resolve(cfg.decode, base_settings)
     jobs = schedule_study.cells(base, names, total_iter, spots, seeds, baselines)
     with target as tmp:
-        rows, best, ranked_by = schedule_study.run(models, pairs, truths, tmp, jobs=jobs, schedules=names,
-                                                   total_iter=total_iter, spots=spots, batch_size=batch_size,
-                                                   mask_missing=mask_missing, device=dev, fid_of=fid_of, notes=notes,
-                                                   on_cell=on_cell)
-    return CompareResult(rows=rows, best=best, ranked_by=ranked_by, fid_skipped=extractor is None,
-                         count=len(pairs), out=str(out),
-                         files={k: str(Path(out) / v) for k, v in schedule_study.FILES.items()},
-                         seconds=time.time() - t_start, warnings=notes)
+        rows, best, ranked_by = schedule_study.run(
+            models,
+            pairs,
+            truths,
+            tmp,
+            jobs=jobs,
+            schedules=names,
+            total_iter=total_iter,
+            spots=spots,
+            batch_size=batch_size,
+            mask_missing=mask_missing,
+            device=dev,
+            fid_of=fid_of,
+            notes=notes,
+            on_cell=on_cell,
+        )
+    return CompareResult(
+        rows=rows,
+        best=best,
+        ranked_by=ranked_by,
+        fid_skipped=extractor is None,
+        count=len(pairs),
+        out=str(out),
+        files={k: str(Path(out) / v) for k, v in schedule_study.FILES.items()},
+        seconds=time.time() - t_start,
+        warnings=notes,
+    )
 
 
 # --------------------------------------------------------------------------- export / demo
@@ -400,13 +603,21 @@ class ExportResult:
     dtype: str
 
 
-def export(run_dir: str | Path, out: str | Path, *, half: bool = True, overrides: list[str] | None = None,
-           overwrite: bool = False) -> ExportResult:
+def export(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    half: bool = True,
+    overrides: list[str] | None = None,
+    overwrite: bool = False,
+) -> ExportResult:
     """A run directory -> a small inference-only one: weights (EMA when kept) in fp16, no optimizer
     state, the configs and metrics kept, the transformer re-pointed at the exported tokenizer.
     `overrides` (key=value) change the transformer's saved config, e.g. its decode defaults."""
     run_dir = Path(run_dir)
-    target = outputs.OutputDir(out, overwrite, command="export", reads=_model_reads(run_dir, "RUN_DIR"))
+    target = outputs.OutputDir(
+        out, overwrite, command="export", reads=_model_reads(run_dir, "RUN_DIR")
+    )
     target.check_existing()
     tok = checkpoint.load(run_dir / checkpoint.TOKENIZER, "tokenizer")
     tr = checkpoint.load(run_dir / checkpoint.TRANSFORMER, "transformer")
@@ -423,16 +634,35 @@ def export(run_dir: str | Path, out: str | Path, *, half: bool = True, overrides
     checkpoint.check_finite(tr_sd, run_dir / checkpoint.TRANSFORMER)
     tok_id = checkpoint.model_id(tok_sd)
     with target as tmp:
-        checkpoint.save(tmp / checkpoint.TOKENIZER, {"kind": "tokenizer", "config": tok["config"], "model": tok_sd,
-                                                     "model_id": tok_id, "step": tok.get("step"),
-                                                     "metrics": tok.get("metrics", {}), "source": tok.get("model_id")})
-        checkpoint.save(tmp / checkpoint.TRANSFORMER, {"kind": "transformer", "config": tr["config"],
-                                                       "model": tr_sd, "ema": None,
-                                                       "tokenizer_id": tok_id, "step": tr.get("step"),
-                                                       "metrics": tr.get("metrics", {})})
+        checkpoint.save(
+            tmp / checkpoint.TOKENIZER,
+            {
+                "kind": "tokenizer",
+                "config": tok["config"],
+                "model": tok_sd,
+                "model_id": tok_id,
+                "step": tok.get("step"),
+                "metrics": tok.get("metrics", {}),
+                "source": tok.get("model_id"),
+            },
+        )
+        checkpoint.save(
+            tmp / checkpoint.TRANSFORMER,
+            {
+                "kind": "transformer",
+                "config": tr["config"],
+                "model": tr_sd,
+                "ema": None,
+                "tokenizer_id": tok_id,
+                "step": tr.get("step"),
+                "metrics": tr.get("metrics", {}),
+            },
+        )
     out = target.out
     size = sum(p.stat().st_size for p in out.iterdir())
-    return ExportResult(out=str(out), tokenizer_id=tok_id, bytes=size, dtype=str(dtype).replace("torch.", ""))
+    return ExportResult(
+        out=str(out), tokenizer_id=tok_id, bytes=size, dtype=str(dtype).replace("torch.", "")
+    )
 
 
 @dataclass
@@ -447,8 +677,17 @@ class DemoResult:
     per_image: list[dict[str, Any]]
 
 
-def demo(out: str | Path, *, model: str | Path | None = None, samples: str | Path | None = None, settings=None,
-         seed: int = 0, device: str = "auto", overwrite: bool = False, on_progress: Progress = None) -> DemoResult:
+def demo(
+    out: str | Path,
+    *,
+    model: str | Path | None = None,
+    samples: str | Path | None = None,
+    settings=None,
+    seed: int = 0,
+    device: str = "auto",
+    overwrite: bool = False,
+    on_progress: Progress = None,
+) -> DemoResult:
     """Inpaint the bundled sample cats (SAMPLES/{masked,masks,images}) and draw
     masked input | result | ground truth, one row per sample."""
     from maskgit_cli import plots
@@ -456,11 +695,14 @@ def demo(out: str | Path, *, model: str | Path | None = None, samples: str | Pat
 
     runtime.check_seed(seed)
     samples = Path(samples) if samples else SAMPLES
-    target = outputs.OutputDir(out, overwrite, command="demo",
-                               reads=[(samples, "--samples"), *_model_reads(model)])
+    target = outputs.OutputDir(
+        out, overwrite, command="demo", reads=[(samples, "--samples"), *_model_reads(model)]
+    )
     target.check_existing()
     if not (samples / "masked").is_dir():
-        raise DataError(f"no demo samples in {samples} (expected masked/, masks/ and images/ folders)")
+        raise DataError(
+            f"no demo samples in {samples} (expected masked/, masks/ and images/ folders)"
+        )
     dev = runtime.resolve_device(device)
     tokenizer, transformer, cfg = load_model(model, dev)
     settings = InpaintSettings.resolve(cfg.decode, settings)
@@ -469,16 +711,35 @@ def demo(out: str | Path, *, model: str | Path | None = None, samples: str | Pat
     truths = ground_truth_paths(samples / "images", [p for p, _ in pairs])
     t0 = time.time()
     with target as tmp:
-        summary, per_image = inpaint_pairs(inpainter, pairs, tmp / "results", seed=seed, batch_size=len(pairs),
-                                           truths=truths, on_progress=on_progress)
+        summary, per_image = inpaint_pairs(
+            inpainter,
+            pairs,
+            tmp / "results",
+            seed=seed,
+            batch_size=len(pairs),
+            truths=truths,
+            on_progress=on_progress,
+        )
         size = cfg.data.image_size
         masked = data.load_images([p for p, _ in pairs], size)
         results = data.load_images([tmp / "results" / f"{p.stem}.png" for p, _ in pairs], size)
         truth = data.load_images(truths, size)
-        plots.image_grid([[masked[i], results[i], truth[i]] for i in range(len(pairs))], tmp / "grid.png",
-                         col_labels=["masked", "inpainted", "truth"], scale=3)
-    return DemoResult(count=len(pairs), seconds=time.time() - t0, out=str(out), grid=str(Path(out) / "grid.png"),
-                      model=str(model or BUNDLED), settings=settings.to_dict(), metrics=summary, per_image=per_image)
+        plots.image_grid(
+            [[masked[i], results[i], truth[i]] for i in range(len(pairs))],
+            tmp / "grid.png",
+            col_labels=["masked", "inpainted", "truth"],
+            scale=3,
+        )
+    return DemoResult(
+        count=len(pairs),
+        seconds=time.time() - t0,
+        out=str(out),
+        grid=str(Path(out) / "grid.png"),
+        model=str(model or BUNDLED),
+        settings=settings.to_dict(),
+        metrics=summary,
+        per_image=per_image,
+    )
 
 
 # ----------------------------------------------------------------------------------- mask
@@ -494,8 +755,15 @@ class MaskResult:
 MIN_MASK_SIDE = 8  # a hole needs known pixels around it
 
 
-def make_masks(images_dir: str | Path, out: str | Path, *, seed: int = 0, size: int | None = None,
-               limit: int | None = None, overwrite: bool = False) -> MaskResult:
+def make_masks(
+    images_dir: str | Path,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    size: int | None = None,
+    limit: int | None = None,
+    overwrite: bool = False,
+) -> MaskResult:
     """An inpainting set in the lab's conventions from any image folder, at each image's own size:
     OUT/masks (0 = missing), OUT/masked (missing pixels gray 128), OUT/images (the originals as
     PNG), random blobs and boxes."""
@@ -509,19 +777,32 @@ def make_masks(images_dir: str | Path, out: str | Path, *, seed: int = 0, size: 
     for p in paths:
         w, h = data.image_size(p)
         if min(w, h) < MIN_MASK_SIDE:
-            raise DataError(f"{p}: image is {w}x{h}; a hole needs known pixels around it, so masks are made for "
-                            f"images of at least {MIN_MASK_SIDE}x{MIN_MASK_SIDE}")
+            raise DataError(
+                f"{p}: image is {w}x{h}; a hole needs known pixels around it, so masks are made "
+                "for "
+                f"images of at least {MIN_MASK_SIDE}x{MIN_MASK_SIDE}"
+            )
     g = torch.Generator().manual_seed(seed)
     fractions = []
     with target as tmp:
-        for p, name in zip(paths, names):
+        for p, name in zip(paths, names, strict=True):
             img = torch.from_numpy(data.read_rgb(p)).permute(2, 0, 1).contiguous()
             if size is not None and img.shape[1:] != (size, size):
-                raise DataError(f"{p}: image is {img.shape[2]}x{img.shape[1]}, expected {size}x{size}")
+                raise DataError(
+                    f"{p}: image is {img.shape[2]}x{img.shape[1]}, expected {size}x{size}"
+                )
             missing = data.random_region_masks(1, tuple(img.shape[1:]), g)[0]
             fractions.append(missing.float().mean().item())
-            data.save_png(torch.where(missing, torch.zeros((), dtype=torch.uint8), torch.full((), 255, dtype=torch.uint8)),
-                          tmp / "masks" / name)
+            data.save_png(
+                torch.where(
+                    missing,
+                    torch.zeros((), dtype=torch.uint8),
+                    torch.full((), 255, dtype=torch.uint8),
+                ),
+                tmp / "masks" / name,
+            )
             data.save_png(data.mask_out(img, missing), tmp / "masked" / name)
             data.save_png(img, tmp / "images" / name)
-    return MaskResult(count=len(paths), out=str(out), mean_missing_fraction=sum(fractions) / len(fractions))
+    return MaskResult(
+        count=len(paths), out=str(out), mean_missing_fraction=sum(fractions) / len(fractions)
+    )

@@ -10,8 +10,16 @@ from PIL import Image, ImageDraw, ImageFont
 
 from maskgit_cli.outputs import atomic_write
 
-COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-          (227, 119, 194), (127, 127, 127)]
+COLORS = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+]
 
 
 def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -23,15 +31,23 @@ def _save(img: Image.Image, path: Path) -> None:
     atomic_write(Path(path), lambda tmp: img.save(tmp, format="PNG"))
 
 
-def image_grid(rows: list[list[torch.Tensor]], path: Path, row_labels: list[str] | None = None,
-               col_labels: list[str] | None = None, scale: int = 2, pad: int = 4) -> None:
+def image_grid(
+    rows: list[list[torch.Tensor]],
+    path: Path,
+    row_labels: list[str] | None = None,
+    col_labels: list[str] | None = None,
+    scale: int = 2,
+    pad: int = 4,
+) -> None:
     """rows of uint8 (3, H, W) images -> one labelled PNG."""
     font = _font()
     H, W = rows[0][0].shape[1] * scale, rows[0][0].shape[2] * scale
     left = 8 + int(max((font.getlength(t) for t in row_labels or []), default=0))
     top = 18 if col_labels else pad
     cols = max(len(r) for r in rows)
-    canvas = Image.new("RGB", (left + cols * (W + pad) + pad, top + len(rows) * (H + pad) + pad), "white")
+    canvas = Image.new(
+        "RGB", (left + cols * (W + pad) + pad, top + len(rows) * (H + pad) + pad), "white"
+    )
     draw = ImageDraw.Draw(canvas)
     for j, label in enumerate(col_labels or []):
         draw.text((left + j * (W + pad) + 2, 2), label, fill="black", font=font)
@@ -45,8 +61,14 @@ def image_grid(rows: list[list[torch.Tensor]], path: Path, row_labels: list[str]
     _save(canvas, path)
 
 
-def line_chart(series: dict[str, list[tuple[float, float]]], path: Path, title: str, xlabel: str, ylabel: str,
-               size: tuple[int, int] = (640, 420)) -> None:
+def line_chart(
+    series: dict[str, list[tuple[float, float]]],
+    path: Path,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    size: tuple[int, int] = (640, 420),
+) -> None:
     """One line per series of (x, y) points, axes with ticks, a legend."""
     font = _font()
     w, h = size
@@ -70,7 +92,10 @@ def line_chart(series: dict[str, list[tuple[float, float]]], path: Path, title: 
     y0, y1 = y0 - 0.05 * span, y1 + 0.05 * span
 
     def px(x: float, y: float) -> tuple[float, float]:
-        return (ml + (x - x0) / (x1 - x0) * (w - ml - mr), h - mb - (y - y0) / (y1 - y0) * (h - mt - mb))
+        return (
+            ml + (x - x0) / (x1 - x0) * (w - ml - mr),
+            h - mb - (y - y0) / (y1 - y0) * (h - mt - mb),
+        )
 
     d.line([(ml, mt), (ml, h - mb), (w - mr, h - mb)], fill="black")
     for x in sorted(set(xs)):

@@ -21,7 +21,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise MaskgitError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise MaskgitError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+            raise MaskgitError(
+                "--device cuda was asked for but no CUDA GPU is visible; use --device cpu"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise MaskgitError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible")
     return device

@@ -9,8 +9,9 @@ import csv
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -29,11 +30,20 @@ def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     return t.mean().item(), (t.std(unbiased=False).item() if len(v) > 1 else 0.0)
 
 
-def cells(base: InpaintSettings, schedules: list[str], total_iter: int, spots: list[int], seeds: list[int],
-          baselines: bool) -> list[tuple[InpaintSettings, list[int]]]:
+def cells(
+    base: InpaintSettings,
+    schedules: list[str],
+    total_iter: int,
+    spots: list[int],
+    seeds: list[int],
+    baselines: bool,
+) -> list[tuple[InpaintSettings, list[int]]]:
     """(settings, seeds) of every row: the grid, then the deterministic references (one seed)."""
-    jobs = [(dataclasses.replace(base, schedule=s, total_iter=total_iter, sweet_spot=t), seeds)
-            for s in schedules for t in spots]
+    jobs = [
+        (dataclasses.replace(base, schedule=s, total_iter=total_iter, sweet_spot=t), seeds)
+        for s in schedules
+        for t in spots
+    ]
     if baselines:
         jobs += [(dataclasses.replace(base, fill=f), seeds[:1]) for f in REFERENCE_FILLS]
     return jobs
@@ -50,11 +60,23 @@ def label(settings: InpaintSettings) -> str:
     return f"{settings.schedule}_T{settings.total_iter}_t{settings.sweet_spot}"
 
 
-def run(models: tuple, pairs: list[tuple[Path, Path]], truths: list[Path], out: Path, *,
-        jobs: list[tuple[InpaintSettings, list[int]]], schedules: list[str], total_iter: int, spots: list[int],
-        batch_size: int, mask_missing: str = "black", device, fid_of: Callable[[Path], tuple[float, float | None]] | None,
-        notes: list[str], on_cell: Callable[[int, int, str], None] | None = None
-        ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str]:
+def run(
+    models: tuple,
+    pairs: list[tuple[Path, Path]],
+    truths: list[Path],
+    out: Path,
+    *,
+    jobs: list[tuple[InpaintSettings, list[int]]],
+    schedules: list[str],
+    total_iter: int,
+    spots: list[int],
+    batch_size: int,
+    mask_missing: str = "black",
+    device,
+    fid_of: Callable[[Path], tuple[float, float | None]] | None,
+    notes: list[str],
+    on_cell: Callable[[int, int, str], None] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str]:
     """Every job into out/cells/<label>_seed<s>, then results.json / .csv, plot.png and
     examples.png in `out`. fid_of(folder) -> (FID, KID) against the reference, or None to rank by
     PSNR. Returns (rows, best row, ranked_by)."""
@@ -71,12 +93,26 @@ def run(models: tuple, pairs: list[tuple[Path, Path]], truths: list[Path], out: 
         for seed in job_seeds:
             cell_dir = out / "cells" / f"{name}_seed{seed}"
             t0 = time.time()
-            summary, _ = inpaint_pairs(inpainter, pairs, cell_dir, seed=seed, batch_size=batch_size, truths=truths,
-                                       mask_missing=mask_missing)
+            summary, _ = inpaint_pairs(
+                inpainter,
+                pairs,
+                cell_dir,
+                seed=seed,
+                batch_size=batch_size,
+                truths=truths,
+                mask_missing=mask_missing,
+            )
             secs = time.time() - t0
             f, k = fid_of(cell_dir) if fid_of is not None else (None, None)
-            per_seed.append({"fid": f, "kid": k, "psnr": summary["psnr_masked"], "ssim": summary["ssim_masked"],
-                             "seconds_per_image": secs / len(pairs)})
+            per_seed.append(
+                {
+                    "fid": f,
+                    "kid": k,
+                    "psnr": summary["psnr_masked"],
+                    "ssim": summary["ssim_masked"],
+                    "seconds_per_image": secs / len(pairs),
+                }
+            )
             if seed == job_seeds[0]:
                 examples[name] = _thumb(cell_dir / f"{pairs[0][0].stem}.png", size)
             run_i += 1
@@ -88,33 +124,71 @@ def run(models: tuple, pairs: list[tuple[Path, Path]], truths: list[Path], out: 
         sm, _ = mean_std([r["ssim"] for r in per_seed])
         spi, _ = mean_std([r["seconds_per_image"] for r in per_seed])
         maskgit = settings.fill == "maskgit"
-        rows.append({"fill": settings.fill, "schedule": settings.schedule if maskgit else settings.fill,
-                     "total_iter": total_iter if maskgit else None,
-                     "sweet_spot": settings.sweet_spot if maskgit else None, "fid_mean": fm, "fid_std": fs,
-                     "kid_mean": km, "psnr_mean": pm, "psnr_std": ps, "ssim_mean": sm,
-                     "seconds_per_image": spi, "seeds": len(job_seeds)})
+        rows.append(
+            {
+                "fill": settings.fill,
+                "schedule": settings.schedule if maskgit else settings.fill,
+                "total_iter": total_iter if maskgit else None,
+                "sweet_spot": settings.sweet_spot if maskgit else None,
+                "fid_mean": fm,
+                "fid_std": fs,
+                "kid_mean": km,
+                "psnr_mean": pm,
+                "psnr_std": ps,
+                "ssim_mean": sm,
+                "seconds_per_image": spi,
+                "seeds": len(job_seeds),
+            }
+        )
     ranked_by = "fid" if fid_of is not None else "psnr"
     metric = f"{ranked_by}_mean"
     sign = 1 if ranked_by == "fid" else -1  # lower FID, higher PSNR is better
-    ranked = sorted((r for r in rows if r["fill"] == "maskgit"),
-                    key=lambda r: (r[metric] is None, sign * (r[metric] or 0)))
-    rows = ranked + [r for r in rows if r["fill"] != "maskgit"]  # references last, in their own order
+    ranked = sorted(
+        (r for r in rows if r["fill"] == "maskgit"),
+        key=lambda r: (r[metric] is None, sign * (r[metric] or 0)),
+    )
+    rows = ranked + [
+        r for r in rows if r["fill"] != "maskgit"
+    ]  # references last, in their own order
     best = ranked[0] if ranked else None
-    (out / FILES["json"]).write_text(json.dumps({"rows": rows, "best": best, "ranked_by": ranked_by,
-                                                 "warnings": notes}, indent=2))
+    (out / FILES["json"]).write_text(
+        json.dumps(
+            {"rows": rows, "best": best, "ranked_by": ranked_by, "warnings": notes}, indent=2
+        )
+    )
     with open(out / FILES["csv"], "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     nan = float("nan")
-    series = {s: [(r["sweet_spot"], r[metric] if r[metric] is not None else nan) for r in ranked
-                  if r["schedule"] == s] for s in schedules}
-    for r in rows[len(ranked):]:  # a reference is one value: a flat line across the sweet spots
-        series[f"{r['fill']} (ref.)"] = [(t, r[metric] if r[metric] is not None else nan) for t in spots]
-    plots.line_chart(series, out / FILES["plot"], f"{metric} vs sweet spot (T={total_iter})", "sweet spot t",
-                     metric)
+    series = {
+        s: [
+            (r["sweet_spot"], r[metric] if r[metric] is not None else nan)
+            for r in ranked
+            if r["schedule"] == s
+        ]
+        for s in schedules
+    }
+    for r in rows[len(ranked) :]:  # a reference is one value: a flat line across the sweet spots
+        series[f"{r['fill']} (ref.)"] = [
+            (t, r[metric] if r[metric] is not None else nan) for t in spots
+        ]
+    plots.line_chart(
+        series,
+        out / FILES["plot"],
+        f"{metric} vs sweet spot (T={total_iter})",
+        "sweet spot t",
+        metric,
+    )
     first_masked, first_gt = _thumb(pairs[0][0], size), _thumb(truths[0], size)
-    grid_rows = [[first_masked, *[examples[f"{s}_T{total_iter}_t{t}"] for t in spots], first_gt] for s in schedules]
-    plots.image_grid(grid_rows, out / FILES["grid"], row_labels=schedules,
-                     col_labels=["input", *[f"t={t}" for t in spots], "truth"])
+    grid_rows = [
+        [first_masked, *[examples[f"{s}_T{total_iter}_t{t}"] for t in spots], first_gt]
+        for s in schedules
+    ]
+    plots.image_grid(
+        grid_rows,
+        out / FILES["grid"],
+        row_labels=schedules,
+        col_labels=["input", *[f"t={t}" for t in spots], "truth"],
+    )
     return rows, best, ranked_by

@@ -9,7 +9,8 @@ gamma(0) = 1 (all masked), gamma(1) = 0 (none masked) and is non-increasing. Con
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the names are needed without torch (command-line help), the functions with it
     import torch
@@ -42,8 +43,12 @@ def arccos(r: torch.Tensor) -> torch.Tensor:
 
 
 SCHEDULES: dict[str, Gamma] = {
-    "cosine": cosine, "linear": linear, "square": square,
-    "cubic": cubic, "sqrt": sqrt, "arccos": arccos,
+    "cosine": cosine,
+    "linear": linear,
+    "square": square,
+    "cubic": cubic,
+    "sqrt": sqrt,
+    "arccos": arccos,
 }
 
 

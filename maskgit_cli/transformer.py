@@ -33,7 +33,8 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, N, C) -> (B, N, C); with `queries` (B, M, C), only those rows attend (to all of
-        x): -> (B, M, C). The latter is what the last layer needs when only some outputs are used."""
+        x): -> (B, M, C). The latter is what the last layer needs when only some outputs are
+        used."""
         B, N, C = x.shape
         H, d = self.heads, C // self.heads
         if queries is None:
@@ -43,7 +44,9 @@ class SelfAttention(nn.Module):
             k, v = F.linear(x, w[C:], b[C:]).view(B, N, 2, H, d).permute(2, 0, 3, 1, 4)
             q = F.linear(queries, w[:C], b[:C]).view(B, -1, H, d).transpose(1, 2)
         if self.fast:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.dropout if self.training else 0.0
+            )
         else:
             att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, M, N), no causal mask
             y = self.attn_drop(att.softmax(dim=-1)) @ v
@@ -58,7 +61,9 @@ class Block(nn.Module):
         self.ln1 = nn.LayerNorm(cfg.dim, eps=eps)
         self.attn = SelfAttention(cfg.dim, cfg.heads, cfg.attn_dropout)
         self.ln2 = nn.LayerNorm(cfg.dim, eps=eps)
-        self.mlp = nn.Sequential(nn.Linear(cfg.dim, cfg.mlp_dim), nn.GELU(), nn.Linear(cfg.mlp_dim, cfg.dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.dim, cfg.mlp_dim), nn.GELU(), nn.Linear(cfg.mlp_dim, cfg.dim)
+        )
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -98,7 +103,9 @@ class MaskTransformer(nn.Module):
         # pre-norm needs a final norm; post-norm normalizes the embedding instead
         self.ln = nn.LayerNorm(cfg.dim, eps=1e-5 if cfg.norm == "pre" else 1e-12)
         if cfg.head == "tied":
-            self.prediction = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.GELU(), nn.LayerNorm(cfg.dim, eps=1e-12))
+            self.prediction = nn.Sequential(
+                nn.Linear(cfg.dim, cfg.dim), nn.GELU(), nn.LayerNorm(cfg.dim, eps=1e-12)
+            )
             self.bias = nn.Parameter(torch.zeros(num_tokens, codebook_size))
         else:
             self.head = nn.Linear(cfg.dim, codebook_size)
@@ -114,8 +121,9 @@ class MaskTransformer(nn.Module):
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def forward(self, ids: torch.Tensor, where: torch.Tensor | None = None,
-                hint: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, ids: torch.Tensor, where: torch.Tensor | None = None, hint: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """ids (B, N) -> logits (B, N, K); with `where` (B, N) bool, the logits at those positions
         only, as `logits[where]` (M, K) would give, for less work: the last block computes queries,
         MLP and head only there (every position is still a key and value), so decoding pays for
@@ -124,8 +132,12 @@ class MaskTransformer(nn.Module):
         x = self.tok_emb(ids) + self.pos_emb
         if self.cfg.hint:
             if hint is None:
-                raise ValueError("this transformer was trained with colour hints: pass hint (B, N, 3)")
-            x = x + self.hint_proj(hint.to(x.dtype)) * (ids == self.mask_id).unsqueeze(-1).to(x.dtype)
+                raise ValueError(
+                    "this transformer was trained with colour hints: pass hint (B, N, 3)"
+                )
+            x = x + self.hint_proj(hint.to(x.dtype)) * (ids == self.mask_id).unsqueeze(-1).to(
+                x.dtype
+            )
         if self.cfg.norm == "post":
             x = self.ln(x)
         x = self.drop(x)
@@ -133,11 +145,15 @@ class MaskTransformer(nn.Module):
         if where is not None:
             # per sample, the wanted positions first (in order), padded to the batch's largest count
             count = where.sum(1)
-            rows = where.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, : int(count.max())]
+            rows = where.to(torch.int8).argsort(dim=1, descending=True, stable=True)[
+                :, : int(count.max())
+            ]
         for i, block in enumerate(self.blocks):
             x = block(x, rows if i == len(self.blocks) - 1 else None)
         if rows is not None:
-            keep = torch.arange(rows.shape[1], device=ids.device) < count.unsqueeze(1)  # drop the padding
+            keep = torch.arange(rows.shape[1], device=ids.device) < count.unsqueeze(
+                1
+            )  # drop the padding
             x, rows = x[keep], rows[keep]
         if self.cfg.norm == "pre":
             x = self.ln(x)
@@ -155,7 +171,9 @@ class MaskTransformer(nn.Module):
         `out_fraction`: the share of positions whose logits are asked for (`where`); the last
         block's queries, attention, MLP and the head are paid only for those."""
         d, L, N, m = self.cfg.dim, self.cfg.layers, self.N, self.cfg.mlp_dim
-        per_query = 2 * (d * d + d * d + 2 * d * m) + 2 * 2 * N * d  # q and out proj, MLP, QK^T and AV
+        per_query = (
+            2 * (d * d + d * d + 2 * d * m) + 2 * 2 * N * d
+        )  # q and out proj, MLP, QK^T and AV
         kv = 2 * 2 * d * d
         head = 2 * d * self.K + (2 * d * d if self.cfg.head == "tied" else 0)
         total = (L - 1) * (kv + per_query) + kv + out_fraction * (per_query + head)

@@ -38,8 +38,12 @@ class ResidualBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
         self.block = nn.Sequential(
-            GroupNorm(c_in), Swish(), nn.Conv2d(c_in, c_out, 3, 1, 1),
-            GroupNorm(c_out), Swish(), nn.Conv2d(c_out, c_out, 3, 1, 1),
+            GroupNorm(c_in),
+            Swish(),
+            nn.Conv2d(c_in, c_out, 3, 1, 1),
+            GroupNorm(c_out),
+            Swish(),
+            nn.Conv2d(c_out, c_out, 3, 1, 1),
         )
         if c_in != c_out:
             self.channel_up = nn.Conv2d(c_in, c_out, 1, 1, 0)
@@ -105,7 +109,7 @@ class Codebook(nn.Module):
         e = self.codes()
         if self.l2_codes:
             return (F.normalize(z_flat, dim=1) @ e.t()).argmax(dim=1)
-        d = (z_flat.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * z_flat @ e.t())
+        d = z_flat.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * z_flat @ e.t()
         return d.argmin(dim=1)
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
@@ -130,8 +134,14 @@ class _VQModel(nn.Module):
     encoder: nn.Module
     decoder: nn.Module
 
-    def __init__(self, code_dim: int, K: int, beta: float, l2_codes: bool = False,
-                 fsq_levels: tuple[int, ...] = ()):
+    def __init__(
+        self,
+        code_dim: int,
+        K: int,
+        beta: float,
+        l2_codes: bool = False,
+        fsq_levels: tuple[int, ...] = (),
+    ):
         super().__init__()
         # FSQ quantizes a few bounded channels: the 1x1 convs map code_dim <-> len(levels)
         self.codebook = FSQ(fsq_levels) if fsq_levels else Codebook(K, code_dim, beta, l2_codes)
@@ -189,10 +199,18 @@ class VQGAN(_VQModel):
             if i < len(ch) - 1:
                 enc.append(DownSample(c))
                 res //= 2
-        enc += [ResidualBlock(c_in, c_in), GroupNorm(c_in), Swish(), nn.Conv2d(c_in, cfg.code_dim, 3, 1, 1)]
+        enc += [
+            ResidualBlock(c_in, c_in),
+            GroupNorm(c_in),
+            Swish(),
+            nn.Conv2d(c_in, cfg.code_dim, 3, 1, 1),
+        ]
         self.encoder = nn.Sequential(*enc)
 
-        dec: list[nn.Module] = [nn.Conv2d(cfg.code_dim, ch[-1], 3, 1, 1), ResidualBlock(ch[-1], ch[-1])]
+        dec: list[nn.Module] = [
+            nn.Conv2d(cfg.code_dim, ch[-1], 3, 1, 1),
+            ResidualBlock(ch[-1], ch[-1]),
+        ]
         c_in = ch[-1]
         for i, c in enumerate(reversed(ch)):
             for _ in range(n):
@@ -217,8 +235,14 @@ class LabEncoder(nn.Module):
             if i in (2, 4):  # 64 -> 32 -> 16
                 layers.append(DownSample(c_out))
         c = channels[-1]
-        layers += [ResidualBlock(c, c), NonLocalBlock(c), ResidualBlock(c, c),
-                   GroupNorm(c), Swish(), nn.Conv2d(c, latent_dim, 3, 1, 1)]
+        layers += [
+            ResidualBlock(c, c),
+            NonLocalBlock(c),
+            ResidualBlock(c, c),
+            GroupNorm(c),
+            Swish(),
+            nn.Conv2d(c, latent_dim, 3, 1, 1),
+        ]
         self.model = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -230,8 +254,12 @@ class LabDecoder(nn.Module):
         super().__init__()
         ch = list(reversed(channels))  # [512, 256, 256, 128, 128]
         c = ch[0]
-        layers: list[nn.Module] = [nn.Conv2d(latent_dim, c, 3, 1, 1),
-                                   ResidualBlock(c, c), NonLocalBlock(c), ResidualBlock(c, c)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(latent_dim, c, 3, 1, 1),
+            ResidualBlock(c, c),
+            NonLocalBlock(c),
+            ResidualBlock(c, c),
+        ]
         for i, c_out in enumerate(ch):
             for _ in range(3):
                 layers.append(ResidualBlock(c, c_out))
@@ -259,7 +287,11 @@ class LabVQGAN(_VQModel):
 def build(cfg: Config) -> _VQModel:
     """The tokenizer the config describes, its weights in channels-last layout: the oneDNN
     convolutions run on NHWC without reordering at each layer (about 10 % faster on the CPU)."""
-    model = LabVQGAN(cfg.tokenizer) if cfg.tokenizer.arch == "lab" else VQGAN(cfg.tokenizer, cfg.data.image_size)
+    model = (
+        LabVQGAN(cfg.tokenizer)
+        if cfg.tokenizer.arch == "lab"
+        else VQGAN(cfg.tokenizer, cfg.data.image_size)
+    )
     return model.to(memory_format=torch.channels_last)
 
 
@@ -272,8 +304,11 @@ class PatchDiscriminator(nn.Module):
         c = channels
         for i in range(1, layers):
             c_out = channels * min(2**i, 8)
-            seq += [nn.Conv2d(c, c_out, 4, 2, 1), nn.GroupNorm(math.gcd(32, c_out), c_out),
-                    nn.LeakyReLU(0.2)]
+            seq += [
+                nn.Conv2d(c, c_out, 4, 2, 1),
+                nn.GroupNorm(math.gcd(32, c_out), c_out),
+                nn.LeakyReLU(0.2),
+            ]
             c = c_out
         seq.append(nn.Conv2d(c, 1, 4, 1, 1))
         self.model = nn.Sequential(*seq)

@@ -32,7 +32,9 @@ os.environ.pop("MASKGIT_INCEPTION_WEIGHTS", None)
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="maskgit-torch-home-")
 
 
-def make_images(folder: Path, n: int, size: int = 16, seed: int = 0, fmt: str = "PNG", prefix: str = "") -> list[Path]:
+def make_images(
+    folder: Path, n: int, size: int = 16, seed: int = 0, fmt: str = "PNG", prefix: str = ""
+) -> list[Path]:
     """Smooth color blobs on gradients: learnable, not noise."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -58,7 +60,7 @@ def make_masks(folder: Path, n: int, size: int = 16, seed: int = 1, prefix: str 
     for i in range(n):
         m = np.full((size, size), 255, np.uint8)
         y, x = rng.integers(0, size // 2, 2)
-        m[y:y + size // 3, x:x + size // 3] = 0
+        m[y : y + size // 3, x : x + size // 3] = 0
         p = folder / f"{prefix}{i:03d}.png"
         Image.fromarray(m).save(p)
         paths.append(p)
@@ -82,8 +84,14 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
     make_images(root / "test", 10, seed=2)
     make_masks(root / "masks", 10)
     mask_out(root / "test", root / "masks", root / "masked")
-    return {"root": root, "train": root / "train", "val": root / "val", "test": root / "test",
-            "masks": root / "masks", "masked": root / "masked"}
+    return {
+        "root": root,
+        "train": root / "train",
+        "val": root / "val",
+        "test": root / "test",
+        "masks": root / "masks",
+        "masked": root / "masked",
+    }
 
 
 @pytest.fixture(scope="session")
@@ -92,18 +100,35 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
     from maskgit_cli import pipeline
 
     run = tmp_path_factory.mktemp("tiny_run") / "run"
-    pipeline.train(TINY, "tokenizer", tiny_data["train"], run, val=tiny_data["val"], device="cpu",
-                   overrides=["tokenizer_train.epochs=4"])
-    pipeline.train(TINY, "transformer", tiny_data["train"], run, val=tiny_data["val"], device="cpu",
-                   overrides=["transformer_train.epochs=3"])
+    pipeline.train(
+        TINY,
+        "tokenizer",
+        tiny_data["train"],
+        run,
+        val=tiny_data["val"],
+        device="cpu",
+        overrides=["tokenizer_train.epochs=4"],
+    )
+    pipeline.train(
+        TINY,
+        "transformer",
+        tiny_data["train"],
+        run,
+        val=tiny_data["val"],
+        device="cpu",
+        overrides=["transformer_train.epochs=3"],
+    )
     return run
 
 
 @pytest.fixture(scope="session")
 def real_inception() -> Path:
-    """The verified real weights; missing them is a failure (not a skip): `make test` fetches them."""
+    """The verified real weights; missing them is a failure (not a skip): `make test` fetches
+    them."""
     if not REAL_INCEPTION.is_file():
-        pytest.fail(f"no FID-Inception weights at {REAL_INCEPTION}: run `make fid-weights` (make test does)")
+        pytest.fail(
+            f"no FID-Inception weights at {REAL_INCEPTION}: run `make fid-weights` (make test does)"
+        )
     return REAL_INCEPTION
 
 
@@ -117,7 +142,12 @@ def invoke_json(runner: CliRunner, args: list[str], code: int = 0) -> dict:
     from maskgit_cli.cli import app
 
     result = runner.invoke(app, [*args, "--json"])
-    assert result.exit_code == code, (result.exit_code, result.stdout, getattr(result, "stderr", ""), result.exception)
+    assert result.exit_code == code, (
+        result.exit_code,
+        result.stdout,
+        getattr(result, "stderr", ""),
+        result.exception,
+    )
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     assert len(lines) == 1, result.stdout
     return json.loads(lines[0])
@@ -170,5 +200,15 @@ def ok_json(runner, args: list) -> dict:
 @pytest.fixture()
 def inp(tiny_data, tiny_run, tmp_path):
     """Arguments of a valid inpaint run into tmp_path/out (a fresh name each test)."""
-    return ["inpaint", tiny_data["masked"], "--masks", tiny_data["masks"], "--model", tiny_run,
-            "--device", "cpu", "-T", "2"]
+    return [
+        "inpaint",
+        tiny_data["masked"],
+        "--masks",
+        tiny_data["masks"],
+        "--model",
+        tiny_run,
+        "--device",
+        "cpu",
+        "-T",
+        "2",
+    ]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import invoke_json
 from PIL import Image
 
-from conftest import invoke_json
 from maskgit_cli import checkpoint, data, metrics, pairing, pipeline, tokens
 from maskgit_cli.train.transformer import evaluate_transformer
 
@@ -21,7 +21,9 @@ def test_bundle_is_small_and_complete():
     assert (pipeline.BUNDLED.parent / "MODEL_CARD.md").is_file()
     assert sum(f.stat().st_size for f in files) <= 30 * 2**20
     n = len(data.list_images(SAMPLES / "masked"))
-    assert 8 <= n <= 16 and n == len(data.list_images(SAMPLES / "masks")) == len(data.list_images(SAMPLES / "images"))
+    assert 8 <= n <= 16 and n == len(data.list_images(SAMPLES / "masks")) == len(
+        data.list_images(SAMPLES / "images")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +44,14 @@ def test_bundled_tokenizer_reconstructs_test_cats(bundled):
     with torch.no_grad():
         rec = data.denormalize(tokenizer.decode_ids(ids), cfg.data)
     assert metrics.psnr(rec, images.float() / 255).mean().item() >= 21.0
-    assert ids.shape[1:] == (8, 8) == (cfg.grid, cfg.grid) and int(ids.max()) < tokenizer.codebook_size
+    assert (
+        ids.shape[1:] == (8, 8) == (cfg.grid, cfg.grid) and int(ids.max()) < tokenizer.codebook_size
+    )
 
 
 def test_bundled_transformer_beats_chance(bundled):
-    """Masked-token loss well below the uniform ln(K) and accuracy far above 1/K: it learned cats."""
+    """Masked-token loss well below the uniform ln(K) and accuracy far above 1/K: it learned
+    cats."""
     tokenizer, tr, _cfg, _images, ids, colors = bundled
     ev = evaluate_transformer(tr, ids, (0.5,), torch.device("cpu"), colors=colors)
     K = tokenizer.codebook_size
@@ -62,28 +67,62 @@ def test_demo_on_bundled_model(runner, tmp_path):
     assert grid.height > grid.width  # one row per sample, three columns
     # paste-back: every known pixel of every result equals its input
     for p, m in pairing.pair_masks(SAMPLES / "masked", SAMPLES / "masks").pairs:
-        result = np.asarray(Image.open(tmp_path / "demo" / "results" / f"{p.stem}.png").convert("RGB"))
+        result = np.asarray(
+            Image.open(tmp_path / "demo" / "results" / f"{p.stem}.png").convert("RGB")
+        )
         known = ~data.read_mask(m, 64).numpy()
         assert (result[known] == np.asarray(Image.open(p).convert("RGB"))[known]).all()
-    assert np.isfinite(out["metrics"]["psnr_masked"]) and out["metrics"]["psnr"] > out["metrics"]["psnr_masked"]
+    assert (
+        np.isfinite(out["metrics"]["psnr_masked"])
+        and out["metrics"]["psnr"] > out["metrics"]["psnr_masked"]
+    )
 
 
 def test_bundled_model_fills_near_interpolation(runner, tmp_path):
     """The model card's promise on the 12 bundled test cats: the model's masked-region PSNR is at
-    least the harmonic (Laplace) fill's minus 3 dB (a sampler pays about that against a smooth mean)."""
+    least the harmonic (Laplace) fill's minus 3 dB (a sampler pays about that against a smooth
+    mean)."""
+
     def masked_psnr(*extra):
-        out = invoke_json(runner, ["inpaint", str(SAMPLES / "masked"), "--masks", str(SAMPLES / "masks"),
-                                   "--ground-truth", str(SAMPLES / "images"), "--device", "cpu",
-                                   "--out", str(tmp_path / "_".join(("out",) + extra)), *extra])
+        out = invoke_json(
+            runner,
+            [
+                "inpaint",
+                str(SAMPLES / "masked"),
+                "--masks",
+                str(SAMPLES / "masks"),
+                "--ground-truth",
+                str(SAMPLES / "images"),
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "_".join(("out",) + extra)),
+                *extra,
+            ],
+        )
         assert out["count"] == len(data.list_images(SAMPLES / "masked"))
         return out["metrics"]["psnr_masked"]
+
     ours, interpolation = masked_psnr(), masked_psnr("--fill", "harmonic")
     assert ours >= interpolation - 3.0, (ours, interpolation)
 
 
 def test_inpaint_defaults_to_bundled_model(runner, tmp_path, bundled):
-    out = invoke_json(runner, ["inpaint", str(SAMPLES / "masked"), "--masks", str(SAMPLES / "masks"),
-                               "--out", str(tmp_path / "out"), "--device", "cpu", "--batch-size", "5"])
+    out = invoke_json(
+        runner,
+        [
+            "inpaint",
+            str(SAMPLES / "masked"),
+            "--masks",
+            str(SAMPLES / "masks"),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "5",
+        ],
+    )
     assert out["model"] == str(pipeline.BUNDLED)
     cfg = bundled[2]  # settings default to the bundle's decode section
     for key in ("schedule", "total_iter", "sweet_spot"):

@@ -26,15 +26,25 @@ def test_yaml_scientific_notation_is_coerced_to_float(tmp_path):
 
 
 def test_set_overrides_with_dotted_keys_and_coercion():
-    cfg = config.load(None, ["transformer.dim=64", "transformer.heads=4", "data.hflip=false",
-                             "transformer_train.val_ratios=0.1,0.9", "tokenizer.channels=[8,16]"])
+    cfg = config.load(
+        None,
+        [
+            "transformer.dim=64",
+            "transformer.heads=4",
+            "data.hflip=false",
+            "transformer_train.val_ratios=0.1,0.9",
+            "tokenizer.channels=[8,16]",
+        ],
+    )
     assert cfg.transformer.dim == 64 and cfg.data.hflip is False
     assert cfg.transformer_train.val_ratios == (0.1, 0.9)
     assert cfg.tokenizer.channels == (8, 16) and cfg.grid == 32
 
 
 def test_unknown_key_lists_the_valid_ones(tmp_path):
-    with pytest.raises(ConfigError, match="unknown config key 'transformer.depth'.*transformer.layers"):
+    with pytest.raises(
+        ConfigError, match="unknown config key 'transformer.depth'.*transformer.layers"
+    ):
         config.load(None, ["transformer.depth=3"])
     p = tmp_path / "c.yaml"
     p.write_text("modle:\n  dim: 3\n")

@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 import torch
+from conftest import make_images, make_masks
 from PIL import Image
 
-from conftest import make_images, make_masks
 from maskgit_cli import data, tokens
-from maskgit_cli.pairing import pair_masks
 from maskgit_cli.config import DataConfig
 from maskgit_cli.errors import DataError
+from maskgit_cli.pairing import pair_masks
 
 
 def test_format_is_detected_from_bytes_not_the_name(tmp_path):
@@ -52,7 +52,9 @@ def test_normalize_round_trip():
     for cfg in (DataConfig(), DataConfig(mean=(0.48, 0.43, 0.38), std=(0.26, 0.25, 0.25))):
         y = data.normalize(x, cfg)
         assert torch.equal(data.to_uint8(data.denormalize(y, cfg)), x)
-    assert data.normalize(torch.tensor([[[[0]], [[255]], [[0]]]], dtype=torch.uint8), DataConfig()).flatten().tolist() == [-1, 1, -1]
+    assert data.normalize(
+        torch.tensor([[[[0]], [[255]], [[0]]]], dtype=torch.uint8), DataConfig()
+    ).flatten().tolist() == [-1, 1, -1]
 
 
 def test_token_mask_rules():
@@ -92,15 +94,34 @@ def _touch(folder, names):
         Image.new("L", (4, 4)).save(folder / n, format="PNG")
 
 
-@pytest.mark.parametrize("images,masks,expect", [
-    # digits as written first: img_1 <-> mask_1 and img_01 <-> mask_01, never both on one mask
-    (["img_1.png", "img_01.png"], ["mask_1.png", "mask_01.png"], {"img_1.png": "mask_1.png", "img_01.png": "mask_01.png"}),
-    # names without image suffixes: cat.jpg.png <-> cat.jpg, cat.png <-> cat.png
-    (["cat.png", "cat.jpg.png"], ["cat.png", "cat.jpg"], {"cat.png": "cat.png", "cat.jpg.png": "cat.jpg"}),
-    # the lab: different zero padding still pairs by number when it is unique on both sides
-    (["image_7.png", "image_12.png"], ["mask_007.png", "mask_012.png"], {"image_7.png": "mask_007.png", "image_12.png": "mask_012.png"}),
-    (["000.png", "001.png"], ["000.jpg", "001.jpg", "002.jpg"], {"000.png": "000.jpg", "001.png": "001.jpg"}),
-])
+@pytest.mark.parametrize(
+    "images,masks,expect",
+    [
+        # digits as written first: img_1 <-> mask_1 and img_01 <-> mask_01, never both on one mask
+        (
+            ["img_1.png", "img_01.png"],
+            ["mask_1.png", "mask_01.png"],
+            {"img_1.png": "mask_1.png", "img_01.png": "mask_01.png"},
+        ),
+        # names without image suffixes: cat.jpg.png <-> cat.jpg, cat.png <-> cat.png
+        (
+            ["cat.png", "cat.jpg.png"],
+            ["cat.png", "cat.jpg"],
+            {"cat.png": "cat.png", "cat.jpg.png": "cat.jpg"},
+        ),
+        # the lab: different zero padding still pairs by number when it is unique on both sides
+        (
+            ["image_7.png", "image_12.png"],
+            ["mask_007.png", "mask_012.png"],
+            {"image_7.png": "mask_007.png", "image_12.png": "mask_012.png"},
+        ),
+        (
+            ["000.png", "001.png"],
+            ["000.jpg", "001.jpg", "002.jpg"],
+            {"000.png": "000.jpg", "001.png": "001.jpg"},
+        ),
+    ],
+)
 def test_pairing_rules(tmp_path, images, masks, expect):
     _touch(tmp_path / "i", images)
     _touch(tmp_path / "m", masks)
@@ -111,12 +132,17 @@ def test_pairing_rules(tmp_path, images, masks, expect):
 
 def test_pairing_refuses_to_share_or_guess(tmp_path):
     _touch(tmp_path / "i", ["img_1.png", "img_01.png"])
-    _touch(tmp_path / "m", ["mask_1.png"])  # img_01 has no mask of its own: an error, not mask_1 twice
+    _touch(
+        tmp_path / "m", ["mask_1.png"]
+    )  # img_01 has no mask of its own: an error, not mask_1 twice
     with pytest.raises(DataError, match="no mask .* for: img_01.png"):
         pair_masks(tmp_path / "i", tmp_path / "m")
     _touch(tmp_path / "i2", ["a_1.png", "b_1.png"])
     _touch(tmp_path / "m2", ["m_1.png", "n_1.png"])
-    with pytest.raises(DataError, match="ambiguous pairing of images and masks .*a_1.png, b_1.png, m_1.png, n_1.png"):
+    with pytest.raises(
+        DataError,
+        match="ambiguous pairing of images and masks .*a_1.png, b_1.png, m_1.png, n_1.png",
+    ):
         pair_masks(tmp_path / "i2", tmp_path / "m2")
 
 
@@ -125,15 +151,23 @@ def test_token_file_round_trip_and_errors(tmp_path):
     tf = tokens.TokenFile(ids=ids, files=["a", "b", "c"], tokenizer_id="abc", codebook_size=1024)
     tokens.save_tokens(tmp_path / "t.npz", tf)
     back = tokens.load_tokens(tmp_path / "t.npz")
-    assert torch.equal(back.ids, ids) and back.files == ["a", "b", "c"] and back.tokenizer_id == "abc"
+    assert (
+        torch.equal(back.ids, ids) and back.files == ["a", "b", "c"] and back.tokenizer_id == "abc"
+    )
     assert np.load(tmp_path / "t.npz")["ids"].dtype == np.uint16
     (tmp_path / "bad.npz").write_bytes(b"garbage")
     with pytest.raises(DataError, match="corrupt token file"):
         tokens.load_tokens(tmp_path / "bad.npz")
     with pytest.raises(DataError, match="not found"):
         tokens.load_tokens(tmp_path / "none.npz")
-    np.savez(tmp_path / "empty.npz", ids=np.zeros((0, 4, 4), np.uint16), files=np.array([]),
-             tokenizer_id=np.array("x"), grid=np.array(4), codebook_size=np.array(8))
+    np.savez(
+        tmp_path / "empty.npz",
+        ids=np.zeros((0, 4, 4), np.uint16),
+        files=np.array([]),
+        tokenizer_id=np.array("x"),
+        grid=np.array(4),
+        codebook_size=np.array(8),
+    )
     with pytest.raises(DataError, match="no token grids"):
         tokens.load_tokens(tmp_path / "empty.npz")
 

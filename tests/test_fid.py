@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import FIXTURES, TinyFeatures, invoke_json
+
 from maskgit_cli import fid, inception, pipeline
 from maskgit_cli.errors import WeightsNotFound
 
@@ -27,7 +27,9 @@ def test_equal_covariances_give_squared_mean_distance():
     rng = np.random.default_rng(1)
     sigma = _random_cov(32, rng)
     mu1, mu2 = rng.standard_normal(32), rng.standard_normal(32)
-    assert fid.frechet_distance(mu1, sigma, mu2, sigma) == pytest.approx(float(((mu1 - mu2) ** 2).sum()), rel=1e-8)
+    assert fid.frechet_distance(mu1, sigma, mu2, sigma) == pytest.approx(
+        float(((mu1 - mu2) ** 2).sum()), rel=1e-8
+    )
 
 
 @pytest.mark.parametrize("d,n", [(64, 500), (256, 100)])  # full rank and rank-deficient
@@ -40,7 +42,9 @@ def test_agrees_with_the_scipy_sqrtm_formula(d, n):
     assert ours == pytest.approx(ref, rel=1e-6)
 
 
-@pytest.mark.parametrize("n", [500, 40])  # Cholesky path; singular covariance -> eigendecomposition path
+@pytest.mark.parametrize(
+    "n", [500, 40]
+)  # Cholesky path; singular covariance -> eigendecomposition path
 def test_psd_factor_reproduces_the_covariance(n):
     s = _random_cov(64, np.random.default_rng(n), n)
     w = fid._psd_factor(s)
@@ -75,20 +79,36 @@ def test_kid_subsets_are_never_the_whole_set():
 
 
 def test_clear_error_without_weights(tiny_data):
-    with pytest.raises(WeightsNotFound, match="make fid-weights.*--inception-weights.*MASKGIT_INCEPTION_WEIGHTS"):
+    with pytest.raises(
+        WeightsNotFound, match="make fid-weights.*--inception-weights.*MASKGIT_INCEPTION_WEIGHTS"
+    ):
         pipeline.fid(tiny_data["test"], tiny_data["val"], device="cpu")
 
 
 def test_fid_on_folders_and_npz_round_trip(tiny_data, tmp_path):
     feat = TinyFeatures(8)
-    r = pipeline.fid(tiny_data["test"], tiny_data["test"], dims=64, device="cpu", feature_fn=_as_dims(feat, 64),
-                     save_stats=tmp_path / "a.npz")
+    r = pipeline.fid(
+        tiny_data["test"],
+        tiny_data["test"],
+        dims=64,
+        device="cpu",
+        feature_fn=_as_dims(feat, 64),
+        save_stats=tmp_path / "a.npz",
+    )
     # rank-deficient (10 images, 64 dims): float noise on the null space stays tiny
     assert abs(r.fid) < 1e-3 and r.count_a == 10 and r.warnings  # N < dims is flagged
-    r2 = pipeline.fid(tmp_path / "a.npz", tiny_data["val"], dims=64, device="cpu", feature_fn=_as_dims(feat, 64))
-    r3 = pipeline.fid(tiny_data["test"], tiny_data["val"], dims=64, device="cpu", feature_fn=_as_dims(feat, 64))
+    r2 = pipeline.fid(
+        tmp_path / "a.npz", tiny_data["val"], dims=64, device="cpu", feature_fn=_as_dims(feat, 64)
+    )
+    r3 = pipeline.fid(
+        tiny_data["test"], tiny_data["val"], dims=64, device="cpu", feature_fn=_as_dims(feat, 64)
+    )
     assert r2.fid == pytest.approx(r3.fid) and r2.fid > 0 and r2.kid == pytest.approx(r3.kid)
-    assert r3.kid_subset_size == 5 and r3.kid_std > 0 and any("KID over 100 subsets of 5" in w for w in r3.warnings)
+    assert (
+        r3.kid_subset_size == 5
+        and r3.kid_std > 0
+        and any("KID over 100 subsets of 5" in w for w in r3.warnings)
+    )
     # pytorch-fid's own .npz (mu, sigma only) works for FID; KID then needs features and is null
     s = fid.Stats.load(tmp_path / "a.npz")
     np.savez(tmp_path / "ptfid.npz", mu=s.mu, sigma=s.sigma)
@@ -108,11 +128,16 @@ def test_cli_fid_json_on_npz(runner, tmp_path):
     for name, shift in (("a", 0.0), ("b", 0.5)):
         f = rng.standard_normal((300, 64)) + shift
         np.savez(tmp_path / f"{name}.npz", mu=f.mean(0), sigma=np.cov(f, rowvar=False))
-    out = invoke_json(runner, ["fid", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--dims", "64"])
+    out = invoke_json(
+        runner, ["fid", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--dims", "64"]
+    )
     for key in ("fid", "kid", "count_a", "count_b", "dims", "seconds"):
         assert key in out
     a, b = fid.Stats.load(tmp_path / "a.npz"), fid.Stats.load(tmp_path / "b.npz")
-    assert out["fid"] == pytest.approx(fid.frechet_distance(a.mu, a.sigma, b.mu, b.sigma)) and out["dims"] == 64
+    assert (
+        out["fid"] == pytest.approx(fid.frechet_distance(a.mu, a.sigma, b.mu, b.sigma))
+        and out["dims"] == 64
+    )
     assert out["fid"] > 64 * 0.25  # at least the squared mean shift
     assert out["kid"] is None  # pytorch-fid statistics carry no features
 
@@ -122,4 +147,3 @@ def test_cli_fid_without_weights_exits_1(runner, tiny_data):
 
     r = runner.invoke(app, ["fid", str(tiny_data["test"]), str(tiny_data["val"])])
     assert r.exit_code == 1 and "--inception-weights" in r.output and "Traceback" not in r.output
-

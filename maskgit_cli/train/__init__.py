@@ -21,14 +21,24 @@ class StageEntry:
 
 
 STAGES: dict[str, StageEntry] = {
-    "tokenizer": StageEntry("tokenizer", "TokenizerStage", "stage 1: the VQGAN tokenizer, on images",
-                            ("loss", "psnr", "usage", "images_per_second")),
-    "decoder": StageEntry("decoder", "DecoderStage",
-                          "stage 1b: fine-tune RUN's tokenizer decoder against a patch GAN, tokens unchanged",
-                          ("loss", "psnr", "gan_weight", "images_per_second")),
-    "transformer": StageEntry("transformer", "TransformerStage",
-                              "stage 2: the MVTM transformer, on RUN's tokenizer's tokens",
-                              ("loss", "lr", "tokens_per_second")),
+    "tokenizer": StageEntry(
+        "tokenizer",
+        "TokenizerStage",
+        "stage 1: the VQGAN tokenizer, on images",
+        ("loss", "psnr", "usage", "images_per_second"),
+    ),
+    "decoder": StageEntry(
+        "decoder",
+        "DecoderStage",
+        "stage 1b: fine-tune RUN's tokenizer decoder against a patch GAN, tokens unchanged",
+        ("loss", "psnr", "gan_weight", "images_per_second"),
+    ),
+    "transformer": StageEntry(
+        "transformer",
+        "TransformerStage",
+        "stage 2: the MVTM transformer, on RUN's tokenizer's tokens",
+        ("loss", "lr", "tokens_per_second"),
+    ),
 }
 
 

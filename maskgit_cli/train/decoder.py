@@ -16,15 +16,24 @@ import torch
 
 from maskgit_cli import checkpoint, data, runtime, vqgan
 from maskgit_cli.errors import CheckpointError, ConfigError
-from maskgit_cli.train.loop import (StepOut, adamw, check_finite, optimizer_step, past_total, resume_changes,
-                                    rng_state, set_rng_state)
+from maskgit_cli.train.loop import (
+    StepOut,
+    adamw,
+    check_finite,
+    optimizer_step,
+    past_total,
+    resume_changes,
+    rng_state,
+    set_rng_state,
+)
 from maskgit_cli.train.tokenizer import ImageStage, evaluate_tokenizer, hinge_disc_step
 
 STAGE1_BACKUP = "tokenizer_stage1.pt"
 
 
-def adaptive_gan_weight(rec_loss: torch.Tensor, gan_loss: torch.Tensor, last: torch.Tensor,
-                        factor: float) -> torch.Tensor:
+def adaptive_gan_weight(
+    rec_loss: torch.Tensor, gan_loss: torch.Tensor, last: torch.Tensor, factor: float
+) -> torch.Tensor:
     """VQGAN's balance of the two losses (Esser et al. 2021, eq. 7): factor * |d rec / d last| /
     |d gan / d last| at the decoder's last layer, so the GAN term neither vanishes nor swamps the
     reconstruction whatever the discriminator's scale. Both losses may be AMP-scaled alike."""
@@ -47,34 +56,47 @@ class DecoderStage(ImageStage):
         from maskgit_cli.errors import DataError
 
         if not (run_dir / cls.checkpoint_file).exists():
-            raise DataError(f"no {cls.checkpoint_file} in {run_dir} to fine-tune: train one there first "
-                            f"(--stage tokenizer --out {run_dir})")
+            raise DataError(
+                f"no {cls.checkpoint_file} in {run_dir} to fine-tune: train one there first "
+                f"(--stage tokenizer --out {run_dir})"
+            )
 
     def setup(self, resume: bool) -> tuple[int, list[str]]:
         path, backup = self.checkpoint_path, self.run_dir / STAGE1_BACKUP
         ck = checkpoint.load(path, "tokenizer")
         state = ck.get("decoder_train")
         if resume and state is None:
-            raise CheckpointError(f"{path}: its decoder was never fine-tuned, so there is nothing to resume; "
-                                  "run --stage decoder without --resume")
+            raise CheckpointError(
+                f"{path}: its decoder was never fine-tuned, so there is nothing to resume; "
+                "run --stage decoder without --resume"
+            )
         if not resume and state is not None:
             if not self.overwrite:
-                raise CheckpointError(f"{path}: its decoder is already fine-tuned ({state['step']} steps); "
-                                      "continue with --resume, or pass --overwrite to restart from "
-                                      f"{STAGE1_BACKUP}")
+                raise CheckpointError(
+                    f"{path}: its decoder is already fine-tuned ({state['step']} steps); "
+                    "continue with --resume, or pass --overwrite to restart from "
+                    f"{STAGE1_BACKUP}"
+                )
             if not backup.is_file():
-                raise CheckpointError(f"{path}: --overwrite restarts from {backup}, which is missing; "
-                                      "continue with --resume instead")
+                raise CheckpointError(
+                    f"{path}: --overwrite restarts from {backup}, which is missing; "
+                    "continue with --resume instead"
+                )
             ck = checkpoint.load(backup, "tokenizer")
-        cfg = self.cfg = dataclasses.replace(checkpoint.config_of(ck), decoder_train=self.cfg.decoder_train)
+        cfg = self.cfg = dataclasses.replace(
+            checkpoint.config_of(ck), decoder_train=self.cfg.decoder_train
+        )
         tc, device = cfg.decoder_train, self.device
         self.tokens_id = checkpoint.tokens_id(ck)
         self.base = {k: v for k, v in ck.items() if k not in ("path", "version", "decoder_train")}
         notes: list[str] = []
         self.steps(len(self.images), tc.batch_size)
         if tc.generated >= tc.batch_size:
-            raise ConfigError(f"decoder_train.generated ({tc.generated}) must be less than decoder_train.batch_size "
-                              f"({tc.batch_size}): each batch keeps some whole images to reconstruct")
+            raise ConfigError(
+                f"decoder_train.generated ({tc.generated}) must be less than "
+                "decoder_train.batch_size "
+                f"({tc.batch_size}): each batch keeps some whole images to reconstruct"
+            )
         if resume:
             notes = resume_changes(ck["config"], cfg, self, path)
             past_total(state["step"], self.total, path)
@@ -86,7 +108,9 @@ class DecoderStage(ImageStage):
         self.params = [*model.post_quant_conv.parameters(), *model.decoder.parameters()]
         for p in self.params:
             p.requires_grad_(True)
-        self.last = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Conv2d)][-1].weight
+        self.last = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Conv2d)][
+            -1
+        ].weight
         self.opt = adamw(self.params, lr=tc.lr, betas=(0.5, 0.9))
         self.disc = vqgan.PatchDiscriminator().to(device)
         self.disc_opt = adamw(self.disc.parameters(), lr=tc.disc_lr, betas=(0.5, 0.9))
@@ -95,7 +119,9 @@ class DecoderStage(ImageStage):
         if tc.generated:
             self.pool = state.get("pool") if resume else None
             if self.pool is None:
-                from maskgit_cli.inpaint import inpainting_pool  # the run's transformer fills the holes
+                from maskgit_cli.inpaint import (
+                    inpainting_pool,
+                )  # the run's transformer fills the holes
 
                 self.pool = inpainting_pool(self.run_dir, self.images, tc.pool, self.seed, device)
             self.pool_truth = self.images[self.pool["index"]]
@@ -106,7 +132,9 @@ class DecoderStage(ImageStage):
             self.scaler.load_state_dict(state["scaler"])
             step, self.start_val = state["step"], state.get("start_metrics", {})
             set_rng_state(state["rng"])
-        elif state is None:  # a first fine-tune keeps its stage-1 start (an --overwrite restart loaded it from there)
+        elif (
+            state is None
+        ):  # a first fine-tune keeps its stage-1 start (--overwrite restarts from there)
             checkpoint.save(backup, self.base)
         self.whole = tc.batch_size - tc.generated  # encoder-token images per batch
         return step, notes
@@ -118,7 +146,14 @@ class DecoderStage(ImageStage):
         return [{"epoch": 0, "step": 0, "val_psnr": self.start_val["psnr"]}]
 
     def step(self, step: int, lr: float) -> StepOut:
-        model, tc, disc, pool, device, cfg = self.model, self.settings, self.disc, self.pool, self.device, self.cfg
+        model, tc, disc, pool, device, cfg = (
+            self.model,
+            self.settings,
+            self.disc,
+            self.pool,
+            self.device,
+            self.cfg,
+        )
         model.train()
         g, x8, x = self.batch(step, self.whole)
         with torch.no_grad(), runtime.autocast(device):
@@ -129,7 +164,7 @@ class DecoderStage(ImageStage):
             ids = torch.cat([ids, pool["ids"][pick].long().to(device)])
             real = torch.cat([x, data.normalize(self.pool_truth[pick].to(device), cfg.data)])
             known = torch.ones_like(real[:, :1])
-            known[len(x):] = (~pool["missing"][pick]).unsqueeze(1).to(known)
+            known[len(x) :] = (~pool["missing"][pick]).unsqueeze(1).to(known)
         disc.requires_grad_(False)  # the generator pass needs no discriminator gradients
         with runtime.autocast(device):
             rec_all = model.decode_ids(ids)
@@ -140,8 +175,9 @@ class DecoderStage(ImageStage):
             else:  # averaged over the known pixels only
                 rec_loss = (rec_loss * known).sum() / (known.sum() * rec_loss.shape[1])
             gan_loss = -disc(rec_all).float().mean()
-        weight = adaptive_gan_weight(self.scaler.scale(rec_loss), self.scaler.scale(gan_loss), self.last,
-                                     tc.disc_weight)
+        weight = adaptive_gan_weight(
+            self.scaler.scale(rec_loss), self.scaler.scale(gan_loss), self.last, tc.disc_weight
+        )
         loss = rec_loss + weight * gan_loss
         check_finite(loss, step, self.checkpoint_path, "lower decoder_train.lr")
         self.opt.zero_grad(set_to_none=True)
@@ -149,16 +185,39 @@ class DecoderStage(ImageStage):
         optimizer_step(self.opt, self.scaler, self.params, tc.grad_clip)
         disc.requires_grad_(True)
         d_loss = hinge_disc_step(disc, self.disc_opt, real, rec_all, device)
-        return StepOut(loss.item(), len(x8), lambda: {
-            "rec_loss": rec_loss.item(), "gan_loss": gan_loss.item(), "gan_weight": weight.item(),
-            "disc_loss": d_loss, "lr": lr, "psnr": self.batch_psnr(rec_all[:len(x8)], x8)})
+        return StepOut(
+            loss.item(),
+            len(x8),
+            lambda: {
+                "rec_loss": rec_loss.item(),
+                "gan_loss": gan_loss.item(),
+                "gan_weight": weight.item(),
+                "disc_loss": d_loss,
+                "lr": lr,
+                "psnr": self.batch_psnr(rec_all[: len(x8)], x8),
+            },
+        )
 
     def save(self, step: int, final: bool = False) -> None:
         sd = self.model.state_dict()
-        checkpoint.save(self.checkpoint_path, {
-            **self.base, "config": self.cfg.to_dict(), "model": sd, "model_id": self.tokens_id,
-            "metrics": self.last_val or self.base.get("metrics", {}), "decoder_train": {
-                "step": step, "optimizer": self.opt.state_dict(), "disc": self.disc.state_dict(),
-                "disc_optimizer": self.disc_opt.state_dict(), "scaler": self.scaler.state_dict(),
-                "rng": rng_state(), "weights_id": checkpoint.model_id(sd), "start_metrics": self.start_val,
-                "pool": self.pool}})
+        checkpoint.save(
+            self.checkpoint_path,
+            {
+                **self.base,
+                "config": self.cfg.to_dict(),
+                "model": sd,
+                "model_id": self.tokens_id,
+                "metrics": self.last_val or self.base.get("metrics", {}),
+                "decoder_train": {
+                    "step": step,
+                    "optimizer": self.opt.state_dict(),
+                    "disc": self.disc.state_dict(),
+                    "disc_optimizer": self.disc_opt.state_dict(),
+                    "scaler": self.scaler.state_dict(),
+                    "rng": rng_state(),
+                    "weights_id": checkpoint.model_id(sd),
+                    "start_metrics": self.start_val,
+                    "pool": self.pool,
+                },
+            },
+        )

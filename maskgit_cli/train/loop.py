@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -45,12 +46,14 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7_777 + epoch))
 
 
-def batch_indices(n: int, batch: int, seed: int, step: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+def batch_indices(
+    n: int, batch: int, seed: int, step: int, rank: int = 0, world: int = 1
+) -> torch.Tensor:
     """Indices of the global batch `step` (the last batch of an epoch may be short), this rank's
     share of it."""
     per_epoch = math.ceil(n / batch)
     epoch, i = divmod(step, per_epoch)
-    idx = epoch_order(n, seed, epoch)[i * batch:(i + 1) * batch]
+    idx = epoch_order(n, seed, epoch)[i * batch : (i + 1) * batch]
     return idx[rank::world]
 
 
@@ -109,11 +112,15 @@ def optimizer_step(opt: torch.optim.Optimizer, scaler, params, clip: float) -> N
 
 def check_finite(loss: torch.Tensor, step: int, ckpt_path: Path, hint: str) -> None:
     if not torch.isfinite(loss):
-        kept = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written yet"
+        kept = (
+            f"the last good checkpoint is {ckpt_path}"
+            if ckpt_path.exists()
+            else "no checkpoint was written yet"
+        )
         raise TrainingDiverged(f"loss became {loss.item()} at step {step}; {kept}; {hint}")
 
 
-def resume_changes(saved: dict[str, Any], cfg: Config, stage: "Stage", path: Path) -> list[str]:
+def resume_changes(saved: dict[str, Any], cfg: Config, stage: Stage, path: Path) -> list[str]:
     """Compare a checkpoint's config with the one a resume asks for. Training longer (epochs,
     max_steps) or logging differently is allowed and described; any other change to what the
     stage depends on is a CheckpointError naming the keys."""
@@ -127,23 +134,33 @@ def resume_changes(saved: dict[str, Any], cfg: Config, stage: "Stage", path: Pat
                 continue
             name = f"{section}.{key}"
             if section == stage.section and key in RESUMABLE:
-                notes.append(f"{name} {old} -> {new}" + (": the learning-rate schedule follows the new total "
-                                                         "(its cosine continues from the current step)"
-                                                         if key in ("epochs", "max_steps") else ""))
+                notes.append(
+                    f"{name} {old} -> {new}"
+                    + (
+                        ": the learning-rate schedule follows the new total "
+                        "(its cosine continues from the current step)"
+                        if key in ("epochs", "max_steps")
+                        else ""
+                    )
+                )
             else:
                 changed.append(f"{name} ({old} -> {new})")
     if changed:
-        raise CheckpointError(f"{path}: cannot resume with {', '.join(changed[:3])}"
-                              f"{f' and {len(changed) - 3} more' if len(changed) > 3 else ''}: only "
-                              f"{', '.join(RESUMABLE)} may change; resume with the run's own config "
-                              f"({path.parent / 'config.yaml'}) or start a new --out")
+        raise CheckpointError(
+            f"{path}: cannot resume with {', '.join(changed[:3])}"
+            f"{f' and {len(changed) - 3} more' if len(changed) > 3 else ''}: only "
+            f"{', '.join(RESUMABLE)} may change; resume with the run's own config "
+            f"({path.parent / 'config.yaml'}) or start a new --out"
+        )
     return notes
 
 
 def past_total(step: int, total: int, path: Path) -> None:
     if step > total:
-        raise CheckpointError(f"{path}: the run is already at step {step}, past the new total of {total} steps; "
-                              "raise --max-steps / --epochs to train further")
+        raise CheckpointError(
+            f"{path}: the run is already at step {step}, past the new total of {total} steps; "
+            "raise --max-steps / --epochs to train further"
+        )
 
 
 def write_config(run_dir: Path, cfg: Config) -> None:
@@ -166,16 +183,30 @@ class Stage:
     section = ""  # its settings: cfg.<section>
     checkpoint_file = ""
     metrics_file = ""
-    files: tuple[str, ...] = ()  # every name it writes in the run directory (claimed before it starts)
-    depends_on: tuple[str, ...] = ()  # config sections its weights depend on: a resume refuses changes
+    files: tuple[
+        str, ...
+    ] = ()  # every name it writes in the run directory (claimed before it starts)
+    depends_on: tuple[
+        str, ...
+    ] = ()  # config sections its weights depend on: a resume refuses changes
     unit = "images"  # what throughput counts
     summary = ""  # one line for --help
 
-    def __init__(self, cfg: Config, run_dir: Path, *, device: torch.device, seed: int = 0, overwrite: bool = False):
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path,
+        *,
+        device: torch.device,
+        seed: int = 0,
+        overwrite: bool = False,
+    ):
         self.cfg, self.run_dir, self.device, self.seed = cfg, Path(run_dir), device, seed
         self.overwrite = overwrite  # a fresh start replaces the stage's checkpoint
         self.rank, self.world = runtime.dist_info()
-        self.opt: torch.optim.Optimizer | None = None  # the optimizer the learning-rate schedule drives
+        self.opt: torch.optim.Optimizer | None = (
+            None  # the optimizer the learning-rate schedule drives
+        )
         self.per_epoch = 1
         self.total = 0
 
@@ -204,12 +235,26 @@ class Stage:
         if resume and not path.exists():
             raise DataError(f"--resume: no {cls.checkpoint_file} in {run_dir} to resume from")
         if not resume and path.exists() and not overwrite:
-            raise DataError(f"{path} already exists; pass --resume to continue it or --overwrite to restart")
+            raise DataError(
+                f"{path} already exists; pass --resume to continue it or --overwrite to restart"
+            )
 
     @classmethod
-    def open(cls, cfg: Config, run_dir: Path, *, data: Path, val: Path | None, tokenizer: Path | None,
-             resize: bool, device: torch.device, seed: int, compile: bool, overwrite: bool,
-             status: Callable[[str], None]) -> "Stage":
+    def open(
+        cls,
+        cfg: Config,
+        run_dir: Path,
+        *,
+        data: Path,
+        val: Path | None,
+        tokenizer: Path | None,
+        resize: bool,
+        device: torch.device,
+        seed: int,
+        compile: bool,
+        overwrite: bool,
+        status: Callable[[str], None],
+    ) -> Stage:
         """The stage with its data loaded from the command's paths."""
         raise NotImplementedError
 
@@ -235,13 +280,14 @@ class Stage:
     def save(self, step: int, final: bool = False) -> None:
         raise NotImplementedError
 
-    def result(self, run: "Run"):
+    def result(self, run: Run):
         raise NotImplementedError
 
 
 @dataclass
 class Run:
     """What the loop measured, handed to Stage.result."""
+
     steps: int
     final_loss: float | None
     seconds: float
@@ -255,7 +301,11 @@ def run(stage: Stage, *, resume: bool = False, on_step: Callback = None, on_epoc
     """Train `stage` from its start (or its checkpoint, with `resume`) to its total step."""
     step, notes = stage.setup(resume)
     tc, total, rank = stage.settings, stage.total, stage.rank
-    log = MetricsLog(stage.run_dir / stage.metrics_file, step if resume else None) if rank == 0 else None
+    log = (
+        MetricsLog(stage.run_dir / stage.metrics_file, step if resume else None)
+        if rank == 0
+        else None
+    )
     epochs: list[dict[str, Any]] = []
     for row in stage.first_rows(resume):
         epochs.append(row)
@@ -272,15 +322,24 @@ def run(stage: Stage, *, resume: bool = False, on_step: Callback = None, on_epoc
             losses.append(out.loss)
             rate = seen / max(1e-9, time.time() - t0)
             if rank == 0 and (step % tc.log_every == 0 or step == total):
-                record = {"step": step, "loss": out.loss, **out.fields(), f"{stage.unit}_per_second": rate}
+                record = {
+                    "step": step,
+                    "loss": out.loss,
+                    **out.fields(),
+                    f"{stage.unit}_per_second": rate,
+                }
                 log.write(record)
                 if on_step:
                     on_step({**record, "total": total})
             if step % tc.checkpoint_every == 0:
                 stage.save(step)
             if step % stage.per_epoch == 0 or step == total:
-                row = {"epoch": math.ceil(step / stage.per_epoch), "step": step,
-                       "train_loss": sum(losses) / len(losses), **stage.epoch_fields(lr, rate)}
+                row = {
+                    "epoch": math.ceil(step / stage.per_epoch),
+                    "step": step,
+                    "train_loss": sum(losses) / len(losses),
+                    **stage.epoch_fields(lr, rate),
+                }
                 losses = []
                 if rank == 0:
                     row.update(stage.evaluate(step))
@@ -292,5 +351,14 @@ def run(stage: Stage, *, resume: bool = False, on_step: Callback = None, on_epoc
         interrupted = True
     stage.save(step, final=True)
     seconds = time.time() - t0
-    return stage.result(Run(steps=step, final_loss=last, seconds=seconds, rate=seen / max(seconds, 1e-9),
-                            interrupted=interrupted, epochs=epochs, warnings=notes))
+    return stage.result(
+        Run(
+            steps=step,
+            final_loss=last,
+            seconds=seconds,
+            rate=seen / max(seconds, 1e-9),
+            interrupted=interrupted,
+            epochs=epochs,
+            warnings=notes,
+        )
+    )

@@ -14,8 +14,20 @@ import torch
 from maskgit_cli import checkpoint, data, runtime, vqgan
 from maskgit_cli.errors import CheckpointError
 from maskgit_cli.metrics import psnr
-from maskgit_cli.train.loop import (Run, Stage, StepOut, adamw, batch_indices, check_finite, optimizer_step,
-                                    past_total, resume_changes, rng_state, set_rng_state, write_config)
+from maskgit_cli.train.loop import (
+    Run,
+    Stage,
+    StepOut,
+    adamw,
+    batch_indices,
+    check_finite,
+    optimizer_step,
+    past_total,
+    resume_changes,
+    rng_state,
+    set_rng_state,
+    write_config,
+)
 
 
 @dataclass
@@ -35,12 +47,14 @@ class TokenizerResult:
 
 
 @torch.no_grad()
-def evaluate_tokenizer(model, images: torch.Tensor, cfg, device, batch_size: int = 64) -> dict[str, float]:
+def evaluate_tokenizer(
+    model, images: torch.Tensor, cfg, device, batch_size: int = 64
+) -> dict[str, float]:
     """Reconstruction PSNR and codebook health over a set of uint8 images."""
     model.eval()
     psnrs, counts = [], torch.zeros(model.codebook_size, dtype=torch.long)
     for i in range(0, len(images), batch_size):
-        x8 = images[i:i + batch_size].to(device)
+        x8 = images[i : i + batch_size].to(device)
         x = data.normalize(x8, cfg.data)
         with runtime.autocast(device):
             rec, ids, _, _ = model(x)
@@ -48,12 +62,16 @@ def evaluate_tokenizer(model, images: torch.Tensor, cfg, device, batch_size: int
         counts += torch.bincount(ids.flatten().cpu(), minlength=model.codebook_size)
     p = counts.float() / counts.sum()
     perplexity = torch.exp(-(p[p > 0] * p[p > 0].log()).sum()).item()
-    return {"psnr": torch.cat(psnrs).mean().item(), "usage": (counts > 0).float().mean().item(),
-            "perplexity": perplexity}
+    return {
+        "psnr": torch.cat(psnrs).mean().item(),
+        "usage": (counts > 0).float().mean().item(),
+        "perplexity": perplexity,
+    }
 
 
-def restart_dead_codes(model, code_ema: torch.Tensor, z_e: torch.Tensor, threshold: float,
-                       generator: torch.Generator) -> int:
+def restart_dead_codes(
+    model, code_ema: torch.Tensor, z_e: torch.Tensor, threshold: float, generator: torch.Generator
+) -> int:
     """Move codes that have gone unused onto random encoder outputs of the current batch
     (codebook restarts, as in Jukebox / Dhariwal et al.), so most codes stay in use."""
     dead = (code_ema < threshold).nonzero().flatten()
@@ -63,7 +81,9 @@ def restart_dead_codes(model, code_ema: torch.Tensor, z_e: torch.Tensor, thresho
     pick = torch.randint(0, len(z), (len(dead),), generator=generator).to(z.device)
     noise = 0.01 * z.std() * torch.randn(len(dead), z.shape[1], generator=generator).to(z.device)
     with torch.no_grad():
-        model.codebook.embedding.weight[dead.to(z.device)] = (z[pick] + noise).to(model.codebook.embedding.weight.dtype)
+        model.codebook.embedding.weight[dead.to(z.device)] = (z[pick] + noise).to(
+            model.codebook.embedding.weight.dtype
+        )
     code_ema[dead] = 1.0  # give revived codes a grace period
     return len(dead)
 
@@ -84,23 +104,36 @@ class ImageStage(Stage):
 
     unit = "images"
 
-    def __init__(self, cfg, run_dir, *, images: torch.Tensor, val_images: torch.Tensor | None = None, **kw):
+    def __init__(
+        self, cfg, run_dir, *, images: torch.Tensor, val_images: torch.Tensor | None = None, **kw
+    ):
         super().__init__(cfg, run_dir, **kw)
         self.images, self.val_images = images, val_images
         self.model = None
         self.last_val: dict[str, float] = {}
 
     @classmethod
-    def open(cls, cfg, run_dir, *, data, val, tokenizer, resize, device, seed, compile, overwrite, status):
+    def open(
+        cls, cfg, run_dir, *, data, val, tokenizer, resize, device, seed, compile, overwrite, status
+    ):
         from maskgit_cli import data as data_mod
 
         status(f"loading images from {data}")
         images, _ = data_mod.load_folder(data, cfg.data.image_size, resize)
         val_images = data_mod.load_folder(val, cfg.data.image_size, resize)[0] if val else None
-        return cls(cfg, run_dir, images=images, val_images=val_images, device=device, seed=seed,
-                   overwrite=overwrite)
+        return cls(
+            cfg,
+            run_dir,
+            images=images,
+            val_images=val_images,
+            device=device,
+            seed=seed,
+            overwrite=overwrite,
+        )
 
-    def batch(self, step: int, batch_size: int) -> tuple[torch.Generator, torch.Tensor, torch.Tensor]:
+    def batch(
+        self, step: int, batch_size: int
+    ) -> tuple[torch.Generator, torch.Tensor, torch.Tensor]:
         """The step's generator and batch (uint8, and normalized on the device)."""
         g = runtime.step_generator(self.seed, step)
         x8 = self.images[batch_indices(len(self.images), batch_size, self.seed, step)]
@@ -111,29 +144,50 @@ class ImageStage(Stage):
 
     def batch_psnr(self, rec: torch.Tensor, x8: torch.Tensor) -> float:
         with torch.no_grad():
-            return psnr(data.denormalize(rec.detach().float(), self.cfg.data),
-                        x8.float().to(self.device) / 255).mean().item()
+            return (
+                psnr(
+                    data.denormalize(rec.detach().float(), self.cfg.data),
+                    x8.float().to(self.device) / 255,
+                )
+                .mean()
+                .item()
+            )
 
     def evaluate(self, step: int) -> dict[str, Any]:
         self.last_val = {}
         if self.val_images is None:
             return {}
         self.last_val = evaluate_tokenizer(self.model, self.val_images, self.cfg, self.device)
-        return {"val_psnr": self.last_val["psnr"], "codebook_usage": self.last_val["usage"],
-                "perplexity": self.last_val["perplexity"]}
+        return {
+            "val_psnr": self.last_val["psnr"],
+            "codebook_usage": self.last_val["usage"],
+            "perplexity": self.last_val["perplexity"],
+        }
 
     def result(self, run: Run) -> TokenizerResult:
         """Evaluates once more if the last epoch's figures are missing (an interrupted run)."""
         val = self.last_val
         if not val or run.interrupted:
-            val = evaluate_tokenizer(self.model, self.val_images if self.val_images is not None else self.images[:512],
-                                     self.cfg, self.device)
-        return TokenizerResult(stage=self.name, steps=run.steps, final_loss=run.final_loss,
-                               val_psnr=val["psnr"] if self.val_images is not None else None,
-                               codebook_usage=val["usage"], perplexity=val["perplexity"],
-                               checkpoint=str(self.checkpoint_path), seconds=run.seconds,
-                               images_per_second=run.rate, interrupted=run.interrupted, epochs=run.epochs,
-                               warnings=run.warnings)
+            val = evaluate_tokenizer(
+                self.model,
+                self.val_images if self.val_images is not None else self.images[:512],
+                self.cfg,
+                self.device,
+            )
+        return TokenizerResult(
+            stage=self.name,
+            steps=run.steps,
+            final_loss=run.final_loss,
+            val_psnr=val["psnr"] if self.val_images is not None else None,
+            codebook_usage=val["usage"],
+            perplexity=val["perplexity"],
+            checkpoint=str(self.checkpoint_path),
+            seconds=run.seconds,
+            images_per_second=run.rate,
+            interrupted=run.interrupted,
+            epochs=run.epochs,
+            warnings=run.warnings,
+        )
 
 
 class TokenizerStage(ImageStage):
@@ -149,9 +203,13 @@ class TokenizerStage(ImageStage):
         cfg, tc, device = self.cfg, self.settings, self.device
         torch.manual_seed(self.seed)
         self.model = vqgan.build(cfg).to(device)
-        self.opt = adamw(self.model.parameters(), lr=tc.lr, betas=(0.5, 0.9), weight_decay=tc.weight_decay)
+        self.opt = adamw(
+            self.model.parameters(), lr=tc.lr, betas=(0.5, 0.9), weight_decay=tc.weight_decay
+        )
         self.disc = vqgan.PatchDiscriminator().to(device) if tc.disc_start >= 0 else None
-        self.disc_opt = adamw(self.disc.parameters(), lr=tc.disc_lr, betas=(0.5, 0.9)) if self.disc else None
+        self.disc_opt = (
+            adamw(self.disc.parameters(), lr=tc.disc_lr, betas=(0.5, 0.9)) if self.disc else None
+        )
         self.scaler = runtime.grad_scaler(device)
         self.code_ema = torch.zeros(self.model.codebook_size)
         self.resumed = resume
@@ -161,8 +219,10 @@ class TokenizerStage(ImageStage):
             path = self.checkpoint_path
             ck = checkpoint.load(path, "tokenizer")
             if ck.get("decoder_train") is not None:
-                raise CheckpointError(f"{path}: its decoder was fine-tuned (--stage decoder) after stage 1, so "
-                                      "stage 1 cannot be resumed from it; start a new --out")
+                raise CheckpointError(
+                    f"{path}: its decoder was fine-tuned (--stage decoder) after stage 1, so "
+                    "stage 1 cannot be resumed from it; start a new --out"
+                )
             notes = resume_changes(ck["config"], cfg, self, path)
             past_total(ck["step"], self.total, path)
             self.model.load_state_dict(ck["model"])
@@ -206,16 +266,34 @@ class TokenizerStage(ImageStage):
         self.code_ema.mul_(0.99).add_(counts, alpha=0.01)
         if tc.restart_every and model.learned_codebook and (step + 1) % tc.restart_every == 0:
             restart_dead_codes(model, self.code_ema, z_e, tc.dead_threshold, g)
-        return StepOut(loss.item(), len(x8), lambda: {
-            "rec_loss": rec_loss.item(), "vq_loss": vq_loss.item(), "usage": (counts > 0).float().mean().item(),
-            "lr": lr, "psnr": self.batch_psnr(rec, x8)})
+        return StepOut(
+            loss.item(),
+            len(x8),
+            lambda: {
+                "rec_loss": rec_loss.item(),
+                "vq_loss": vq_loss.item(),
+                "usage": (counts > 0).float().mean().item(),
+                "lr": lr,
+                "psnr": self.batch_psnr(rec, x8),
+            },
+        )
 
     def save(self, step: int, final: bool = False) -> None:
         sd = self.model.state_dict()
-        checkpoint.save(self.checkpoint_path, {
-            "kind": "tokenizer", "config": self.cfg.to_dict(), "model": sd, "model_id": checkpoint.model_id(sd),
-            "optimizer": self.opt.state_dict(), "disc": self.disc.state_dict() if self.disc else None,
-            "disc_optimizer": self.disc_opt.state_dict() if self.disc_opt else None,
-            "scaler": self.scaler.state_dict(), "code_ema": self.code_ema, "step": step, "rng": rng_state(),
-            "metrics": self.last_val,
-        })
+        checkpoint.save(
+            self.checkpoint_path,
+            {
+                "kind": "tokenizer",
+                "config": self.cfg.to_dict(),
+                "model": sd,
+                "model_id": checkpoint.model_id(sd),
+                "optimizer": self.opt.state_dict(),
+                "disc": self.disc.state_dict() if self.disc else None,
+                "disc_optimizer": self.disc_opt.state_dict() if self.disc_opt else None,
+                "scaler": self.scaler.state_dict(),
+                "code_ema": self.code_ema,
+                "step": step,
+                "rng": rng_state(),
+                "metrics": self.last_val,
+            },
+        )

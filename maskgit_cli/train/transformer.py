@@ -15,8 +15,20 @@ import torch.nn.functional as F
 from maskgit_cli import checkpoint, runtime, tokens
 from maskgit_cli.errors import ConfigError, DataError
 from maskgit_cli.mvtm import fixed_ratio_mask, masked_loss, mvtm_hint, mvtm_mask
-from maskgit_cli.train.loop import (Run, Stage, StepOut, adamw, batch_indices, check_finite, optimizer_step,
-                                    past_total, resume_changes, rng_state, set_rng_state, write_config)
+from maskgit_cli.train.loop import (
+    Run,
+    Stage,
+    StepOut,
+    adamw,
+    batch_indices,
+    check_finite,
+    optimizer_step,
+    past_total,
+    resume_changes,
+    rng_state,
+    set_rng_state,
+    write_config,
+)
 
 BEST = "transformer_best.pt"
 
@@ -38,8 +50,15 @@ class TransformerResult:
 
 
 @torch.no_grad()
-def evaluate_transformer(model, ids: torch.Tensor, ratios: tuple[float, ...], device, batch_size: int = 128,
-                         seed: int = 1234, colors: torch.Tensor | None = None) -> dict[str, Any]:
+def evaluate_transformer(
+    model,
+    ids: torch.Tensor,
+    ratios: tuple[float, ...],
+    device,
+    batch_size: int = 128,
+    seed: int = 1234,
+    colors: torch.Tensor | None = None,
+) -> dict[str, Any]:
     """Loss and masked-token accuracy at fixed mask ratios; val_loss is their mean. `colors` (M, 3,
     h, w): token colours, for a model with hints."""
     model.eval()
@@ -52,10 +71,12 @@ def evaluate_transformer(model, ids: torch.Tensor, ratios: tuple[float, ...], de
         mask = fixed_ratio_mask(len(ids), ids.shape[1], ratio, seed + j)
         total_loss, correct, count = 0.0, 0, 0
         for i in range(0, len(ids), batch_size):
-            x, m = ids[i:i + batch_size].to(device), mask[i:i + batch_size].to(device)
-            hint = mvtm_hint(colors[i:i + batch_size], m) if model.cfg.hint else None
+            x, m = ids[i : i + batch_size].to(device), mask[i : i + batch_size].to(device)
+            hint = mvtm_hint(colors[i : i + batch_size], m) if model.cfg.hint else None
             with runtime.autocast(device):
-                logits = model(x.masked_fill(m, K), m, hint=hint.to(device) if hint is not None else None)
+                logits = model(
+                    x.masked_fill(m, K), m, hint=hint.to(device) if hint is not None else None
+                )
             total_loss += F.cross_entropy(logits.float(), x[m], reduction="sum").item()
             correct += (logits.argmax(-1) == x[m]).sum().item()
             count += m.sum().item()
@@ -70,7 +91,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (decay if p.ndim >= 2 and not name.endswith("pos_emb") else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 def run_tokenizer(cfg, out: Path, tokenizer: str | Path | None, device: torch.device, rank: int):
@@ -81,23 +105,39 @@ def run_tokenizer(cfg, out: Path, tokenizer: str | Path | None, device: torch.de
     if src.is_dir():
         src = src / checkpoint.TOKENIZER
     if not src.is_file():
-        raise DataError(f"no tokenizer at {src}: train one with --stage tokenizer --out {out}, or pass --tokenizer")
+        raise DataError(
+            f"no tokenizer at {src}: train one with --stage tokenizer --out {out}, or pass "
+            "--tokenizer"
+        )
     model, tok_cfg, tok_id = checkpoint.load_tokenizer(src, cfg, device)
     if model.codebook_size != cfg.tokenizer.codebook_size:
-        raise ConfigError(f"tokenizer {src} has {model.codebook_size} codes but the config says "
-                          f"tokenizer.codebook_size={cfg.tokenizer.codebook_size}; fix the config")
+        raise ConfigError(
+            f"tokenizer {src} has {model.codebook_size} codes but the config says "
+            f"tokenizer.codebook_size={cfg.tokenizer.codebook_size}; fix the config"
+        )
     if tok_cfg.grid != cfg.grid or tok_cfg.data.image_size != cfg.data.image_size:
-        raise ConfigError(f"tokenizer {src} makes a {tok_cfg.grid}x{tok_cfg.grid} grid from "
-                          f"{tok_cfg.data.image_size}px images but the config gives {cfg.grid}x{cfg.grid} "
-                          f"from {cfg.data.image_size}px; fix the config")
+        raise ConfigError(
+            f"tokenizer {src} makes a {tok_cfg.grid}x{tok_cfg.grid} grid from "
+            f"{tok_cfg.data.image_size}px images but the config gives {cfg.grid}x{cfg.grid} "
+            f"from {cfg.data.image_size}px; fix the config"
+        )
     if rank == 0 and src.resolve() != dest.resolve():
         if dest.exists():
             existing = checkpoint.load(dest)
             if checkpoint.tokens_id(existing) != tok_id:
                 raise DataError(f"{dest} holds another tokenizer than {src}; use a new --out")
         else:
-            checkpoint.save(dest, {"kind": "tokenizer", "config": tok_cfg.to_dict(), "model": model.state_dict(),
-                                   "model_id": tok_id, "step": None, "metrics": {}})
+            checkpoint.save(
+                dest,
+                {
+                    "kind": "tokenizer",
+                    "config": tok_cfg.to_dict(),
+                    "model": model.state_dict(),
+                    "model_id": tok_id,
+                    "step": None,
+                    "metrics": {},
+                },
+            )
     return model, tok_id
 
 
@@ -106,38 +146,89 @@ class TransformerStage(Stage):
     section = "transformer_train"
     checkpoint_file = checkpoint.TRANSFORMER
     metrics_file = "metrics_transformer.jsonl"
-    files = ("config.yaml", "metrics_transformer.jsonl", checkpoint.TRANSFORMER, BEST, checkpoint.TOKENIZER,
-             "tokens_train.npz", "tokens_val.npz")
+    files = (
+        "config.yaml",
+        "metrics_transformer.jsonl",
+        checkpoint.TRANSFORMER,
+        BEST,
+        checkpoint.TOKENIZER,
+        "tokens_train.npz",
+        "tokens_val.npz",
+    )
     depends_on = ("data", "tokenizer", "transformer", "transformer_train")
     unit = "tokens"
     summary = "stage 2, the MVTM transformer"
 
-    def __init__(self, cfg, run_dir, *, ids: torch.Tensor, tokenizer_id: str, colors: torch.Tensor | None = None,
-                 val_ids: torch.Tensor | None = None, val_colors: torch.Tensor | None = None, compile: bool = False,
-                 **kw):
+    def __init__(
+        self,
+        cfg,
+        run_dir,
+        *,
+        ids: torch.Tensor,
+        tokenizer_id: str,
+        colors: torch.Tensor | None = None,
+        val_ids: torch.Tensor | None = None,
+        val_colors: torch.Tensor | None = None,
+        compile: bool = False,
+        **kw,
+    ):
         super().__init__(cfg, run_dir, **kw)
-        if cfg.transformer.hint and (colors is None or (val_ids is not None and val_colors is None)):
-            raise DataError("transformer.hint needs the token colours of the training (and val) tokens")
+        if cfg.transformer.hint and (
+            colors is None or (val_ids is not None and val_colors is None)
+        ):
+            raise DataError(
+                "transformer.hint needs the token colours of the training (and val) tokens"
+            )
         if not cfg.transformer.hint:
             colors = val_colors = None
         self.grid = int(ids.shape[-1])
-        self.ids, self.colors, self.val_ids, self.val_colors = ids.flatten(1), colors, val_ids, val_colors
+        self.ids, self.colors, self.val_ids, self.val_colors = (
+            ids.flatten(1),
+            colors,
+            val_ids,
+            val_colors,
+        )
         self.tokenizer_id, self.compile = tokenizer_id, compile
         self.best, self.last_val = float("inf"), None
 
     @classmethod
-    def open(cls, cfg, run_dir, *, data, val, tokenizer, resize, device, seed, compile, overwrite, status):
+    def open(
+        cls, cfg, run_dir, *, data, val, tokenizer, resize, device, seed, compile, overwrite, status
+    ):
         rank, _world, device = runtime.init_distributed(device)
         tok_model, tok_id = run_tokenizer(cfg, run_dir, tokenizer, device, rank)
         status("preparing tokens")
-        train = tokens.run_tokens(data, "train", cfg, tok_model, tok_id, run_dir, device, resize, rank,
-                                  flips=cfg.data.hflip)
-        val_tokens = tokens.run_tokens(val, "val", cfg, tok_model, tok_id, run_dir, device, resize, rank) if val else None
+        train = tokens.run_tokens(
+            data,
+            "train",
+            cfg,
+            tok_model,
+            tok_id,
+            run_dir,
+            device,
+            resize,
+            rank,
+            flips=cfg.data.hflip,
+        )
+        val_tokens = (
+            tokens.run_tokens(val, "val", cfg, tok_model, tok_id, run_dir, device, resize, rank)
+            if val
+            else None
+        )
         del tok_model  # the tokenizer never runs inside the training loop
-        return cls(cfg, run_dir, ids=train.ids, tokenizer_id=tok_id, colors=train.colors,
-                   val_ids=val_tokens.ids if val_tokens else None,
-                   val_colors=val_tokens.colors if val_tokens else None, compile=compile, device=device, seed=seed,
-                   overwrite=overwrite)
+        return cls(
+            cfg,
+            run_dir,
+            ids=train.ids,
+            tokenizer_id=tok_id,
+            colors=train.colors,
+            val_ids=val_tokens.ids if val_tokens else None,
+            val_colors=val_tokens.colors if val_tokens else None,
+            compile=compile,
+            device=device,
+            seed=seed,
+            overwrite=overwrite,
+        )
 
     def setup(self, resume: bool) -> tuple[int, list[str]]:
         from maskgit_cli import transformer as transformer_mod
@@ -146,11 +237,17 @@ class TransformerStage(Stage):
         K = cfg.tokenizer.codebook_size
         torch.manual_seed(self.seed)
         self.model = transformer_mod.build(cfg.transformer, self.grid, K).to(device)
-        self.ema = transformer_mod.build(cfg.transformer, self.grid, K).to(device).eval() if tc.ema > 0 else None
+        self.ema = (
+            transformer_mod.build(cfg.transformer, self.grid, K).to(device).eval()
+            if tc.ema > 0
+            else None
+        )
         if self.ema is not None:
             self.ema.load_state_dict(self.model.state_dict())
             self.ema.requires_grad_(False)
-        self.opt = adamw(param_groups(self.model, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2))
+        self.opt = adamw(
+            param_groups(self.model, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2)
+        )
         self.scaler = runtime.grad_scaler(device)
         self.steps(len(self.ids), tc.batch_size * tc.grad_accum)
         step, notes = 0, []
@@ -171,7 +268,8 @@ class TransformerStage(Stage):
         self.net = self.model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
         if self.compile:
             self.net = torch.compile(self.net)
         self.eval_model = self.ema if self.ema is not None else self.model
@@ -184,14 +282,21 @@ class TransformerStage(Stage):
         step_loss, count, M = 0.0, 0, len(self.ids)
         for micro in range(tc.grad_accum):
             g = runtime.step_generator(self.seed, step * tc.grad_accum + micro, self.rank)
-            idx = batch_indices(M, tc.batch_size, self.seed, step * tc.grad_accum + micro, self.rank, self.world)
+            idx = batch_indices(
+                M, tc.batch_size, self.seed, step * tc.grad_accum + micro, self.rank, self.world
+            )
             target = self.ids[idx]
-            mask, hole = mvtm_mask(target, tc.schedule, g, tc.mask_mode, self.cfg.data.image_size, with_hole=True)
+            mask, hole = mvtm_mask(
+                target, tc.schedule, g, tc.mask_mode, self.cfg.data.image_size, with_hole=True
+            )
             hint = mvtm_hint(self.colors[idx] if self.colors is not None else None, hole)
             target, mask = target.to(device), mask.to(device)
             with runtime.autocast(device):
-                logits = self.net(target.masked_fill(mask, K), mask,  # the last block and head at the mask only
-                                  hint=hint.to(device) if hint is not None else None)
+                logits = self.net(
+                    target.masked_fill(mask, K),
+                    mask,  # the last block and head at the mask only
+                    hint=hint.to(device) if hint is not None else None,
+                )
                 loss = masked_loss(logits, target, mask, tc.label_smoothing) / tc.grad_accum
             check_finite(loss, step, self.checkpoint_path, "lower transformer_train.lr")
             self.scaler.scale(loss).backward()
@@ -200,7 +305,7 @@ class TransformerStage(Stage):
         optimizer_step(self.opt, self.scaler, self.model.parameters(), tc.grad_clip)
         if self.ema is not None:
             with torch.no_grad():
-                for pe, pm in zip(self.ema.parameters(), self.model.parameters()):
+                for pe, pm in zip(self.ema.parameters(), self.model.parameters(), strict=True):
                     pe.lerp_(pm, 1 - tc.ema)
         return StepOut(step_loss, count, lambda: {"lr": lr})
 
@@ -210,13 +315,20 @@ class TransformerStage(Stage):
     def evaluate(self, step: int) -> dict[str, Any]:
         if self.val_ids is None:
             return {}
-        self.last_val = evaluate_transformer(self.eval_model, self.val_ids, self.settings.val_ratios, self.device,
-                                             colors=self.val_colors)
+        self.last_val = evaluate_transformer(
+            self.eval_model,
+            self.val_ids,
+            self.settings.val_ratios,
+            self.device,
+            colors=self.val_colors,
+        )
         if self.last_val["val_loss"] < self.best:
             self.best = self.last_val["val_loss"]
             self._write(self.run_dir / BEST, self.last_val, step)
-        return {"val_loss": self.last_val["val_loss"],
-                **{f"val_acc@{r}": a for r, a in self.last_val["accuracy"].items()}}
+        return {
+            "val_loss": self.last_val["val_loss"],
+            **{f"val_acc@{r}": a for r, a in self.last_val["accuracy"].items()},
+        }
 
     def save(self, step: int, final: bool = False) -> None:
         self._write(self.checkpoint_path, (self.last_val or {}) if final else {}, step)
@@ -224,19 +336,36 @@ class TransformerStage(Stage):
     def _write(self, path: Path, metrics: dict[str, Any], step: int) -> None:
         if self.rank != 0:
             return
-        checkpoint.save(path, {
-            "kind": "transformer", "config": self.cfg.to_dict(), "model": self.model.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None, "optimizer": self.opt.state_dict(),
-            "scaler": self.scaler.state_dict(), "step": step, "rng": rng_state(), "tokenizer_id": self.tokenizer_id,
-            "best_val_loss": self.best, "metrics": metrics,
-        })
+        checkpoint.save(
+            path,
+            {
+                "kind": "transformer",
+                "config": self.cfg.to_dict(),
+                "model": self.model.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "optimizer": self.opt.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "step": step,
+                "rng": rng_state(),
+                "tokenizer_id": self.tokenizer_id,
+                "best_val_loss": self.best,
+                "metrics": metrics,
+            },
+        )
 
     def result(self, run: Run) -> TransformerResult:
         best = self.run_dir / BEST
         return TransformerResult(
-            stage=self.name, steps=run.steps, final_loss=run.final_loss,
+            stage=self.name,
+            steps=run.steps,
+            final_loss=run.final_loss,
             val_loss=self.last_val["val_loss"] if self.last_val else None,
             val_accuracy=self.last_val["accuracy"] if self.last_val else None,
-            tokens_per_second=run.rate, checkpoint=str(self.checkpoint_path),
-            best_checkpoint=str(best) if best.exists() else None, seconds=run.seconds,
-            interrupted=run.interrupted, epochs=run.epochs, warnings=run.warnings)
+            tokens_per_second=run.rate,
+            checkpoint=str(self.checkpoint_path),
+            best_checkpoint=str(best) if best.exists() else None,
+            seconds=run.seconds,
+            interrupted=run.interrupted,
+            epochs=run.epochs,
+            warnings=run.warnings,
+        )
