@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -292,10 +293,73 @@ def _named(items: Sequence[str]) -> str:
     return ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
 
 
-# ----------------------------------------------------------------------------- folders
+# ------------------------------------------------------------------------ folders, files
 
 
-class OutputDir:
+class _Output(ABC):
+    """What a folder and a file output share: the path rules at construction (so a command fails
+    before its work), and a transaction: lock, clear a killed run's partials, re-check the
+    existing output, build hidden, move into place; an error abandons the partial, and an
+    OSError while writing becomes one line."""
+
+    def __init__(self, out: str | Path, overwrite: bool, reads, flag: str):
+        self.given, self.flag, self.overwrite = out, flag, overwrite
+        self.out = resolve(out, flag)
+        check_apart(self.out, reads, flag)
+        self.lock = Lock(self.out, flag)
+        self.tmp: Path | None = None
+
+    @abstractmethod
+    def check_existing(self) -> None:
+        """Refuse an existing output that is not maskgit's to replace (called again under the
+        lock, on entry)."""
+
+    @abstractmethod
+    def _create(self) -> Path:
+        """The hidden partial to write into."""
+
+    @abstractmethod
+    def _commit(self) -> None:
+        """Move the finished partial into place."""
+
+    @abstractmethod
+    def _abandon(self) -> None:
+        """Remove the partial."""
+
+    def __enter__(self) -> Path:
+        self.lock.acquire()
+        try:
+            remove_partials(self.out)
+            self.check_existing()
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = self._create()
+        except OSError as err:
+            self.lock.release()
+            raise os_error(err) from None
+        except BaseException:
+            self.lock.release()
+            raise
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                try:
+                    self._commit()
+                except OSError as err:
+                    self._abandon()
+                    raise os_error(err) from None
+            else:
+                self._abandon()
+        finally:
+            self.lock.release()
+        if isinstance(exc, OSError):  # a full disk or a vanished folder while writing: one line
+            if exc.filename is None or str(exc.filename) == str(self.tmp):
+                exc.filename = str(self.out)  # name the output, not our hidden partial
+            raise os_error(exc) from None
+
+
+class OutputDir(_Output):
     """A folder output, built whole in a hidden sibling and moved into place:
 
         with OutputDir(out, overwrite, reads=[(masks, "--masks")], command="inpaint") as tmp:
@@ -313,16 +377,10 @@ class OutputDir:
         command: str = "",
         flag: str = "--out",
     ):
-        self.given, self.flag, self.command = out, flag, command
-        self.out = resolve(out, flag)
-        check_apart(self.out, reads, flag)
-        self.overwrite = overwrite
-        self.lock = Lock(self.out, flag)
-        self.tmp: Path | None = None
+        super().__init__(out, overwrite, reads, flag)
+        self.command = command
 
     def check_existing(self) -> None:
-        """Refuse an existing OUT that is not maskgit's to replace (again under the lock, on
-        entry)."""
         out = self.out
         if out.is_symlink() or (out.exists() and not out.is_dir()):
             raise OutputExistsError(
@@ -345,65 +403,37 @@ class OutputDir:
         if any(out.iterdir()) and not self.overwrite:
             raise OutputExistsError(f"{self.given} already exists; pass --overwrite to replace it")
 
-    def __enter__(self) -> Path:
-        self.lock.acquire()
-        try:
-            remove_partials(self.out)
-            self.check_existing()
-            self.out.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(
-                tempfile.mkdtemp(prefix=f".{self.out.name}.{PARTIAL}-", dir=self.out.parent)
-            )
-            self.tmp.chmod(usual_mode(directory=True))
-        except OSError as err:
-            self.lock.release()
-            raise os_error(err) from None
-        except BaseException:
-            self.lock.release()
-            raise
-        return self.tmp
+    def _create(self) -> Path:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.{PARTIAL}-", dir=self.out.parent))
+        tmp.chmod(usual_mode(directory=True))
+        return tmp
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is None:
-                self._commit()
-            else:
-                shutil.rmtree(self.tmp, ignore_errors=True)
-        finally:
-            self.lock.release()
-        if isinstance(exc, OSError):  # a full disk or a vanished folder while writing: one line
-            raise os_error(exc) from None
+    def _abandon(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _commit(self) -> None:
         tmp, out = self.tmp, self.out
-        try:
-            files, folders, _ = entries(tmp)
-            write_manifest(tmp, files, folders, self.command)
-            if not out.exists():
-                tmp.rename(out)
-                return
-            # swap the entries, not the folder: OUT keeps its identity, permissions and any shell
-            # sitting inside it; the manifest goes last, so a crash half-way leaves the new
-            # entries unlisted (refused as foreign), never a user's file listed as ours
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.{OLD}-", dir=out.parent))
-            for p in out.iterdir():
-                if p.name != MANIFEST:
-                    p.rename(old / p.name)
-            for p in tmp.iterdir():
-                if p.name != MANIFEST:
-                    p.rename(out / p.name)
-            os.replace(tmp / MANIFEST, out / MANIFEST)
-            shutil.rmtree(old, ignore_errors=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-        except OSError as err:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise os_error(err) from None
+        files, folders, _ = entries(tmp)
+        write_manifest(tmp, files, folders, self.command)
+        if not out.exists():
+            tmp.rename(out)
+            return
+        # swap the entries, not the folder: OUT keeps its identity, permissions and any shell
+        # sitting inside it; the manifest goes last, so a crash half-way leaves the new
+        # entries unlisted (refused as foreign), never a user's file listed as ours
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.{OLD}-", dir=out.parent))
+        for p in out.iterdir():
+            if p.name != MANIFEST:
+                p.rename(old / p.name)
+        for p in tmp.iterdir():
+            if p.name != MANIFEST:
+                p.rename(out / p.name)
+        os.replace(tmp / MANIFEST, out / MANIFEST)
+        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-# -------------------------------------------------------------------------------- files
-
-
-class OutputFile:
+class OutputFile(_Output):
     """A file output (a token file, statistics, weights), written to a hidden temporary file
     beside it and renamed into place. An existing file is replaced (with --overwrite) only if
     `signature(path)` says maskgit wrote it.
@@ -422,16 +452,12 @@ class OutputFile:
         flag: str = "--out",
         example: str = "out.npz",
     ):
-        self.given, self.flag, self.what = out, flag, what
-        self.out = resolve(out, flag)
-        check_apart(self.out, reads, flag)
+        super().__init__(out, overwrite, reads, flag)
         if self.out.is_dir() and not self.out.is_symlink():
             raise DataError(
                 f"{flag} {out} is a folder; give the file to write, e.g. {Path(out) / example}"
             )
-        self.overwrite, self.signature = overwrite, signature
-        self.lock = Lock(self.out, flag)
-        self.tmp: Path | None = None
+        self.signature, self.what = signature, what
 
     def check_existing(self) -> None:
         out = self.out
@@ -450,42 +476,21 @@ class OutputFile:
                 "only replaces maskgit's own files: choose another path"
             )
 
-    def __enter__(self) -> Path:
-        self.lock.acquire()
-        try:
-            remove_partials(self.out)
-            self.check_existing()
-            self.out.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(
-                dir=self.out.parent, prefix=f".{self.out.name}.", suffix=".tmp"
-            )
-            os.close(fd)
-            self.tmp = Path(tmp)
-        except OSError as err:
-            self.lock.release()
-            raise os_error(err) from None
-        except BaseException:
-            self.lock.release()
-            raise
-        return self.tmp
+    def _create(self) -> Path:
+        fd, tmp = tempfile.mkstemp(dir=self.out.parent, prefix=f".{self.out.name}.", suffix=".tmp")
+        os.close(fd)
+        return Path(tmp)
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def _abandon(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+    def _commit(self) -> None:
+        os.chmod(self.tmp, usual_mode())
         try:
-            if exc_type is None:
-                try:
-                    os.chmod(self.tmp, usual_mode())
-                    os.replace(self.tmp, self.out)
-                except OSError as err:
-                    err.filename = str(self.out)
-                    raise os_error(err) from None
-        finally:
-            if self.tmp is not None:
-                self.tmp.unlink(missing_ok=True)
-            self.lock.release()
-        if isinstance(exc, OSError):
-            if exc.filename is None or str(exc.filename) == str(self.tmp):
-                exc.filename = str(self.out)
-            raise os_error(exc) from None
+            os.replace(self.tmp, self.out)
+        except OSError as err:
+            err.filename = str(self.out)
+            raise
 
 
 def npz_signature(*keys: str) -> Callable[[Path], bool]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,7 +176,7 @@ class StepOut:
     fields: Callable[[], dict[str, Any]]  # the logged figures; only called on logged steps
 
 
-class Stage:
+class Stage(ABC):
     """What a stage plugs into the loop. A subclass sets the class attributes and implements
     setup / step / evaluate / save / result; `registry.STAGES` lists the subclasses."""
 
@@ -240,6 +241,7 @@ class Stage:
             )
 
     @classmethod
+    @abstractmethod
     def open(
         cls,
         cfg: Config,
@@ -256,18 +258,18 @@ class Stage:
         status: Callable[[str], None],
     ) -> Stage:
         """The stage with its data loaded from the command's paths."""
-        raise NotImplementedError
 
+    @abstractmethod
     def setup(self, resume: bool) -> tuple[int, list[str]]:
         """Build models and optimizers, restore a checkpoint on resume -> (start step, notes)."""
-        raise NotImplementedError
 
     def first_rows(self, resume: bool) -> list[dict[str, Any]]:
         """Epoch rows logged before the first step (stage 1b: the PSNR before fine-tuning)."""
         return []
 
+    @abstractmethod
     def step(self, step: int, lr: float) -> StepOut:
-        raise NotImplementedError
+        """One optimizer step (the learning rate is already set on `opt`)."""
 
     def epoch_fields(self, lr: float, rate: float) -> dict[str, Any]:
         """Extra columns of every epoch row (before validation)."""
@@ -277,11 +279,13 @@ class Stage:
         """Validation figures at the end of an epoch (rank 0 only), added to its row."""
         return {}
 
+    @abstractmethod
     def save(self, step: int, final: bool = False) -> None:
-        raise NotImplementedError
+        """Write the stage's checkpoint (rank 0); `final`: the run's last one."""
 
+    @abstractmethod
     def result(self, run: Run):
-        raise NotImplementedError
+        """The command's result dataclass from what the loop measured."""
 
 
 @dataclass
