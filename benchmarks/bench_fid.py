@@ -1,28 +1,36 @@
 """FID: reproduce pytorch-fid's figure with the real weights, and time the pieces.
 
-- `reference`: FID between cats64 test/images and test/masked through the same path users take
-  (`pipeline.fid` with the weights `maskgit fid-weights` stored), against pytorch-fid 0.3.0's
-  54.48268 with the same weights (../shared/fixtures/README.md); must agree within 1e-3 relative.
+- `reference` (needs `--data`, a cats64 folder): FID between its test/images and test/masked
+  through the same path users take (`pipeline.fid` with the weights `maskgit fid-weights` stored),
+  against pytorch-fid 0.3.0's 54.48268 with the same weights (tests/fixtures/README.md); must
+  agree within 1e-3 relative.
 - the Frechet step at 2048 dims, ours against scipy.linalg.sqrtm in the same run;
-- FID-Inception statistics of 500 images.
+- FID-Inception statistics of 500 images (cats64 test images with `--data`, else 500 synthetic
+  64x64 images: the network's cost does not depend on the content).
 
 Run `make fid-weights` first. `--quick` skips the reference FID (about 4 minutes on 2 cores)."""
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
-from common import SHARED, emit, machine
+import torch
+from common import emit, machine
 
 from maskgit_cli import data, fid, fid_weights, pipeline
 
 PYTORCH_FID = 54.48268
 
 
-def main(quick: bool = False) -> dict:
+def main(data_dir: Path | None, quick: bool = False) -> dict:
     out: dict = {"benchmark": "fid", **machine()}
-    if not quick:
-        test = SHARED / "data" / "cats64" / "test"
+    if data_dir is None:
+        out["reference_skipped"] = (
+            "no --data (a cats64 folder): pytorch-fid's figure is for its test split"
+        )
+    elif not quick:
+        test = data_dir / "test"
         r = pipeline.fid(test / "images", test / "masked", device="cpu")
         rel = abs(r.fid - PYTORCH_FID) / PYTORCH_FID
         out.update(
@@ -50,8 +58,11 @@ def main(quick: bool = False) -> dict:
     scipy_s = time.perf_counter() - t
 
     model = fid_weights.load_inception(2048)
-    paths = data.list_images(SHARED / "data" / "cats64" / "test" / "images")[:500]
-    images = data.load_images(paths, 64).float() / 255
+    if data_dir is not None:
+        paths = data.list_images(data_dir / "test" / "images")[:500]
+        images = data.load_images(paths, 64).float() / 255
+    else:
+        images = torch.rand(500, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     t = time.perf_counter()
     stats = fid.Stats.of(fid.features(images, model, batch_size=50))
     stats_s = time.perf_counter() - t
@@ -70,5 +81,9 @@ def main(quick: bool = False) -> dict:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--data", type=Path, default=None, help="a cats64 folder (with test/images, test/masked)"
+    )
     ap.add_argument("--quick", action="store_true", help="skip the reference FID")
-    emit(main(ap.parse_args().quick))
+    args = ap.parse_args()
+    emit(main(args.data, args.quick))

