@@ -100,6 +100,16 @@ JsonOpt = Flag(
 )
 DeviceOpt = typer.Option("auto", "--device", metavar="auto|cpu|cuda[:N]", help="Where to run.")
 SeedOpt = typer.Option(0, "--seed", help="Seed for every random draw; CPU runs are reproducible.")
+_PRECISION_HELP = (
+    "auto: bf16 where the CPU (AVX512-BF16 or AMX) or GPU multiplies bf16 natively, else "
+    "fp32; fp16 is for GPUs without bf16."
+)
+PrecisionOpt = typer.Option(
+    "auto",
+    "--precision",
+    metavar="auto|fp32|bf16|fp16",
+    help="Numeric precision. " + _PRECISION_HELP,
+)
 OverwriteOpt = Flag(
     "--overwrite", help="Replace an earlier output of maskgit (never a folder holding other files)."
 )
@@ -351,6 +361,13 @@ def train(
     compile_: bool = Flag("--compile", help="torch.compile the transformer."),
     seed: int = SeedOpt,
     device: str = DeviceOpt,
+    precision: str | None = typer.Option(
+        None,
+        "--precision",
+        metavar="auto|fp32|bf16|fp16",
+        help="What the run trains in (sets <stage>_train.precision; a run resumes only in "
+        "its own). " + _PRECISION_HELP,
+    ),
     overwrite: bool = Flag(
         "--overwrite", help="Restart a run directory that already holds this stage's checkpoint."
     ),
@@ -391,6 +408,7 @@ def train(
             tokenizer=tokenizer,
             compile=compile_,
             overwrite=overwrite,
+            precision=precision,
             on_step=on_step,
             on_epoch=on_epoch,
             on_status=lambda m: bar.update(status=m),
@@ -414,6 +432,7 @@ def encode(
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
     resize: bool = Flag("--resize", help="Resize images of another size instead of failing."),
     device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
     overwrite: bool = OverwriteOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -430,6 +449,7 @@ def encode(
             device=device,
             resize=resize,
             overwrite=overwrite,
+            precision=precision,
             on_progress=lambda i, n: bar.update(completed=i, total=n),
         )
     if json_out:
@@ -488,6 +508,7 @@ def inpaint(
     ),
     seed: int = SeedOpt,
     device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
     overwrite: bool = OverwriteOpt,
     json_out: bool = JsonOpt,
     decode: dict = None,
@@ -512,6 +533,7 @@ def inpaint(
             save_steps=save_steps,
             ground_truth=ground_truth,
             overwrite=overwrite,
+            precision=precision,
             on_progress=lambda i, n: bar.update(completed=i, total=n),
         )
     _warnings(result.warnings)
@@ -675,6 +697,7 @@ def compare_schedules(
         "--require-fid", help="Fail instead of ranking by PSNR when Inception weights are missing."
     ),
     device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
     overwrite: bool = OverwriteOpt,
     json_out: bool = JsonOpt,
     decode: dict = None,
@@ -700,6 +723,7 @@ def compare_schedules(
             baselines=baselines,
             device=device,
             overwrite=overwrite,
+            precision=precision,
             mask_missing=mask_missing,
             base_settings=decode,
             on_cell=lambda i, n, label: bar.update(completed=i, total=n, status=label),
@@ -778,6 +802,7 @@ def demo(
     ),
     seed: int = SeedOpt,
     device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
     overwrite: bool = OverwriteOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -792,6 +817,7 @@ def demo(
             seed=seed,
             device=device,
             overwrite=overwrite,
+            precision=precision,
             on_progress=lambda i, n: bar.update(completed=i, total=n),
         )
     if json_out:

@@ -46,6 +46,13 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _n
 
 Rule = typing.Callable[[Any], "str | None"]
 
+PRECISIONS = (
+    "auto",
+    "fp32",
+    "bf16",
+    "fp16",
+)  # precision.py: what each means, where each is refused
+
 
 def at_least(lo: float) -> Rule:
     return lambda v: None if v >= lo else f"must be at least {lo}"
@@ -152,6 +159,9 @@ class TokenizerTrainConfig:
     dead_threshold: float = ruled(
         0.03, at_least(0)
     )  # a code is dead below this EMA count per batch
+    # auto: bf16 where the hardware multiplies bf16 natively, else fp32 (precision.py); fp32
+    # master weights either way. A run resumes only in the precision it trained in.
+    precision: str = choice("auto", *PRECISIONS)
     log_every: int = ruled(10, at_least(1))
     checkpoint_every: int = ruled(500, at_least(1))
 
@@ -181,6 +191,9 @@ class DecoderTrainConfig:
     # critic judges them whole. 0 = off (encoder tokens only).
     generated: int = ruled(0, at_least(0))
     pool: int = ruled(512, at_least(1))  # fills made once before the first step, then drawn from
+    # auto: bf16 where the hardware multiplies bf16 natively, else fp32 (precision.py); fp32
+    # master weights either way. A run resumes only in the precision it trained in.
+    precision: str = choice("auto", *PRECISIONS)
     log_every: int = ruled(10, at_least(1))
     checkpoint_every: int = ruled(100, at_least(1))
 
@@ -221,6 +234,9 @@ class TransformerTrainConfig:
     schedule: str = ruled("cosine", _schedule)  # gamma used to draw the mask ratio
     mask_mode: str = ruled("random", one_of("random", "region", "mixed"))
     val_ratios: tuple[float, ...] = ruled((0.25, 0.5, 0.75), below(0.001, 1.0001))
+    # auto: bf16 where the hardware multiplies bf16 natively, else fp32 (precision.py); fp32
+    # master weights either way. A run resumes only in the precision it trained in.
+    precision: str = choice("auto", *PRECISIONS)
     log_every: int = ruled(10, at_least(1))
     checkpoint_every: int = ruled(500, at_least(1))
 

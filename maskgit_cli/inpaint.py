@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from maskgit_cli import data, decode, fit, harmonic, runtime
 from maskgit_cli.config import Config, DecodeConfig, at_least, check_value, choice, ruled
 from maskgit_cli.errors import ConfigError, DataError
+from maskgit_cli.precision import Precision, fp32
 
 FILLS = ("maskgit", "harmonic", "oracle")
 
@@ -137,7 +138,8 @@ class InpaintBatch:
 
 
 class Inpainter:
-    """tokenizer, transformer and cfg may be None for the harmonic fill."""
+    """tokenizer, transformer and cfg may be None for the harmonic fill. `precision` (default
+    fp32): bf16 puts the models' weights in bf16 (precision.Precision.for_inference)."""
 
     def __init__(
         self,
@@ -146,14 +148,11 @@ class Inpainter:
         cfg: Config | None,
         settings: InpaintSettings,
         device: torch.device,
+        precision: Precision | None = None,
     ):
-        self.tok, self.tr, self.cfg, self.s, self.device = (
-            tokenizer,
-            transformer,
-            cfg,
-            settings.check(),
-            device,
-        )
+        self.precision = prec = precision if precision is not None else fp32(device)
+        self.tok, self.tr = prec.for_inference(tokenizer), prec.for_inference(transformer)
+        self.cfg, self.s, self.device = cfg, settings.check(), device
         self.grid = cfg.grid if cfg is not None else None
         self.size = (
             cfg.data.image_size if cfg is not None and settings.fill != "harmonic" else None
@@ -164,7 +163,7 @@ class Inpainter:
         self, ids_flat: torch.Tensor, where: torch.Tensor, hint: torch.Tensor | None = None
     ) -> torch.Tensor:
         self.transformer_passes += ids_flat.shape[0]
-        with runtime.autocast(self.device):
+        with self.precision.inference_autocast():
             return self.tr(ids_flat, where, hint=hint)
 
     def _hint(self, context_u8: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
@@ -176,7 +175,7 @@ class Inpainter:
         return harmonic.token_hint(colors, unknown)
 
     def _pixels(self, ids: torch.Tensor) -> torch.Tensor:
-        with runtime.autocast(self.device):
+        with self.precision.inference_autocast():
             return data.denormalize(self.tok.decode_ids(ids).float(), self.cfg.data)
 
     def finish(
@@ -191,7 +190,7 @@ class Inpainter:
         return data.to_uint8(gen01)
 
     def _encode(self, images_u8: torch.Tensor) -> torch.Tensor:
-        with runtime.autocast(self.device):
+        with self.precision.inference_autocast():
             return self.tok.encode(
                 data.normalize(images_u8.to(self.device), self.cfg.data)
             )  # (B, h, w)
@@ -310,7 +309,13 @@ def _pick(
 
 @torch.no_grad()
 def inpainting_pool(
-    run_dir: Path, images: torch.Tensor, size: int, seed: int, device, batch_size: int = 64
+    run_dir: Path,
+    images: torch.Tensor,
+    size: int,
+    seed: int,
+    device,
+    precision: Precision | None = None,
+    batch_size: int = 64,
 ) -> dict[str, torch.Tensor]:
     """The token grids a decoder meets when it inpaints: `size` train images (drawn with `seed`)
     with
@@ -331,9 +336,8 @@ def inpainting_pool(
     g = torch.Generator().manual_seed(seed)
     index = torch.randperm(len(images), generator=g)[:size]
     missing = data.random_region_masks(len(index), cfg.data.image_size, g)
-    inpainter = Inpainter(
-        tok, tr, cfg, InpaintSettings.resolve(cfg.decode, {"blend": "none"}), device
-    )
+    settings = InpaintSettings.resolve(cfg.decode, {"blend": "none"})
+    inpainter = Inpainter(tok, tr, cfg, settings, device, precision)
     ids = []
     for i in range(0, len(index), batch_size):
         truth, hole = images[index[i : i + batch_size]], missing[i : i + batch_size]

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from maskgit_cli import checkpoint, config, data, outputs, runtime
+from maskgit_cli import precision as precision_mod
 from maskgit_cli.config import Config
 from maskgit_cli.errors import ConfigError, DataError
 from maskgit_cli.pairing import ground_truth_paths, pair_inputs, pair_masks
@@ -46,9 +47,10 @@ def resolve_config(
     epochs: int | None = None,
     max_steps: int | None = None,
     batch_size: int | None = None,
+    precision: str | None = None,
 ) -> Config:
-    """Defaults <- CONFIG <- --set <- the dedicated flags (--epochs, --max-steps, --batch-size),
-    each flag checked by its config field's rule under its own name."""
+    """Defaults <- CONFIG <- --set <- the dedicated flags (--epochs, --max-steps, --batch-size,
+    --precision), each flag checked by its config field's rule under its own name."""
     extra = list(overrides or [])
     if stage is not None:
         section = f"{stage}_train"
@@ -57,6 +59,7 @@ def resolve_config(
             ("epochs", epochs),
             ("max_steps", max_steps),
             ("batch_size", batch_size),
+            ("precision", precision),
         ):
             if value is not None:
                 config.check_value(cls, key, value, "--" + key.replace("_", "-"))
@@ -95,18 +98,20 @@ def train(
     tokenizer: str | Path | None = None,
     compile: bool = False,
     overwrite: bool = False,
+    precision: str | None = None,
     on_step=None,
     on_epoch=None,
     on_status: Callable[[str], None] | None = None,
 ):
-    """Train one stage (train.STAGES) into the run directory `out`."""
+    """Train one stage (train.STAGES) into the run directory `out`. `precision` (None: the
+    config's, `<stage>_train.precision`) is what the run trains in (precision.py)."""
     from maskgit_cli import train as training
     from maskgit_cli.train import loop
 
     if stage not in training.STAGES:
         raise ConfigError(f"--stage must be one of {', '.join(training.STAGES)}, got '{stage}'")
     runtime.check_seed(seed)
-    cfg = resolve_config(config_path, overrides, stage, epochs, max_steps, batch_size)
+    cfg = resolve_config(config_path, overrides, stage, epochs, max_steps, batch_size, precision)
     stage_cls = training.stage_class(stage)
     out_path = outputs.resolve(out)
     reads = [(data_path, "--data"), (val, "--val")]
@@ -151,6 +156,7 @@ class EncodeResult:
     out: str
     seconds: float
     images_per_second: float
+    precision: str
 
 
 def encode(
@@ -163,6 +169,7 @@ def encode(
     device: str = "auto",
     resize: bool = False,
     overwrite: bool = False,
+    precision: str = "auto",
     on_progress: Progress = None,
 ) -> EncodeResult:
     from maskgit_cli import tokens
@@ -178,12 +185,14 @@ def encode(
     )
     target.check_existing()  # before the work, not after it
     dev = runtime.resolve_device(device)
+    prec = precision_mod.resolve(precision, dev)
     fallback = config.load(config_path) if config_path else None
     model, cfg, mid = checkpoint.load_tokenizer(tokenizer, fallback, dev)
+    model = prec.for_inference(model)
     paths = data.list_images(images_dir)
     t0 = time.time()
     images = data.load_images(paths, cfg.data.image_size, resize)
-    ids, colors = tokens.encode_images(model, images, cfg, dev, batch_size, on_progress)
+    ids, colors = tokens.encode_images(model, images, cfg, dev, batch_size, on_progress, prec)
     K = model.codebook_size
     with target as tmp:
         tokens.write_tokens(
@@ -194,6 +203,7 @@ def encode(
                 tokenizer_id=mid,
                 codebook_size=K,
                 colors=colors,
+                precision=prec.name,
             ),
         )
     seconds = time.time() - t0
@@ -207,6 +217,7 @@ def encode(
         out=str(out),
         seconds=seconds,
         images_per_second=len(paths) / max(seconds, 1e-9),
+        precision=prec.name,
     )
 
 
@@ -234,32 +245,28 @@ def _model_label(model: str | Path | None, settings) -> str:
     return "none (harmonic fill)" if settings.fill == "harmonic" else str(model or BUNDLED)
 
 
-def make_inpainter(model: str | Path | None, settings, device: torch.device):
-    """An Inpainter for the settings. The harmonic fill needs no model (it works at every image's
-    own size); the oracle fill needs only a tokenizer: a run directory without a transformer will
-    do."""
+def make_inpainter(model: str | Path | None, settings, device: torch.device, prec=None):
+    """An Inpainter for the settings, in precision `prec` (default fp32). The harmonic fill needs
+    no model (it works at every image's own size); the oracle fill needs only a tokenizer: a run
+    directory without a transformer will do."""
     from maskgit_cli.inpaint import Inpainter, InpaintSettings
 
     fill = _fill_of(settings)
     if fill == "harmonic":
-        return Inpainter(
-            None, None, None, InpaintSettings.resolve(config.DecodeConfig(), settings), device
-        )
+        decode = config.DecodeConfig()
+        return Inpainter(None, None, None, InpaintSettings.resolve(decode, settings), device, prec)
+    tokenizer, transformer = None, None
     if (
         fill == "oracle"
         and model is not None
         and not (Path(model) / checkpoint.TRANSFORMER).is_file()
     ):
-        tokenizer, cfg, _ = checkpoint.load_tokenizer(
-            Path(model) / checkpoint.TOKENIZER if Path(model).is_dir() else model, device=device
-        )
-        return Inpainter(
-            tokenizer, None, cfg, InpaintSettings.resolve(cfg.decode, settings), device
-        )
-    tokenizer, transformer, cfg = load_model(model, device)
-    return Inpainter(
-        tokenizer, transformer, cfg, InpaintSettings.resolve(cfg.decode, settings), device
-    )
+        path = Path(model) / checkpoint.TOKENIZER if Path(model).is_dir() else model
+        tokenizer, cfg, _ = checkpoint.load_tokenizer(path, device=device)
+    else:
+        tokenizer, transformer, cfg = load_model(model, device)
+    settings = InpaintSettings.resolve(cfg.decode, settings)
+    return Inpainter(tokenizer, transformer, cfg, settings, device, prec)
 
 
 @dataclass
@@ -273,6 +280,7 @@ class InpaintResult:
     transformer_passes: int
     metrics: dict[str, float] | None
     per_image: list[dict[str, Any]]
+    precision: str = "fp32"
     unused_masks: int = 0
     warnings: list[str] = field(default_factory=list)
 
@@ -291,6 +299,7 @@ def inpaint(
     save_steps: bool = False,
     ground_truth: str | Path | None = None,
     overwrite: bool = False,
+    precision: str = "auto",
     on_progress: Progress = None,
 ) -> InpaintResult:
     from maskgit_cli.inpaint import inpaint_pairs
@@ -322,7 +331,8 @@ def inpaint(
         [p for p, _ in pairs]
     )  # two inputs on one output name: refused before any work
     dev = runtime.resolve_device(device)
-    inpainter = make_inpainter(model, settings, dev)
+    prec = precision_mod.resolve(precision, dev)
+    inpainter = make_inpainter(model, settings, dev, prec)
     t0 = time.time()
     with target as tmp:
         summary, per_image = inpaint_pairs(
@@ -347,6 +357,7 @@ def inpaint(
         transformer_passes=inpainter.transformer_passes,
         metrics=summary,
         per_image=per_image,
+        precision=prec.name,
         unused_masks=len(pairing.unused),
         warnings=notes,
     )
@@ -442,6 +453,7 @@ class CompareResult:
     files: dict[str, str]
     seconds: float
     warnings: list[str]
+    precision: str = "fp32"
 
 
 def _unique(values: list, flag: str) -> list:
@@ -472,6 +484,7 @@ def compare_schedules(
     overwrite: bool = False,
     base_settings=None,
     mask_missing: str = "black",
+    precision: str = "auto",
     feature_fn=None,
     on_cell: Callable[[int, int, str], None] | None = None,
 ) -> CompareResult:
@@ -515,6 +528,7 @@ def compare_schedules(
     truths = ground_truth_paths(ground_truth, [p for p, _ in pairs])
     data.output_names([p for p, _ in pairs])
     dev = runtime.resolve_device(device)
+    prec = precision_mod.resolve(precision, dev)
     models = load_model(model, dev)
     cfg = models[2]
     t_start = time.time()
@@ -575,6 +589,7 @@ def compare_schedules(
             batch_size=batch_size,
             mask_missing=mask_missing,
             device=dev,
+            precision=prec,
             fid_of=fid_of,
             notes=notes,
             on_cell=on_cell,
@@ -589,6 +604,7 @@ def compare_schedules(
         files={k: str(Path(out) / v) for k, v in schedule_study.FILES.items()},
         seconds=time.time() - t_start,
         warnings=notes,
+        precision=prec.name,
     )
 
 
@@ -675,6 +691,7 @@ class DemoResult:
     settings: dict[str, Any]
     metrics: dict[str, float] | None
     per_image: list[dict[str, Any]]
+    precision: str = "fp32"
 
 
 def demo(
@@ -686,6 +703,7 @@ def demo(
     seed: int = 0,
     device: str = "auto",
     overwrite: bool = False,
+    precision: str = "auto",
     on_progress: Progress = None,
 ) -> DemoResult:
     """Inpaint the bundled sample cats (SAMPLES/{masked,masks,images}) and draw
@@ -704,9 +722,10 @@ def demo(
             f"no demo samples in {samples} (expected masked/, masks/ and images/ folders)"
         )
     dev = runtime.resolve_device(device)
+    prec = precision_mod.resolve(precision, dev)
     tokenizer, transformer, cfg = load_model(model, dev)
     settings = InpaintSettings.resolve(cfg.decode, settings)
-    inpainter = Inpainter(tokenizer, transformer, cfg, settings, dev)
+    inpainter = Inpainter(tokenizer, transformer, cfg, settings, dev, prec)
     pairs = pair_masks(samples / "masked", samples / "masks").pairs
     truths = ground_truth_paths(samples / "images", [p for p, _ in pairs])
     t0 = time.time()
@@ -739,6 +758,7 @@ def demo(
         settings=settings.to_dict(),
         metrics=summary,
         per_image=per_image,
+        precision=prec.name,
     )
 
 

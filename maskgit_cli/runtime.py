@@ -1,8 +1,8 @@
-"""Device, precision and distributed plumbing shared by training and inference."""
+"""Device, seeds and distributed plumbing shared by training and inference (precision is in
+precision.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
@@ -27,25 +27,6 @@ def resolve_device(name: str = "auto") -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise MaskgitError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible")
     return device
-
-
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 on CUDA where supported, else fp16; None (fp32) on the CPU, where bf16 is very slow."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def autocast(device: torch.device):
-    dtype = amp_dtype(device)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
-    """A real scaler only for fp16; a disabled one (a no-op) otherwise."""
-    return torch.amp.GradScaler(device.type, enabled=amp_dtype(device) == torch.float16)
 
 
 def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:

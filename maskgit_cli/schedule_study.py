@@ -73,6 +73,7 @@ def run(
     batch_size: int,
     mask_missing: str = "black",
     device,
+    precision=None,
     fid_of: Callable[[Path], tuple[float, float | None]] | None,
     notes: list[str],
     on_cell: Callable[[int, int, str], None] | None = None,
@@ -87,7 +88,7 @@ def run(
     total_runs = sum(len(js) for _, js in jobs)
     rows, examples, run_i = [], {}, 0
     for settings, job_seeds in jobs:
-        inpainter = Inpainter(tokenizer, transformer, cfg, settings, device)
+        inpainter = Inpainter(tokenizer, transformer, cfg, settings, device, precision)
         name = label(settings)
         per_seed = []
         for seed in job_seeds:

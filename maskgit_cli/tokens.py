@@ -24,9 +24,10 @@ class TokenFile:
     files: list[str]
     tokenizer_id: str
     codebook_size: int
-    colors: torch.Tensor | None = (
-        None  # (N, 3, h, w) each token's mean colour (normalized), for hints
-    )
+    # (N, 3, h, w): each token's mean colour (normalized), for hints
+    colors: torch.Tensor | None = None
+    # what the encoder ran in: bf16 and fp32 tokens may differ here and there
+    precision: str = "fp32"
 
     @property
     def grid(self) -> int:
@@ -52,6 +53,7 @@ def write_tokens(path: Path, tokens: TokenFile) -> None:
             grid=np.array(tokens.grid),
             codebook_size=np.array(tokens.codebook_size),
             written_by=np.array("maskgit"),
+            precision=np.array(tokens.precision),
             **(
                 {"colors": tokens.colors.cpu().numpy().astype(np.float16)}
                 if tokens.colors is not None
@@ -76,6 +78,7 @@ def load_tokens(path: str | Path) -> TokenFile:
             tok_id = str(z["tokenizer_id"])
             K = int(z["codebook_size"])
             colors = torch.from_numpy(z["colors"].astype(np.float32)) if "colors" in z else None
+            prec = str(z["precision"]) if "precision" in z else "fp32"
     except KeyError as err:
         raise DataError(
             f"{path}: not a maskgit token file (missing {err}); re-create it with `maskgit encode`"
@@ -103,22 +106,32 @@ def load_tokens(path: str | Path) -> TokenFile:
             f"{path}: colours {tuple(colors.shape)} do not fit ids {tuple(ids.shape)}; the file is "
             "corrupt"
         )
-    return TokenFile(ids=ids, files=files, tokenizer_id=tok_id, codebook_size=K, colors=colors)
+    return TokenFile(
+        ids=ids, files=files, tokenizer_id=tok_id, codebook_size=K, colors=colors, precision=prec
+    )
 
 
 @torch.no_grad()
 def encode_images(
-    model, images: torch.Tensor, cfg, device: torch.device, batch_size: int = 64, on_progress=None
+    model,
+    images: torch.Tensor,
+    cfg,
+    device: torch.device,
+    batch_size: int = 64,
+    on_progress=None,
+    precision=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 (N, 3, H, W) -> (ids (N, h, w), each token's mean colour (N, 3, h, w), normalized),
-    batched."""
-    from maskgit_cli import data, runtime
+    batched. The model is already in its inference precision; `precision` adds its autocast."""
+    import contextlib
+
+    from maskgit_cli import data
     from maskgit_cli.harmonic import token_colors
 
     ids, colors = [], []
     for i in range(0, len(images), batch_size):
         x = data.normalize(images[i : i + batch_size].to(device), cfg.data)
-        with runtime.autocast(device):
+        with precision.inference_autocast() if precision is not None else contextlib.nullcontext():
             ids.append(model.encode(x).cpu())
         colors.append(token_colors(x, ids[-1].shape[-1]).cpu())
         if on_progress:
@@ -129,19 +142,22 @@ def encode_images(
 def run_tokens(
     path: str | Path,
     split: str,
+    *,
     cfg,
     tok_model,
     tok_id: str,
     run_dir: Path,
     device: torch.device,
     resize: bool,
+    precision,
     rank: int = 0,
     flips: bool = False,
     on_progress=None,
 ) -> TokenFile:
     """Stage 2's tokens (ids (M, h, w) and token colours) from a token file, or from an image
     folder encoded once and cached in RUN/tokens_<split>.npz (with horizontally flipped copies
-    for training). The cache is reused while the images and the tokenizer are the same."""
+    for training). The cache is reused while the images, the tokenizer and the precision the
+    encoder runs in are the same."""
     from maskgit_cli import data
     from maskgit_cli.errors import ConfigError
 
@@ -163,17 +179,21 @@ def run_tokens(
             or tokens.tokenizer_id != tok_id
             or tokens.files != names
             or tokens.colors is None
+            or tokens.precision != precision.name
         ):
             images = data.load_images(paths, cfg.data.image_size, resize)
             if flips:
                 images = torch.cat([images, images.flip(-1)])
-            ids, colors = encode_images(tok_model, images, cfg, device, on_progress=on_progress)
+            ids, colors = encode_images(
+                tok_model, images, cfg, device, on_progress=on_progress, precision=precision
+            )
             tokens = TokenFile(
                 ids=ids,
                 files=names,
                 tokenizer_id=tok_id,
                 codebook_size=tok_model.codebook_size,
                 colors=colors,
+                precision=precision.name,
             )
             if rank == 0:
                 save_tokens(cache, tokens)

@@ -26,7 +26,11 @@ class GroupNorm(nn.Module):
         self.gn = nn.GroupNorm(math.gcd(groups, channels), channels, eps=1e-6, affine=True)
 
     def forward(self, x):
-        return self.gn(x)
+        # in fp32 whatever the precision: under bf16 the statistics keep their accuracy, and the
+        # fp32 kernels are also the fast ones on the CPU (bf16 group-norm backward is 2x slower)
+        gn = self.gn
+        out = F.group_norm(x.float(), gn.num_groups, gn.weight.float(), gn.bias.float(), gn.eps)
+        return out.to(x.dtype)
 
 
 class Swish(nn.Module):
@@ -105,12 +109,14 @@ class Codebook(nn.Module):
         return F.normalize(w, dim=1) if self.l2_codes else w
 
     def nearest(self, z_flat: torch.Tensor) -> torch.Tensor:
-        """z_flat (M, D) -> ids (M,) int64."""
-        e = self.codes()
-        if self.l2_codes:
-            return (F.normalize(z_flat, dim=1) @ e.t()).argmax(dim=1)
-        d = z_flat.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * z_flat @ e.t()
-        return d.argmin(dim=1)
+        """z_flat (M, D) -> ids (M,) int64. The distances are fp32 at any precision: which code
+        wins must not depend on bf16 rounding."""
+        with torch.autocast(z_flat.device.type, enabled=False):
+            z_flat, e = z_flat.float(), self.codes().float()
+            if self.l2_codes:
+                return (F.normalize(z_flat, dim=1) @ e.t()).argmax(dim=1)
+            d = z_flat.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * z_flat @ e.t()
+            return d.argmin(dim=1)
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, h, w) -> z_q (B, D, h, w)."""
@@ -158,8 +164,13 @@ class _VQModel(nn.Module):
     def codebook_size(self) -> int:
         return self.codebook.K
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype (bf16 when loaded for bf16 inference): inputs are cast to it."""
+        return self.post_quant_conv.weight.dtype
+
     def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
-        return self.quant_conv(self.encoder(x))
+        return self.quant_conv(self.encoder(x.to(self.dtype)))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 3, H, W) -> ids (B, h, w)."""
@@ -171,7 +182,7 @@ class _VQModel(nn.Module):
         return self.decoder(self.post_quant_conv(z_q))
 
     def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.codebook.lookup(ids))
+        return self.decode(self.codebook.lookup(ids).to(self.dtype))
 
     def forward(self, x: torch.Tensor):
         """x -> (reconstruction, ids, vq loss, z_e) ; z_e feeds dead-code restarts."""

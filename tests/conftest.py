@@ -212,3 +212,12 @@ def inp(tiny_data, tiny_run, tmp_path):
         "-T",
         "2",
     ]
+
+
+def known_pixels_unchanged(tiny_data: dict, out: Path) -> None:
+    """Every pixel the mask says is known equals the input's, bit for bit, in every result."""
+    for p in sorted(tiny_data["masked"].iterdir()):
+        inp = np.asarray(Image.open(p).convert("RGB"))
+        res = np.asarray(Image.open(out / p.name).convert("RGB"))
+        known = np.asarray(Image.open(tiny_data["masks"] / p.name)) >= 128
+        assert res.shape == inp.shape and (inp[known] == res[known]).all(), p.name

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import TINY
 
-from maskgit_cli import checkpoint, data, pipeline, tokens
+from maskgit_cli import checkpoint, data, pipeline, precision, tokens
 from maskgit_cli.errors import ConfigError, DataError
 
 
@@ -309,7 +309,8 @@ def test_decoder_stage_on_the_transformers_fills(tiny_run, tiny_data, tmp_path):
     assert pool["ids"].shape == (6, g, g) and pool["missing"].shape == (6, 16, 16)
     assert pool["missing"].any() and not pool["missing"].all()
     images, _ = data.load_folder(tiny_data["train"], 16)
-    again = inpainting_pool(run, images, 6, 0, torch.device("cpu"))  # made from the seed alone
+    cpu = torch.device("cpu")  # made from the seed alone, in the run's precision
+    again = inpainting_pool(run, images, 6, 0, cpu, precision.resolve("auto", cpu))
     assert all(torch.equal(again[k], pool[k]) for k in pool)
     # the holes' tokens are the transformer's, not the encoder's tokens of the true images
     truth_ids = tok.encode(data.normalize(images[pool["index"]], cfg.data))

@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
-from maskgit_cli import checkpoint, data, runtime, vqgan
+from maskgit_cli import checkpoint, data, vqgan
 from maskgit_cli.errors import CheckpointError, ConfigError
+from maskgit_cli.precision import check_resume
 from maskgit_cli.train.loop import (
     StepOut,
     adamw,
@@ -114,16 +115,16 @@ class DecoderStage(ImageStage):
         self.opt = adamw(self.params, lr=tc.lr, betas=(0.5, 0.9))
         self.disc = vqgan.PatchDiscriminator().to(device)
         self.disc_opt = adamw(self.disc.parameters(), lr=tc.disc_lr, betas=(0.5, 0.9))
-        self.scaler = runtime.grad_scaler(device)
+        self.scaler = self.precision.grad_scaler()
         step, self.start_val, self.pool = 0, {}, None
         if tc.generated:
             self.pool = state.get("pool") if resume else None
-            if self.pool is None:
-                from maskgit_cli.inpaint import (
-                    inpainting_pool,
-                )  # the run's transformer fills the holes
+            if self.pool is None:  # the run's own transformer fills the holes
+                from maskgit_cli.inpaint import inpainting_pool
 
-                self.pool = inpainting_pool(self.run_dir, self.images, tc.pool, self.seed, device)
+                self.pool = inpainting_pool(
+                    self.run_dir, self.images, tc.pool, self.seed, device, self.precision
+                )
             self.pool_truth = self.images[self.pool["index"]]
         if resume:
             self.opt.load_state_dict(state["optimizer"])
@@ -131,6 +132,7 @@ class DecoderStage(ImageStage):
             self.disc_opt.load_state_dict(state["disc_optimizer"])
             self.scaler.load_state_dict(state["scaler"])
             step, self.start_val = state["step"], state.get("start_metrics", {})
+            check_resume(state.get("precision"), self.precision, path)
             set_rng_state(state["rng"])
         elif (
             state is None
@@ -142,7 +144,9 @@ class DecoderStage(ImageStage):
     def first_rows(self, resume: bool) -> list[dict[str, Any]]:
         if resume or self.val_images is None:
             return []
-        self.start_val = evaluate_tokenizer(self.model, self.val_images, self.cfg, self.device)
+        self.start_val = evaluate_tokenizer(
+            self.model, self.val_images, self.cfg, self.device, self.precision
+        )
         return [{"epoch": 0, "step": 0, "val_psnr": self.start_val["psnr"]}]
 
     def step(self, step: int, lr: float) -> StepOut:
@@ -156,7 +160,7 @@ class DecoderStage(ImageStage):
         )
         model.train()
         g, x8, x = self.batch(step, self.whole)
-        with torch.no_grad(), runtime.autocast(device):
+        with torch.no_grad(), self.precision.autocast():
             ids = model.encode(x)
         real = x
         if pool is not None:  # the transformer's fills: their truth outside the hole is the target
@@ -166,7 +170,7 @@ class DecoderStage(ImageStage):
             known = torch.ones_like(real[:, :1])
             known[len(x) :] = (~pool["missing"][pick]).unsqueeze(1).to(known)
         disc.requires_grad_(False)  # the generator pass needs no discriminator gradients
-        with runtime.autocast(device):
+        with self.precision.autocast():
             rec_all = model.decode_ids(ids)
             rec_err = rec_all.float() - real
             rec_loss = rec_err.abs() if tc.loss == "l1" else rec_err.pow(2)
@@ -184,7 +188,7 @@ class DecoderStage(ImageStage):
         self.scaler.scale(loss).backward()
         optimizer_step(self.opt, self.scaler, self.params, tc.grad_clip)
         disc.requires_grad_(True)
-        d_loss = hinge_disc_step(disc, self.disc_opt, real, rec_all, device)
+        d_loss = hinge_disc_step(disc, self.disc_opt, real, rec_all, self.precision)
         return StepOut(
             loss.item(),
             len(x8),
@@ -218,6 +222,7 @@ class DecoderStage(ImageStage):
                     "weights_id": checkpoint.model_id(sd),
                     "start_metrics": self.start_val,
                     "pool": self.pool,
+                    "precision": self.precision.name,
                 },
             },
         )

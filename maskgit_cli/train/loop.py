@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from maskgit_cli import runtime
+from maskgit_cli import precision, runtime
 from maskgit_cli.config import Config, dump, from_dict
 from maskgit_cli.errors import CheckpointError, TrainingDiverged
 from maskgit_cli.outputs import atomic_write
@@ -134,6 +134,8 @@ def resume_changes(saved: dict[str, Any], cfg: Config, stage: Stage, path: Path)
             if old == new:
                 continue
             name = f"{section}.{key}"
+            if key == "precision":  # compared as resolved (precision.check_resume): auto may be fp32
+                continue
             if section == stage.section and key in RESUMABLE:
                 notes.append(
                     f"{name} {old} -> {new}"
@@ -205,6 +207,7 @@ class Stage(ABC):
         self.cfg, self.run_dir, self.device, self.seed = cfg, Path(run_dir), device, seed
         self.overwrite = overwrite  # a fresh start replaces the stage's checkpoint
         self.rank, self.world = runtime.dist_info()
+        self.precision = precision.resolve(self.settings.precision, device)
         self.opt: torch.optim.Optimizer | None = (
             None  # the optimizer the learning-rate schedule drives
         )

@@ -6,6 +6,7 @@ a data-dependent codebook start and dead-code restarts keep the codes in use.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 from maskgit_cli import checkpoint, data, runtime, vqgan
 from maskgit_cli.errors import CheckpointError
 from maskgit_cli.metrics import psnr
+from maskgit_cli.precision import check_resume
 from maskgit_cli.train.loop import (
     Run,
     Stage,
@@ -41,6 +43,7 @@ class TokenizerResult:
     checkpoint: str
     seconds: float
     images_per_second: float
+    precision: str = "fp32"
     interrupted: bool = False
     epochs: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -48,15 +51,16 @@ class TokenizerResult:
 
 @torch.no_grad()
 def evaluate_tokenizer(
-    model, images: torch.Tensor, cfg, device, batch_size: int = 64
+    model, images: torch.Tensor, cfg, device, precision=None, batch_size: int = 64
 ) -> dict[str, float]:
-    """Reconstruction PSNR and codebook health over a set of uint8 images."""
+    """Reconstruction PSNR and codebook health over a set of uint8 images (under `precision`'s
+    autocast, as in training)."""
     model.eval()
     psnrs, counts = [], torch.zeros(model.codebook_size, dtype=torch.long)
     for i in range(0, len(images), batch_size):
         x8 = images[i : i + batch_size].to(device)
         x = data.normalize(x8, cfg.data)
-        with runtime.autocast(device):
+        with precision.autocast() if precision is not None else contextlib.nullcontext():
             rec, ids, _, _ = model(x)
         psnrs.append(psnr(data.denormalize(rec.float(), cfg.data), x8.float() / 255).cpu())
         counts += torch.bincount(ids.flatten().cpu(), minlength=model.codebook_size)
@@ -88,9 +92,9 @@ def restart_dead_codes(
     return len(dead)
 
 
-def hinge_disc_step(disc, disc_opt, real: torch.Tensor, fake: torch.Tensor, device) -> float:
+def hinge_disc_step(disc, disc_opt, real: torch.Tensor, fake: torch.Tensor, precision) -> float:
     """One discriminator update on the hinge loss (real -> +1, fake -> -1); returns the loss."""
-    with runtime.autocast(device):
+    with precision.autocast():
         d_loss = torch.relu(1 - disc(real)).mean() + torch.relu(1 + disc(fake.detach())).mean()
     disc_opt.zero_grad(set_to_none=True)
     d_loss.backward()
@@ -157,7 +161,9 @@ class ImageStage(Stage):
         self.last_val = {}
         if self.val_images is None:
             return {}
-        self.last_val = evaluate_tokenizer(self.model, self.val_images, self.cfg, self.device)
+        self.last_val = evaluate_tokenizer(
+            self.model, self.val_images, self.cfg, self.device, self.precision
+        )
         return {
             "val_psnr": self.last_val["psnr"],
             "codebook_usage": self.last_val["usage"],
@@ -173,6 +179,7 @@ class ImageStage(Stage):
                 self.val_images if self.val_images is not None else self.images[:512],
                 self.cfg,
                 self.device,
+                self.precision,
             )
         return TokenizerResult(
             stage=self.name,
@@ -184,6 +191,7 @@ class ImageStage(Stage):
             checkpoint=str(self.checkpoint_path),
             seconds=run.seconds,
             images_per_second=run.rate,
+            precision=self.precision.name,
             interrupted=run.interrupted,
             epochs=run.epochs,
             warnings=run.warnings,
@@ -210,7 +218,7 @@ class TokenizerStage(ImageStage):
         self.disc_opt = (
             adamw(self.disc.parameters(), lr=tc.disc_lr, betas=(0.5, 0.9)) if self.disc else None
         )
-        self.scaler = runtime.grad_scaler(device)
+        self.scaler = self.precision.grad_scaler()
         self.code_ema = torch.zeros(self.model.codebook_size)
         self.resumed = resume
         self.steps(len(self.images), tc.batch_size)
@@ -233,6 +241,7 @@ class TokenizerStage(ImageStage):
             self.scaler.load_state_dict(ck["scaler"])
             self.code_ema = ck["code_ema"]
             step = ck["step"]
+            check_resume(ck.get("precision"), self.precision, path)
             set_rng_state(ck["rng"])
         write_config(self.run_dir, cfg)
         return step, notes
@@ -247,7 +256,7 @@ class TokenizerStage(ImageStage):
                 z = model.encode_latent(x)
             restart_dead_codes(model, torch.zeros(model.codebook_size), z, 1.0, g)
 
-        with runtime.autocast(self.device):
+        with self.precision.autocast():
             rec, ids, vq_loss, z_e = model(x)
             rec_err = rec.float() - x
             rec_loss = rec_err.abs().mean() if tc.loss == "l1" else rec_err.pow(2).mean()
@@ -260,7 +269,7 @@ class TokenizerStage(ImageStage):
         optimizer_step(self.opt, self.scaler, model.parameters(), tc.grad_clip)
 
         if disc is not None and step >= tc.disc_start:
-            hinge_disc_step(disc, self.disc_opt, x, rec, self.device)
+            hinge_disc_step(disc, self.disc_opt, x, rec, self.precision)
 
         counts = torch.bincount(ids.flatten().cpu(), minlength=model.codebook_size).float()
         self.code_ema.mul_(0.99).add_(counts, alpha=0.01)
@@ -295,5 +304,6 @@ class TokenizerStage(ImageStage):
                 "step": step,
                 "rng": rng_state(),
                 "metrics": self.last_val,
+                "precision": self.precision.name,
             },
         )

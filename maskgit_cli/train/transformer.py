@@ -5,6 +5,7 @@ DDP under torchrun (rank 0 writes)."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from maskgit_cli import checkpoint, runtime, tokens
+from maskgit_cli import checkpoint, precision, runtime, tokens
 from maskgit_cli.errors import ConfigError, DataError
 from maskgit_cli.mvtm import fixed_ratio_mask, masked_loss, mvtm_hint, mvtm_mask
+from maskgit_cli.precision import check_resume
 from maskgit_cli.train.loop import (
     Run,
     Stage,
@@ -44,6 +46,7 @@ class TransformerResult:
     checkpoint: str
     best_checkpoint: str | None
     seconds: float
+    precision: str = "fp32"
     interrupted: bool = False
     epochs: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -58,9 +61,10 @@ def evaluate_transformer(
     batch_size: int = 128,
     seed: int = 1234,
     colors: torch.Tensor | None = None,
+    precision=None,
 ) -> dict[str, Any]:
     """Loss and masked-token accuracy at fixed mask ratios; val_loss is their mean. `colors` (M, 3,
-    h, w): token colours, for a model with hints."""
+    h, w): token colours, for a model with hints; `precision`: the autocast to run under."""
     model.eval()
     K = model.K
     if model.cfg.hint and colors is None:
@@ -73,7 +77,7 @@ def evaluate_transformer(
         for i in range(0, len(ids), batch_size):
             x, m = ids[i : i + batch_size].to(device), mask[i : i + batch_size].to(device)
             hint = mvtm_hint(colors[i : i + batch_size], m) if model.cfg.hint else None
-            with runtime.autocast(device):
+            with precision.autocast() if precision is not None else contextlib.nullcontext():
                 logits = model(
                     x.masked_fill(m, K), m, hint=hint.to(device) if hint is not None else None
                 )
@@ -197,24 +201,21 @@ class TransformerStage(Stage):
     ):
         rank, _world, device = runtime.init_distributed(device)
         tok_model, tok_id = run_tokenizer(cfg, run_dir, tokenizer, device, rank)
+        prec = precision.resolve(cfg.transformer_train.precision, device)
+        tok_model = prec.for_inference(tok_model)  # the tokens are encoded in the run's precision
         status("preparing tokens")
-        train = tokens.run_tokens(
-            data,
-            "train",
-            cfg,
-            tok_model,
-            tok_id,
-            run_dir,
-            device,
-            resize,
-            rank,
-            flips=cfg.data.hflip,
+        common = dict(
+            cfg=cfg,
+            tok_model=tok_model,
+            tok_id=tok_id,
+            run_dir=run_dir,
+            device=device,
+            resize=resize,
+            rank=rank,
+            precision=prec,
         )
-        val_tokens = (
-            tokens.run_tokens(val, "val", cfg, tok_model, tok_id, run_dir, device, resize, rank)
-            if val
-            else None
-        )
+        train = tokens.run_tokens(data, "train", flips=cfg.data.hflip, **common)
+        val_tokens = tokens.run_tokens(val, "val", **common) if val else None
         del tok_model  # the tokenizer never runs inside the training loop
         return cls(
             cfg,
@@ -248,7 +249,9 @@ class TransformerStage(Stage):
         self.opt = adamw(
             param_groups(self.model, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2)
         )
-        self.scaler = runtime.grad_scaler(device)
+        self.scaler = self.precision.grad_scaler()
+        if self.precision.math_attention:
+            self.model.set_fast_attention(False)
         self.steps(len(self.ids), tc.batch_size * tc.grad_accum)
         step, notes = 0, []
         if resume:
@@ -262,6 +265,7 @@ class TransformerStage(Stage):
             if self.ema is not None and ck.get("ema") is not None:
                 self.ema.load_state_dict(ck["ema"])
             step, self.best = ck["step"], ck.get("best_val_loss", float("inf"))
+            check_resume(ck.get("precision"), self.precision, path)
             set_rng_state(ck["rng"])
         if self.rank == 0:
             write_config(self.run_dir, cfg)
@@ -291,7 +295,7 @@ class TransformerStage(Stage):
             )
             hint = mvtm_hint(self.colors[idx] if self.colors is not None else None, hole)
             target, mask = target.to(device), mask.to(device)
-            with runtime.autocast(device):
+            with self.precision.autocast():
                 logits = self.net(
                     target.masked_fill(mask, K),
                     mask,  # the last block and head at the mask only
@@ -321,6 +325,7 @@ class TransformerStage(Stage):
             self.settings.val_ratios,
             self.device,
             colors=self.val_colors,
+            precision=self.precision,
         )
         if self.last_val["val_loss"] < self.best:
             self.best = self.last_val["val_loss"]
@@ -349,6 +354,7 @@ class TransformerStage(Stage):
                 "rng": rng_state(),
                 "tokenizer_id": self.tokenizer_id,
                 "best_val_loss": self.best,
+                "precision": self.precision.name,
                 "metrics": metrics,
             },
         )
@@ -362,6 +368,7 @@ class TransformerStage(Stage):
             val_loss=self.last_val["val_loss"] if self.last_val else None,
             val_accuracy=self.last_val["accuracy"] if self.last_val else None,
             tokens_per_second=run.rate,
+            precision=self.precision.name,
             checkpoint=str(self.checkpoint_path),
             best_checkpoint=str(best) if best.exists() else None,
             seconds=run.seconds,

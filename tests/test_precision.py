@@ -1,0 +1,216 @@
+"""Precision: auto / fp32 / bf16 resolve by what the hardware has, bf16 keeps what decides a token
+in fp32, runs report their precision and resume only in it."""
+
+import pytest
+import torch
+from conftest import TINY, assert_error, invoke_json
+
+from maskgit_cli import config, precision, vqgan
+from maskgit_cli.errors import ConfigError
+
+CPU = torch.device("cpu")
+BF16 = pytest.mark.skipif(not precision.cpu_bf16(), reason="this CPU has no bf16 matrix units")
+
+
+def test_auto_follows_the_cpus_bf16_units(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: True)
+    assert precision.resolve("auto", CPU).name == "bf16"
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: False)
+    assert precision.resolve("auto", CPU).name == "fp32"
+    assert precision.resolve("fp32", CPU).dtype is None
+
+
+def test_bf16_on_a_cpu_without_bf16_units_is_a_clear_error(
+    monkeypatch, runner, tiny_data, tmp_path
+):
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: False)
+    with pytest.raises(ConfigError, match="no bf16 matrix units"):
+        precision.resolve("bf16", CPU)
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        precision.resolve("fp16", CPU)
+    assert_error(
+        runner,
+        [
+            "inpaint",
+            tiny_data["masked"],
+            "--masks",
+            tiny_data["masks"],
+            "--out",
+            tmp_path / "o",
+            "--precision",
+            "bf16",
+        ],
+        "--precision bf16: this CPU (it lacks AVX512-BF16 and AMX)",
+    )
+    assert_error(
+        runner,
+        [
+            "train",
+            TINY,
+            "--stage",
+            "tokenizer",
+            "--data",
+            tiny_data["train"],
+            "--out",
+            tmp_path / "r",
+            "--precision",
+            "bf16",
+        ],
+        "no bf16 matrix units",
+    )
+
+
+def test_the_nearest_code_is_found_in_fp32_under_bf16_autocast():
+    cb = vqgan.Codebook(64, 8)
+    z = torch.randn(500, 8)
+    want = cb.nearest(z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(cb.nearest(z), want)
+    assert torch.equal(cb.nearest(z.bfloat16()), cb.nearest(z.bfloat16().float()))
+
+
+@BF16
+def test_bf16_inference_runs_the_weights_in_bf16_and_keeps_the_known_pixels(
+    runner, tiny_data, tiny_run, tmp_path
+):
+    out = invoke_json(
+        runner,
+        [
+            "inpaint",
+            str(tiny_data["masked"]),
+            "--masks",
+            str(tiny_data["masks"]),
+            "--model",
+            str(tiny_run),
+            "--out",
+            str(tmp_path / "o"),
+            "--precision",
+            "bf16",
+            "-T",
+            "3",
+        ],
+    )
+    assert out["precision"] == "bf16"
+    from conftest import known_pixels_unchanged
+
+    known_pixels_unchanged(tiny_data, tmp_path / "o")
+    cfg = config.load(TINY)
+    model = precision.resolve("bf16", CPU).for_inference(vqgan.build(cfg))
+    x = torch.rand(2, 3, 16, 16)
+    assert (
+        model.encode(x).dtype == torch.int64
+        and model.decode_ids(model.encode(x)).dtype == torch.bfloat16
+    )
+
+
+@pytest.mark.parametrize("command", ["encode", "inpaint", "demo"])
+def test_every_model_command_reports_its_precision(command, runner, tiny_data, tiny_run, tmp_path):
+    args = {
+        "encode": [
+            "encode",
+            str(tiny_data["test"]),
+            "--tokenizer",
+            str(tiny_run),
+            "--out",
+            str(tmp_path / "t.npz"),
+        ],
+        "inpaint": [
+            "inpaint",
+            str(tiny_data["masked"]),
+            "--masks",
+            str(tiny_data["masks"]),
+            "--model",
+            str(tiny_run),
+            "--out",
+            str(tmp_path / "o"),
+            "-T",
+            "2",
+        ],
+        "demo": ["demo", "--out", str(tmp_path / "d")],
+    }[command]
+    for name in ("fp32", "auto"):
+        out = invoke_json(runner, [*args, "--precision", name, "--overwrite"])
+        assert out["precision"] == precision.resolve(name, CPU).name
+
+
+def test_a_run_resumes_only_in_its_own_precision(runner, tiny_data, tmp_path):
+    run = tmp_path / "run"
+    base = [
+        "train",
+        str(TINY),
+        "--stage",
+        "tokenizer",
+        "--data",
+        str(tiny_data["train"]),
+        "--out",
+        str(run),
+    ]
+    first = invoke_json(runner, [*base, "--max-steps", "2", "--precision", "fp32"])
+    assert first["precision"] == "fp32"
+    if precision.cpu_bf16():
+        assert_error(
+            runner,
+            [*base, "--max-steps", "4", "--resume", "--precision", "bf16"],
+            "the run trained in fp32 and would continue in bf16",
+        )
+    again = invoke_json(runner, [*base, "--max-steps", "4", "--resume", "--precision", "fp32"])
+    assert again["steps"] == 4 and again["precision"] == "fp32"
+
+
+@BF16
+def test_auto_resuming_a_run_made_in_fp32_says_which_precision_to_pass(runner, tiny_data, tmp_path):
+    """`auto` is bf16 here; a run made in fp32 (every run before 0.2) continues only in fp32."""
+    import shutil
+
+    run = tmp_path / "run"
+    base = [
+        "train",
+        str(TINY),
+        "--stage",
+        "tokenizer",
+        "--data",
+        str(tiny_data["train"]),
+        "--out",
+        str(run),
+    ]
+    invoke_json(runner, [*base, "--max-steps", "2", "--precision", "fp32"])
+    shutil.copy(run / "config.yaml", tmp_path / "config.yaml")
+    cfg = (tmp_path / "config.yaml").read_text().replace("precision: fp32", "precision: auto")
+    (tmp_path / "fp32_run.yaml").write_text(cfg)
+    assert_error(
+        runner,
+        ["train", tmp_path / "fp32_run.yaml", *base[2:], "--max-steps", "4", "--resume"],
+        "the run trained in fp32 and would continue in bf16",
+    )
+
+
+@BF16
+@pytest.mark.parametrize("stage", ["tokenizer", "transformer"])
+def test_bf16_resume_equals_an_uninterrupted_bf16_run(stage, tiny_run, tiny_data, tmp_path):
+    import shutil
+
+    from maskgit_cli import checkpoint, pipeline
+
+    def train(out, steps, resume=False):
+        return pipeline.train(
+            TINY,
+            stage,
+            tiny_data["train"],
+            out,
+            device="cpu",
+            resume=resume,
+            precision="bf16",
+            overrides=[f"{stage}_train.max_steps={steps}"],
+        )
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        if stage == "transformer":
+            d.mkdir()
+            shutil.copy(tiny_run / checkpoint.TOKENIZER, d / checkpoint.TOKENIZER)
+    train(a, 6)
+    train(b, 3)
+    train(b, 6, resume=True)
+    name = checkpoint.TOKENIZER if stage == "tokenizer" else checkpoint.TRANSFORMER
+    sa, sb = checkpoint.load(a / name)["model"], checkpoint.load(b / name)["model"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
