@@ -134,7 +134,7 @@ def resume_changes(saved: dict[str, Any], cfg: Config, stage: Stage, path: Path)
             if old == new:
                 continue
             name = f"{section}.{key}"
-            if key == "precision":  # compared as resolved (precision.check_resume): auto may be fp32
+            if key == "precision":  # compared resolved (precision.check_resume): auto may be fp32
                 continue
             if section == stage.section and key in RESUMABLE:
                 notes.append(
