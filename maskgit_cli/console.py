@@ -36,7 +36,8 @@ def console() -> Console:
 
 
 def info(message: str) -> None:
-    console().print(escape(message), soft_wrap=True)
+    if not quiet():
+        console().print(escape(message), soft_wrap=True)
 
 
 def warn(message: str) -> None:
@@ -98,6 +99,8 @@ def figures(record: dict[str, Any], keys: Iterable[str]) -> str:
 def table(
     title: str, columns: list[str], rows: Iterable[Iterable[Any]], highlight: int | None = None
 ) -> None:
+    if quiet():
+        return
     t = Table(title=title, title_justify="left")
     for c in columns:
         t.add_column(
@@ -114,36 +117,116 @@ def kv_table(title: str, items: dict[str, Any]) -> None:
     table(title, ["key", "value"], [(k, v) for k, v in items.items()])
 
 
-class _Bar:
-    """A rich progress bar driven by the core's callbacks: update(completed, **fields)."""
+_QUIET = {"on": False}
 
-    def __init__(self, progress: Progress | None, task: int | None):
-        self.progress, self.task = progress, task
+
+def set_quiet(quiet: bool) -> None:
+    """--quiet: no progress, tables or notes on stderr; warnings and errors still print."""
+    _QUIET["on"] = quiet
+
+
+def quiet() -> bool:
+    return _QUIET["on"]
+
+
+class _Bar:
+    """What the core's callbacks drive: update(completed, total, status, description). The
+    description names the phase ("loading images", "preparing tokens", "train tokenizer")."""
 
     def update(
         self,
         completed: int | None = None,
-        advance: int | None = None,
         total: int | None = None,
-        status: str = "",
+        status: str | None = None,
+        description: str | None = None,
     ) -> None:
-        if self.progress is None:
-            return
-        kw: dict[str, Any] = {"status": status}
-        if completed is not None:
-            kw["completed"] = completed
-        if advance is not None:
-            kw["advance"] = advance
-        if total is not None:
-            kw["total"] = total
+        """Nothing to show (--quiet)."""
+
+
+class _RichBar(_Bar):
+    """A live bar on a terminal."""
+
+    def __init__(self, progress: Progress, task: int):
+        self.progress, self.task = progress, task
+
+    def update(self, completed=None, total=None, status=None, description=None) -> None:
+        kw: dict[str, Any] = {}
+        if description is not None and description != self.progress.tasks[self.task].description:
+            kw.update(description=description, completed=0, total=None)  # a new phase starts over
+        for k, v in (("completed", completed), ("total", total), ("status", status)):
+            if v is not None:
+                kw[k] = v
         self.progress.update(self.task, **kw)
 
 
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class _LineBar(_Bar):
+    """Progress for a log (stderr not a terminal: CI, `2> log`): a plain line every `every`
+    seconds (the first after `every` seconds), and once a run is that long, one at each phase's
+    start and end too."""
+
+    def __init__(self, description: str, every: float = 30.0):
+        import time
+
+        self.clock = time.monotonic
+        self.description, self.every = description, every
+        self.completed, self.total, self.status = 0, None, ""
+        self.t0 = self.last = self.clock()
+        self.printed = False  # a run shorter than `every` prints nothing: a quick error stays one line
+
+    def _print(self) -> None:
+        now = self.clock()
+        parts = [f"{self.description}:"]
+        if self.total:
+            parts.append(f"{self.completed}/{self.total} ({self.completed / self.total:.0%})")
+        elif self.completed:
+            parts.append(str(self.completed))
+        parts.append(f"{_duration(now - self.t0)} elapsed")
+        if self.total and 0 < self.completed < self.total:
+            left = (now - self.t0) / self.completed * (self.total - self.completed)
+            parts.append(f"about {_duration(left)} left")
+        if self.status:
+            parts.append(self.status)
+        console().print(escape(" ".join(parts)), soft_wrap=True)
+        self.last = now
+
+    def update(self, completed=None, total=None, status=None, description=None) -> None:
+        new_phase = description is not None and description != self.description
+        if new_phase:
+            self.description, self.completed, self.total, self.t0 = (
+                description,
+                0,
+                None,
+                self.clock(),
+            )
+        if completed is not None:
+            self.completed = completed
+        if total is not None:
+            self.total = total
+        if status is not None:
+            self.status = status
+        done = self.total is not None and self.completed >= self.total
+        if self.clock() - self.last >= self.every or (self.printed and (done or new_phase)):
+            self.printed = True
+            self._print()
+
+
 @contextmanager
-def progress(description: str, total: int | None = None, enabled: bool = True):
-    """with progress("training", total) as bar: bar.update(completed=i, status="loss 0.1")"""
-    if not enabled:
-        yield _Bar(None, None)
+def progress(description: str, total: int | None = None):
+    """with progress("training", total) as bar: bar.update(completed=i, status="loss 0.1"). A
+    live bar on a terminal, a line at least every 30 s in a log, nothing with --quiet."""
+    if quiet():
+        yield _Bar()
+        return
+    if not console().is_terminal:
+        bar = _LineBar(description)
+        bar.total = total
+        yield bar
         return
     p = Progress(
         TextColumn("[bold]{task.description}"),
@@ -159,7 +242,7 @@ def progress(description: str, total: int | None = None, enabled: bool = True):
     with p:
         task = p.add_task(description, total=total, status="")
         try:
-            yield _Bar(p, task)
+            yield _RichBar(p, task)
         except BaseException:
             p.live.transient = True  # on an error or Ctrl-C the one-line message replaces the bar
             raise

@@ -34,11 +34,17 @@ def list_images(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         what = "is a file, not a folder" if folder.is_file() else "not found"
         raise DataError(f"image folder {what}: {folder}")
+    from maskgit_cli.outputs import manifest
+
+    records = manifest(folder)[0]  # maskgit's own notes beside its images (inpaint.json, a CSV)
     files, strays = [], []
     for p in sorted(folder.iterdir()):
         if p.name.startswith(".") or p.is_dir():
             continue
-        (files if p.suffix.lower() in IMAGE_SUFFIXES else strays).append(p)
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            files.append(p)
+        elif p.name not in records:
+            strays.append(p)
     if strays:
         raise DataError(
             f"{strays[0]}: not an image file (expected {', '.join(sorted(IMAGE_SUFFIXES))}); "
@@ -174,18 +180,26 @@ def read_image(path: Path, size: int, resize: bool = False, hint: str | None = N
 
 
 def load_images(
-    paths: list[Path], size: int, resize: bool = False, hint: str | None = None
+    paths: list[Path],
+    size: int,
+    resize: bool = False,
+    hint: str | None = None,
+    on_progress=None,
 ) -> torch.Tensor:
-    """uint8 (N, 3, H, W)."""
-    arr = np.stack([read_image(p, size, resize, hint) for p in paths])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+    """uint8 (N, 3, H, W). on_progress(done, total) every 100 images and at the end."""
+    arrays = []
+    for i, p in enumerate(paths):
+        arrays.append(read_image(p, size, resize, hint))
+        if on_progress and ((i + 1) % 100 == 0 or i + 1 == len(paths)):
+            on_progress(i + 1, len(paths))
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
 def load_folder(
-    folder: str | Path, size: int, resize: bool = False
+    folder: str | Path, size: int, resize: bool = False, on_progress=None
 ) -> tuple[torch.Tensor, list[str]]:
     paths = list_images(folder)
-    return load_images(paths, size, resize), [p.name for p in paths]
+    return load_images(paths, size, resize, on_progress=on_progress), [p.name for p in paths]
 
 
 def normalize(x: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
@@ -206,14 +220,30 @@ def to_uint8(x01: torch.Tensor) -> torch.Tensor:
     return (x01 * 255.0).round().clamp(0, 255).to(torch.uint8)
 
 
+SOFTWARE = "maskgit"  # the PNG text chunk every image maskgit writes carries (its signature)
+
+
 def save_png(img: torch.Tensor, path: Path) -> None:
-    """uint8 (3, H, W) or (H, W) -> PNG, atomically."""
+    """uint8 (3, H, W) or (H, W) -> PNG, atomically, signed as maskgit's."""
+    from PIL import PngImagePlugin
+
     from maskgit_cli.outputs import atomic_write
 
     arr = img.cpu().numpy()
     if arr.ndim == 3:
         arr = arr.transpose(1, 2, 0)
-    atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", SOFTWARE)
+    atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG", pnginfo=info))
+
+
+def is_maskgit_png(path: Path) -> bool:
+    """The file is a PNG maskgit wrote (its Software text chunk says so)."""
+    try:
+        with Image.open(path) as img:
+            return img.format == "PNG" and str(img.info.get("Software", "")).startswith(SOFTWARE)
+    except (OSError, ValueError, SyntaxError):
+        return False
 
 
 # ---------------------------------------------------------------------------------- masks
@@ -221,7 +251,7 @@ def save_png(img: torch.Tensor, path: Path) -> None:
 MISSING = ("black", "white")
 
 
-def _mask_plane(img: Image.Image) -> np.ndarray:
+def mask_plane(img: Image.Image) -> np.ndarray:
     """The one plane a mask file encodes (H, W) in [0, 1]: the colour's brightest channel (so a
     red-only mask reads like a gray one), or the alpha channel when the colour is uniform."""
     rgb, alpha = _planes(img)
@@ -244,7 +274,13 @@ def read_mask(
                 f"{path}: mask is {img.size[0]}x{img.size[1]}, expected {want[0]}x{want[1]}; "
                 "masks must match their images"
             )
-    plane = _mask_plane(img)
+    return holes(mask_plane(img), missing, str(path))
+
+
+def holes(plane: np.ndarray, missing: str = "black", name: str = "mask") -> torch.Tensor:
+    """A mask's one plane (H, W), any scale, -> bool (H, W), True = missing: the darker of its two
+    levels under 'black', the brighter under 'white'. A plane that is not two-valued is refused."""
+    plane = np.asarray(plane, dtype=np.float64)
     lo, hi = float(plane.min()), float(plane.max())
     if hi == lo:  # one value: black means all missing (under 'black'); anything else all known
         whole = (lo == 0) == (missing == "black")
@@ -253,7 +289,7 @@ def read_mask(
     between = float(((band > 0.25) & (band < 0.75)).mean())
     if between > 0.1:
         raise DataError(
-            f"{path}: not a mask: {between:.0%} of its pixels are neither of its two levels "
+            f"{name}: not a mask: {between:.0%} of its pixels are neither of its two levels "
             "(a photo?); masks are two-valued images, 0 = missing, 255 = known"
         )
     hole = band < 0.5 if missing == "black" else band >= 0.5

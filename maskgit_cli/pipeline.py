@@ -101,7 +101,8 @@ def train(
     precision: str | None = None,
     on_step=None,
     on_epoch=None,
-    on_status: Callable[[str], None] | None = None,
+    on_tick=None,
+    on_status: Callable[..., None] | None = None,
 ):
     """Train one stage (train.STAGES) into the run directory `out`. `precision` (None: the
     config's, `<stage>_train.precision`) is what the run trains in (precision.py)."""
@@ -132,7 +133,7 @@ def train(
             seed=seed,
             compile=compile,
             overwrite=overwrite,
-            status=on_status or (lambda _msg: None),
+            status=on_status or (lambda *_a: None),
         )
         primary = st.rank == 0
         return loop.run(
@@ -140,6 +141,7 @@ def train(
             resume=resume,
             on_step=on_step if primary else None,
             on_epoch=on_epoch if primary else None,
+            on_tick=on_tick if primary else None,
         )
 
 
@@ -187,7 +189,9 @@ def encode(
     dev = runtime.resolve_device(device)
     prec = precision_mod.resolve(precision, dev)
     fallback = config.load(config_path) if config_path else None
-    model, cfg, mid = checkpoint.load_tokenizer(tokenizer, fallback, dev)
+    from maskgit_cli import api
+
+    model, cfg, mid = checkpoint.load_tokenizer(api.model_path(tokenizer), fallback, dev)
     model = prec.for_inference(model)
     paths = data.list_images(images_dir)
     t0 = time.time()
@@ -224,15 +228,11 @@ def encode(
 # -------------------------------------------------------------------------------- inpaint
 
 
-def load_model(model: str | Path | None, device: torch.device):
-    """(tokenizer, transformer, config) from a run directory, or the bundled cats64 model."""
-    if model is None:
-        if not (BUNDLED / checkpoint.TRANSFORMER).is_file():
-            raise DataError(
-                "no --model given and no bundled model in this install; pass --model RUN_DIR"
-            )
-        model = BUNDLED
-    return checkpoint.load_transformer(model, device)
+def load_model(model: str | Path | None, device: str = "auto", prec: str = "auto"):
+    """A run folder, an exported model or a bundled one by name (None = cats64) -> api.Model."""
+    from maskgit_cli import api
+
+    return api.load_model(model, device=device, precision=prec)
 
 
 def _fill_of(settings) -> str:
@@ -241,32 +241,27 @@ def _fill_of(settings) -> str:
     return settings.fill if settings is not None else "maskgit"
 
 
-def _model_label(model: str | Path | None, settings) -> str:
-    return "none (harmonic fill)" if settings.fill == "harmonic" else str(model or BUNDLED)
-
-
-def make_inpainter(model: str | Path | None, settings, device: torch.device, prec=None):
-    """An Inpainter for the settings, in precision `prec` (default fp32). The harmonic fill needs
-    no model (it works at every image's own size); the oracle fill needs only a tokenizer: a run
-    directory without a transformer will do."""
+def make_inpainter(model: str | Path | None, settings, device: str = "auto", prec: str = "auto"):
+    """(Inpainter, api.Model or None) for the settings. The harmonic fill needs no model (it
+    works at every image's own size); the oracle fill needs only a tokenizer: a run folder
+    without a transformer will do."""
+    from maskgit_cli import api
     from maskgit_cli.inpaint import Inpainter, InpaintSettings
 
     fill = _fill_of(settings)
     if fill == "harmonic":
-        decode = config.DecodeConfig()
-        return Inpainter(None, None, None, InpaintSettings.resolve(decode, settings), device, prec)
-    tokenizer, transformer = None, None
+        dev = runtime.resolve_device(device)
+        s = InpaintSettings.resolve(config.DecodeConfig(), settings)
+        return Inpainter(None, None, None, s, dev, precision_mod.resolve(prec, dev)), None
+    path = api.model_path(model)
     if (
         fill == "oracle"
-        and model is not None
-        and not (Path(model) / checkpoint.TRANSFORMER).is_file()
+        and not (path if path.is_dir() else path.parent).joinpath(checkpoint.TRANSFORMER).is_file()
     ):
-        path = Path(model) / checkpoint.TOKENIZER if Path(model).is_dir() else model
-        tokenizer, cfg, _ = checkpoint.load_tokenizer(path, device=device)
+        m = api.load_tokenizer_only(path, device=device, precision=prec)
     else:
-        tokenizer, transformer, cfg = load_model(model, device)
-    settings = InpaintSettings.resolve(cfg.decode, settings)
-    return Inpainter(tokenizer, transformer, cfg, settings, device, prec)
+        m = load_model(model, device, prec)
+    return m.inpainter(settings), m
 
 
 @dataclass
@@ -282,7 +277,40 @@ class InpaintResult:
     per_image: list[dict[str, Any]]
     precision: str = "fp32"
     unused_masks: int = 0
+    model_ids: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+
+
+RECORD, PER_IMAGE = "inpaint.json", "per_image.csv"  # what made an output folder, image by image
+
+
+def _record(folder: Path, result: InpaintResult, seed: int, inputs: dict[str, str | None]) -> None:
+    """OUT/inpaint.json (command, version, model and its ids, settings, seed, precision, mean
+    metrics) and OUT/per_image.csv: what made the images beside them."""
+    import csv
+    import json
+
+    from maskgit_cli import __version__
+
+    record = {
+        "written_by": f"maskgit {__version__}",
+        "command": "inpaint",
+        "inputs": inputs,
+        "model": result.model,
+        "model_ids": result.model_ids,
+        "seed": seed,
+        "precision": result.precision,
+        "settings": result.settings,
+        "count": result.count,
+        "metrics": result.metrics,
+    }
+    (folder / RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    keys = list(dict.fromkeys(k for row in result.per_image for k in row))
+    with open(folder / PER_IMAGE, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(result.per_image)
 
 
 def inpaint(
@@ -300,67 +328,121 @@ def inpaint(
     ground_truth: str | Path | None = None,
     overwrite: bool = False,
     precision: str = "auto",
+    fit: str = "pad",
     on_progress: Progress = None,
 ) -> InpaintResult:
-    from maskgit_cli.inpaint import inpaint_pairs
+    """Inpaint a folder of images (OUT/NAME.png, with OUT/inpaint.json and OUT/per_image.csv),
+    or one image: MASKED a file, MASKS its mask file, OUT the image file to write."""
+    from maskgit_cli import fit as fit_mod
+    from maskgit_cli.photos import inpaint_pairs
 
     if mask_missing not in data.MISSING:
         raise ConfigError("--mask-missing must be 'black' (0 = missing, the lab's) or 'white'")
+    if fit not in fit_mod.FITS:
+        raise ConfigError(f"--fit must be one of {', '.join(fit_mod.FITS)}, got '{fit}'")
     check_batch_size(batch_size)
     runtime.check_seed(seed)
-    target = outputs.OutputDir(
-        out,
-        overwrite,
-        command="inpaint",
-        reads=[
-            (masked_dir, "images"),
-            (masks_dir, "--masks"),
-            (ground_truth, "--ground-truth"),
-            *_model_reads(model),
-        ],
-    )
+    single = Path(masked_dir).is_file()
+    reads = [
+        (masked_dir, "image" if single else "images"),
+        (masks_dir, "--mask" if single else "--masks"),
+        (ground_truth, "--ground-truth"),
+        *_model_reads(model),
+    ]
+    if single:
+        if not Path(masks_dir).is_file():
+            raise DataError(
+                f"{masked_dir} is one image, so --mask must be its mask file, not {masks_dir}"
+            )
+        target = outputs.OutputFile(
+            out,
+            overwrite,
+            signature=data.is_maskgit_png,
+            what="image",
+            reads=reads,
+            example="filled.png",
+        )
+        pairs, notes, unused = [(Path(masked_dir), Path(masks_dir))], [], 0
+        truths = [Path(ground_truth)] if ground_truth else None
+    else:
+        target = outputs.OutputDir(out, overwrite, command="inpaint", reads=reads)
+        pairing, notes = pair_inputs(masked_dir, masks_dir)
+        pairs, unused = pairing.pairs, len(pairing.unused)
+        truths = ground_truth_paths(ground_truth, [p for p, _ in pairs]) if ground_truth else None
+        data.output_names(
+            [p for p, _ in pairs]
+        )  # two inputs on one output name: refused before any work
     target.check_existing()  # before the work, not after it
-    pairing, notes = pair_inputs(masked_dir, masks_dir)
-    pairs = pairing.pairs
     if ground_truth is None and _fill_of(settings) == "oracle":
         raise ConfigError(
             "--fill oracle needs --ground-truth: it decodes the true images' own tokens"
         )
-    truths = ground_truth_paths(ground_truth, [p for p, _ in pairs]) if ground_truth else None
-    data.output_names(
-        [p for p, _ in pairs]
-    )  # two inputs on one output name: refused before any work
-    dev = runtime.resolve_device(device)
-    prec = precision_mod.resolve(precision, dev)
-    inpainter = make_inpainter(model, settings, dev, prec)
+    inpainter, m = make_inpainter(model, settings, device, precision)
     t0 = time.time()
     with target as tmp:
+        folder, names = (tmp.parent, [tmp.name]) if single else (tmp, None)
         summary, per_image = inpaint_pairs(
             inpainter,
             pairs,
-            tmp,
+            folder,
             seed=seed,
             batch_size=batch_size,
             mask_missing=mask_missing,
-            save_steps=save_steps,
+            save_steps=save_steps and not single,
             truths=truths,
+            fit_mode=fit,
+            names=names,
             on_progress=on_progress,
         )
-    seconds = time.time() - t0
-    return InpaintResult(
-        count=len(pairs),
-        seconds=seconds,
-        images_per_second=len(pairs) / max(seconds, 1e-9),
-        out=str(out),
-        settings=inpainter.s.to_dict(),
-        model=_model_label(model, inpainter.s),
-        transformer_passes=inpainter.transformer_passes,
-        metrics=summary,
-        per_image=per_image,
-        precision=prec.name,
-        unused_masks=len(pairing.unused),
-        warnings=notes,
-    )
+        seconds = time.time() - t0
+        result = InpaintResult(
+            count=len(pairs),
+            seconds=seconds,
+            images_per_second=len(pairs) / max(seconds, 1e-9),
+            out=str(out),
+            settings=inpainter.s.to_dict(),
+            model="none (harmonic fill)"
+            if m is None
+            else str(BUNDLED)
+            if api_bundled(model)
+            else str(model),
+            transformer_passes=inpainter.transformer_passes,
+            metrics=summary,
+            per_image=per_image,
+            precision=inpainter.precision.name,
+            unused_masks=unused,
+            model_ids={} if m is None else _ids(m),
+            warnings=notes,
+        )
+        if not single:
+            _record(
+                tmp,
+                result,
+                seed,
+                {
+                    "images": str(masked_dir),
+                    "masks": str(masks_dir),
+                    "ground_truth": str(ground_truth) if ground_truth else None,
+                },
+            )
+            result.files = {
+                "record": str(Path(out) / RECORD),
+                "per_image": str(Path(out) / PER_IMAGE),
+            }
+    return result
+
+
+def api_bundled(model) -> bool:
+    from maskgit_cli import api
+
+    return api.bundled(model)
+
+
+def _ids(m) -> dict[str, str]:
+    ids = {"tokenizer": m.tokenizer_id}
+    if m.transformer_id is not None:
+        ids["transformer"] = m.transformer_id
+    return ids
 
 
 # ------------------------------------------------------------------------------------ fid
@@ -527,10 +609,8 @@ def compare_schedules(
     pairs = pairing.pairs
     truths = ground_truth_paths(ground_truth, [p for p, _ in pairs])
     data.output_names([p for p, _ in pairs])
-    dev = runtime.resolve_device(device)
-    prec = precision_mod.resolve(precision, dev)
-    models = load_model(model, dev)
-    cfg = models[2]
+    m = load_model(model, device, precision)
+    dev, prec, cfg = m.device, m.precision, m.config
     t_start = time.time()
 
     extractor = feature_fn
@@ -578,7 +658,7 @@ def compare_schedules(
     jobs = schedule_study.cells(base, names, total_iter, spots, seeds, baselines)
     with target as tmp:
         rows, best, ranked_by = schedule_study.run(
-            models,
+            m,
             pairs,
             truths,
             tmp,
@@ -588,8 +668,6 @@ def compare_schedules(
             spots=spots,
             batch_size=batch_size,
             mask_missing=mask_missing,
-            device=dev,
-            precision=prec,
             fid_of=fid_of,
             notes=notes,
             on_cell=on_cell,
@@ -709,7 +787,7 @@ def demo(
     """Inpaint the bundled sample cats (SAMPLES/{masked,masks,images}) and draw
     masked input | result | ground truth, one row per sample."""
     from maskgit_cli import plots
-    from maskgit_cli.inpaint import Inpainter, InpaintSettings, inpaint_pairs
+    from maskgit_cli.photos import inpaint_pairs
 
     runtime.check_seed(seed)
     samples = Path(samples) if samples else SAMPLES
@@ -721,11 +799,10 @@ def demo(
         raise DataError(
             f"no demo samples in {samples} (expected masked/, masks/ and images/ folders)"
         )
-    dev = runtime.resolve_device(device)
-    prec = precision_mod.resolve(precision, dev)
-    tokenizer, transformer, cfg = load_model(model, dev)
-    settings = InpaintSettings.resolve(cfg.decode, settings)
-    inpainter = Inpainter(tokenizer, transformer, cfg, settings, dev, prec)
+    m = load_model(model, device, precision)
+    cfg, prec = m.config, m.precision
+    inpainter = m.inpainter(settings)
+    settings = inpainter.s
     pairs = pair_masks(samples / "masked", samples / "masks").pairs
     truths = ground_truth_paths(samples / "images", [p for p, _ in pairs])
     t0 = time.time()

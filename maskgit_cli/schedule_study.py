@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from maskgit_cli import data
-from maskgit_cli.inpaint import Inpainter, InpaintSettings, inpaint_pairs
+from maskgit_cli.inpaint import InpaintSettings
+from maskgit_cli.photos import inpaint_pairs
 
 REFERENCE_FILLS = ("harmonic", "oracle")  # the rows compare-schedules adds with --baselines
 FILES = {"json": "results.json", "csv": "results.csv", "plot": "plot.png", "grid": "examples.png"}
@@ -61,7 +62,7 @@ def label(settings: InpaintSettings) -> str:
 
 
 def run(
-    models: tuple,
+    model,
     pairs: list[tuple[Path, Path]],
     truths: list[Path],
     out: Path,
@@ -72,8 +73,6 @@ def run(
     spots: list[int],
     batch_size: int,
     mask_missing: str = "black",
-    device,
-    precision=None,
     fid_of: Callable[[Path], tuple[float, float | None]] | None,
     notes: list[str],
     on_cell: Callable[[int, int, str], None] | None = None,
@@ -83,12 +82,12 @@ def run(
     PSNR. Returns (rows, best row, ranked_by)."""
     from maskgit_cli import plots
 
-    tokenizer, transformer, cfg = models
+    cfg = model.config
     size = cfg.data.image_size
     total_runs = sum(len(js) for _, js in jobs)
     rows, examples, run_i = [], {}, 0
     for settings, job_seeds in jobs:
-        inpainter = Inpainter(tokenizer, transformer, cfg, settings, device, precision)
+        inpainter = model.inpainter(settings)
         name = label(settings)
         per_seed = []
         for seed in job_seeds:

@@ -170,33 +170,25 @@ def run_tokens(
                 f"tokenizer {tok_id}; re-encode it with `maskgit encode --tokenizer {run_dir}`"
             )
     else:
-        cache = run_dir / f"tokens_{split}.npz"
+        cache = run_dir / f"tokens_{split}.npz"  # and tokens_<split>.partial.npz while it is made
         paths = data.list_images(path)
         names = [p.name for p in paths] + ([f"flip:{p.name}" for p in paths] if flips else [])
         tokens = load_tokens(cache) if cache.exists() else None
-        if (
-            tokens is None
-            or tokens.tokenizer_id != tok_id
-            or tokens.files != names
-            or tokens.colors is None
-            or tokens.precision != precision.name
-        ):
-            images = data.load_images(paths, cfg.data.image_size, resize)
-            if flips:
-                images = torch.cat([images, images.flip(-1)])
-            ids, colors = encode_images(
-                tok_model, images, cfg, device, on_progress=on_progress, precision=precision
+        if not _fits(tokens, names, tok_id, precision.name):
+            tokens = _encode_resumably(
+                paths,
+                names,
+                run_dir,
+                split,
+                cfg=cfg,
+                tok_model=tok_model,
+                tok_id=tok_id,
+                device=device,
+                resize=resize,
+                precision=precision,
+                rank=rank,
+                on_progress=on_progress,
             )
-            tokens = TokenFile(
-                ids=ids,
-                files=names,
-                tokenizer_id=tok_id,
-                codebook_size=tok_model.codebook_size,
-                colors=colors,
-                precision=precision.name,
-            )
-            if rank == 0:
-                save_tokens(cache, tokens)
     if tokens.codebook_size != cfg.tokenizer.codebook_size:
         raise ConfigError(
             f"{path}: tokens index {tokens.codebook_size} codes but the config says "
@@ -212,4 +204,92 @@ def run_tokens(
             f"{path}: has no token colours, which transformer.hint needs; re-encode it with "
             "`maskgit encode` (this version stores them)"
         )
+    return tokens
+
+
+def partial_name(split: str) -> str:
+    return f"tokens_{split}.partial.npz"
+
+
+def _fits(tokens: TokenFile | None, names: list[str], tok_id: str, precision: str) -> bool:
+    """A cached token file holds these images' tokens, from this tokenizer and precision."""
+    return (
+        tokens is not None
+        and tokens.tokenizer_id == tok_id
+        and tokens.files == names
+        and tokens.colors is not None
+        and tokens.precision == precision
+    )
+
+
+CHUNK = 512  # images encoded between two chances to keep what is done
+
+
+def _encode_resumably(
+    paths,
+    names,
+    run_dir: Path,
+    split: str,
+    *,
+    cfg,
+    tok_model,
+    tok_id,
+    device,
+    resize,
+    precision,
+    rank,
+    on_progress,
+) -> TokenFile:
+    """Encode the images named `names` (a name "flip:X" is X mirrored) chunk by chunk. Ctrl-C
+    keeps what is done in RUN/tokens_<split>.partial.npz, and the next run continues there."""
+    from maskgit_cli import data
+
+    cache, partial = run_dir / f"tokens_{split}.npz", run_dir / partial_name(split)
+    by_name = {p.name: p for p in paths}
+    done = load_tokens(partial) if partial.exists() else None
+    ids, colors = [], []
+    if (
+        done is not None
+        and done.tokenizer_id == tok_id
+        and done.precision == precision.name
+        and done.colors is not None
+        and done.files == names[: len(done.files)]
+    ):
+        ids, colors = [done.ids], [done.colors]
+    start = sum(len(x) for x in ids)
+    K = tok_model.codebook_size
+
+    def keep(upto: int) -> TokenFile:
+        return TokenFile(
+            ids=torch.cat(ids),
+            files=names[:upto],
+            tokenizer_id=tok_id,
+            codebook_size=K,
+            colors=torch.cat(colors),
+            precision=precision.name,
+        )
+
+    try:
+        for i in range(start, len(names), CHUNK):
+            chunk = names[i : i + CHUNK]
+            images = data.load_images(
+                [by_name[n.removeprefix("flip:")] for n in chunk], cfg.data.image_size, resize
+            )
+            flip = torch.tensor([n.startswith("flip:") for n in chunk]).view(-1, 1, 1, 1)
+            images = torch.where(flip, images.flip(-1), images)
+            chunk_ids, chunk_colors = encode_images(
+                tok_model, images, cfg, device, precision=precision
+            )
+            ids.append(chunk_ids)
+            colors.append(chunk_colors)
+            if on_progress:
+                on_progress(i + len(chunk), len(names))
+    except KeyboardInterrupt:
+        if rank == 0 and ids:
+            save_tokens(partial, keep(sum(len(x) for x in ids)))
+        raise
+    tokens = keep(len(names))
+    if rank == 0:
+        save_tokens(cache, tokens)
+        partial.unlink(missing_ok=True)
     return tokens

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from maskgit_cli import data, pipeline, runtime
+from maskgit_cli import checkpoint, data, pipeline, runtime
 from maskgit_cli.errors import CheckpointError, ConfigError, DataError, OutputExistsError
 from maskgit_cli.inpaint import InpaintSettings, feather_alpha, paste_back
 
@@ -259,7 +259,7 @@ def _tiny_batch(tiny_data):
 def test_candidates_keep_the_fill_that_continues_the_seam_best(tiny_run, tiny_data):
     from maskgit_cli.inpaint import Inpainter, seam_error
 
-    tok, tr, cfg = pipeline.load_model(tiny_run, torch.device("cpu"))
+    tok, tr, cfg = checkpoint.load_transformer(tiny_run, torch.device("cpu"))
     masked, missing = _tiny_batch(tiny_data)
     assert missing.any() and not missing.all()
 

@@ -258,9 +258,10 @@ class Stage(ABC):
         seed: int,
         compile: bool,
         overwrite: bool,
-        status: Callable[[str], None],
+        status: Callable[..., None],
     ) -> Stage:
-        """The stage with its data loaded from the command's paths."""
+        """The stage with its data loaded from the command's paths; status(phase, done, total)
+        tells what is loading."""
 
     @abstractmethod
     def setup(self, resume: bool) -> tuple[int, list[str]]:
@@ -304,8 +305,17 @@ class Run:
     warnings: list[str]
 
 
-def run(stage: Stage, *, resume: bool = False, on_step: Callback = None, on_epoch: Callback = None):
-    """Train `stage` from its start (or its checkpoint, with `resume`) to its total step."""
+def run(
+    stage: Stage,
+    *,
+    resume: bool = False,
+    on_step: Callback = None,
+    on_epoch: Callback = None,
+    on_tick: Callable[[int, int], None] | None = None,
+):
+    """Train `stage` from its start (or its checkpoint, with `resume`) to its total step.
+    on_step(record) on logged steps, on_epoch(row) at epoch ends, on_tick(step, total) at every
+    step (rank 0)."""
     step, notes = stage.setup(resume)
     tc, total, rank = stage.settings, stage.total, stage.rank
     log = (
@@ -328,6 +338,8 @@ def run(stage: Stage, *, resume: bool = False, on_step: Callback = None, on_epoc
             last = out.loss
             losses.append(out.loss)
             rate = seen / max(1e-9, time.time() - t0)
+            if rank == 0 and on_tick:
+                on_tick(step, total)
             if rank == 0 and (step % tc.log_every == 0 or step == total):
                 record = {
                     "step": step,

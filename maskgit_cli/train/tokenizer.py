@@ -122,9 +122,14 @@ class ImageStage(Stage):
     ):
         from maskgit_cli import data as data_mod
 
-        status(f"loading images from {data}")
-        images, _ = data_mod.load_folder(data, cfg.data.image_size, resize)
-        val_images = data_mod.load_folder(val, cfg.data.image_size, resize)[0] if val else None
+        images, _ = data_mod.load_folder(
+            data, cfg.data.image_size, resize, lambda i, n: status("loading images", i, n)
+        )
+        val_images = None
+        if val:
+            val_images = data_mod.load_folder(
+                val, cfg.data.image_size, resize, lambda i, n: status("loading val images", i, n)
+            )[0]
         return cls(
             cfg,
             run_dir,

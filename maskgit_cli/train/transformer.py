@@ -104,8 +104,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 def run_tokenizer(cfg, out: Path, tokenizer: str | Path | None, device: torch.device, rank: int):
     """The tokenizer a transformer run uses, copied into RUN/tokenizer.pt so the run directory is
     self-contained. Returns (model, tokenizer id)."""
+    from maskgit_cli.api import model_path
+
     dest = out / checkpoint.TOKENIZER
-    src = Path(tokenizer) if tokenizer else dest
+    src = model_path(tokenizer) if tokenizer else dest  # a bundled model's name (cats64) as well
     if src.is_dir():
         src = src / checkpoint.TOKENIZER
     if not src.is_file():
@@ -158,6 +160,8 @@ class TransformerStage(Stage):
         checkpoint.TOKENIZER,
         "tokens_train.npz",
         "tokens_val.npz",
+        tokens.partial_name("train"),
+        tokens.partial_name("val"),
     )
     depends_on = ("data", "tokenizer", "transformer", "transformer_train")
     unit = "tokens"
@@ -203,7 +207,6 @@ class TransformerStage(Stage):
         tok_model, tok_id = run_tokenizer(cfg, run_dir, tokenizer, device, rank)
         prec = precision.resolve(cfg.transformer_train.precision, device)
         tok_model = prec.for_inference(tok_model)  # the tokens are encoded in the run's precision
-        status("preparing tokens")
         common = dict(
             cfg=cfg,
             tok_model=tok_model,
@@ -214,8 +217,18 @@ class TransformerStage(Stage):
             rank=rank,
             precision=prec,
         )
-        train = tokens.run_tokens(data, "train", flips=cfg.data.hflip, **common)
-        val_tokens = tokens.run_tokens(val, "val", **common) if val else None
+        train = tokens.run_tokens(
+            data,
+            "train",
+            flips=cfg.data.hflip,
+            on_progress=lambda i, n: status("encoding train images", i, n),
+            **common,
+        )
+        val_tokens = None
+        if val:
+            val_tokens = tokens.run_tokens(
+                val, "val", on_progress=lambda i, n: status("encoding val images", i, n), **common
+            )
         del tok_model  # the tokenizer never runs inside the training loop
         return cls(
             cfg,

@@ -1,0 +1,56 @@
+"""What people see: progress lines in logs (stderr not a terminal), --quiet, tables."""
+
+import json
+
+from conftest import TINY, run
+from maskgit_cli import console
+
+
+def test_a_log_gets_a_line_per_interval_with_counts_and_time_left(monkeypatch, capsys):
+    monkeypatch.setattr(console, "_console", None)
+    clock = iter(range(0, 10_000, 40))  # 40 s between updates: every update is past the interval
+    bar = console._LineBar("train tokenizer", every=30.0)
+    bar.clock = lambda: next(clock)
+    bar.t0 = bar.last = 0
+    bar.update(10, 100, "loss 0.5")
+    bar.update(50, 100)
+    bar.update(description="preparing tokens")
+    err = capsys.readouterr().err
+    assert "train tokenizer: 10/100 (10%)" in err and "loss 0.5" in err and "left" in err
+    assert "train tokenizer: 50/100 (50%)" in err and "preparing tokens" in err
+
+
+def test_a_short_run_in_a_log_prints_no_progress(monkeypatch, capsys):
+    monkeypatch.setattr(console, "_console", None)
+    bar = console._LineBar("inpaint", every=30.0)
+    for i in range(10):
+        bar.update(i + 1, 10)
+    assert capsys.readouterr().err == ""
+
+
+def test_training_in_a_log_moves_through_every_phase(monkeypatch, runner, tiny_data, tmp_path):
+    """stderr not a terminal (CI): each phase (loading images, the steps) shows its count."""
+    monkeypatch.setattr(console._LineBar, "__init__", _eager_init)
+    r = run(runner, ["train", TINY, "--stage", "tokenizer", "--data", tiny_data["train"], "--val", tiny_data["val"],
+                     "--out", tmp_path / "run", "--max-steps", "3"])
+    assert r.exit_code == 0, r.stderr
+    assert "loading images: 48/48 (100%)" in r.stderr and "loading val images: 16/16" in r.stderr
+    assert "train tokenizer: 3/3 (100%)" in r.stderr
+
+
+def _eager_init(self, description, every=30.0):
+    import time
+
+    self.clock, self.description, self.every = time.monotonic, description, 0.0
+    self.completed, self.total, self.status = 0, None, ""
+    self.t0 = self.last = self.clock()
+    self.printed = False
+
+
+def test_quiet_leaves_stderr_empty_and_json_intact(runner, tiny_data, tiny_run, tmp_path):
+    args = ["inpaint", tiny_data["masked"], "--masks", tiny_data["masks"], "--model", tiny_run, "-T", "2",
+            "--out", tmp_path / "o", "--quiet"]
+    r = run(runner, args)
+    assert r.exit_code == 0 and r.stderr == ""
+    r = run(runner, [*args[:-2], "--out", tmp_path / "p", "--quiet"], json_out=True)
+    assert r.exit_code == 0 and r.stderr == "" and json.loads(r.stdout)["count"] == 10
