@@ -177,7 +177,8 @@ class _LineBar(_Bar):
         self.description, self.every = description, every
         self.completed, self.total, self.status = 0, None, ""
         self.t0 = self.last = self.clock()
-        self.printed = False  # a run shorter than `every` prints nothing: a quick error stays one line
+        # a run shorter than `every` prints nothing: a quick error stays one line
+        self.printed = False
 
     def _print(self) -> None:
         now = self.clock()

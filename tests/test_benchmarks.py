@@ -17,7 +17,6 @@ def test_benchmarks_run_on_each_config(name):
     import bench_inpaint
     import bench_tokenizer
     import bench_transformer
-
     from common import precisions
 
     precs = precisions("fp32,bf16")  # bf16 only where this CPU has it

@@ -3,6 +3,7 @@
 import json
 
 from conftest import TINY, run
+
 from maskgit_cli import console
 
 
@@ -31,8 +32,23 @@ def test_a_short_run_in_a_log_prints_no_progress(monkeypatch, capsys):
 def test_training_in_a_log_moves_through_every_phase(monkeypatch, runner, tiny_data, tmp_path):
     """stderr not a terminal (CI): each phase (loading images, the steps) shows its count."""
     monkeypatch.setattr(console._LineBar, "__init__", _eager_init)
-    r = run(runner, ["train", TINY, "--stage", "tokenizer", "--data", tiny_data["train"], "--val", tiny_data["val"],
-                     "--out", tmp_path / "run", "--max-steps", "3"])
+    r = run(
+        runner,
+        [
+            "train",
+            TINY,
+            "--stage",
+            "tokenizer",
+            "--data",
+            tiny_data["train"],
+            "--val",
+            tiny_data["val"],
+            "--out",
+            tmp_path / "run",
+            "--max-steps",
+            "3",
+        ],
+    )
     assert r.exit_code == 0, r.stderr
     assert "loading images: 48/48 (100%)" in r.stderr and "loading val images: 16/16" in r.stderr
     assert "train tokenizer: 3/3 (100%)" in r.stderr
@@ -48,8 +64,19 @@ def _eager_init(self, description, every=30.0):
 
 
 def test_quiet_leaves_stderr_empty_and_json_intact(runner, tiny_data, tiny_run, tmp_path):
-    args = ["inpaint", tiny_data["masked"], "--masks", tiny_data["masks"], "--model", tiny_run, "-T", "2",
-            "--out", tmp_path / "o", "--quiet"]
+    args = [
+        "inpaint",
+        tiny_data["masked"],
+        "--masks",
+        tiny_data["masks"],
+        "--model",
+        tiny_run,
+        "-T",
+        "2",
+        "--out",
+        tmp_path / "o",
+        "--quiet",
+    ]
     r = run(runner, args)
     assert r.exit_code == 0 and r.stderr == ""
     r = run(runner, [*args[:-2], "--out", tmp_path / "p", "--quiet"], json_out=True)
