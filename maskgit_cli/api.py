@@ -4,7 +4,7 @@
 
     model = mg.load_model()                    # the bundled cats64 model; or a run folder
     filled = model.inpaint(photo, hole)        # PIL images or uint8 tensors, any size
-    result = mg.fid("out/", "test/images")     # folders, .npz statistics, or image tensors
+    result = mg.fid_score("out/", "test/images")     # folders, .npz statistics, or image tensors
     print(result.fid, result.kid)
 
 Masks follow the command line's convention: 0 (black) = missing, or `mask_missing="white"`; a
@@ -106,12 +106,7 @@ def load_model(
     prec = precision_mod.resolve(precision, dev)
     path = model_path(model)
     tokenizer, transformer, cfg = checkpoint.load_transformer(path, dev)
-    tok_id = checkpoint.tokens_id(
-        checkpoint.load(
-            path / checkpoint.TOKENIZER if path.is_dir() else path.parent / checkpoint.TOKENIZER,
-            "tokenizer",
-        )
-    )
+    tok_id = tokenizer.model_id
     source = str(model) if model is not None else BUNDLED[0]
     tr_id = checkpoint.model_id(transformer.state_dict())
     return Model(
@@ -139,7 +134,7 @@ def load_tokenizer_only(
     return Model(prec.for_inference(tokenizer), None, cfg, str(model), tok_id, None, dev, prec)
 
 
-def inpaint(
+def fill(
     images,
     masks,
     *,
@@ -156,7 +151,7 @@ def inpaint(
     )
 
 
-def fid(
+def fid_score(
     a,
     b,
     *,
@@ -201,7 +196,7 @@ def _as_images(x) -> tuple[list[torch.Tensor], bool, str]:
     if isinstance(x, Image.Image):
         return [_pil_rgb(x)], True, "pil"
     if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x)).permute(
+        x = torch.from_numpy(np.array(x, copy=True)).permute(
             *((2, 0, 1) if x.ndim == 3 else (0, 3, 1, 2))
         )
         out, single, _ = _as_images(x)

@@ -3,8 +3,8 @@
     {kind, version, config, model, model_id, optimizer, step, rng, metrics, ...}
 
 A run directory holds `tokenizer.pt`, `transformer.pt` (+ `transformer_best.pt`), the resolved
-`config.yaml` and `metrics.jsonl`. A bare state_dict (the course's VQGAN.pt) loads too, given
-a config that builds the matching architecture.
+`config.yaml` and `metrics_<stage>.jsonl`. A bare state_dict (the course's VQGAN.pt) loads too,
+given a config that builds the matching architecture.
 """
 
 from __future__ import annotations
@@ -202,6 +202,7 @@ def load_tokenizer(
         SAVED_CONFIG_HINT if ckpt.get("config") is not None else "check --config",
     )
     mid = tokens_id(ckpt)
+    model.model_id = mid  # its tokens' identity travels with the module (token files, runs)
     return model.to(device).eval(), cfg, mid
 
 

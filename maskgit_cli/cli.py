@@ -340,7 +340,7 @@ def train(
         ..., "--data", help="Image folder (any stage) or token file .npz (transformer)."
     ),
     out: Path = typer.Option(
-        ..., "--out", help="Run directory; checkpoints, config.yaml and metrics.jsonl go here."
+        ..., "--out", help="Run folder: checkpoints, config.yaml and metrics_<stage>.jsonl go here."
     ),
     val: Path | None = typer.Option(None, "--val", help="Validation image folder or token file."),
     tokenizer: Path | None = typer.Option(
@@ -536,7 +536,7 @@ def inpaint(
     batch_size: int = typer.Option(32, "--batch-size", help="Images decoded together."),
     save_steps: bool = Flag(
         "--save-steps",
-        help="Also write per-image strips of the mask and the image at every step (OUT/steps/).",
+        help="Also draw each decoding step by step (OUT/steps/NAME.png: masked tokens, image).",
     ),
     ground_truth: Path | None = typer.Option(
         None,
@@ -612,6 +612,13 @@ def fid(
     save_stats: Path | None = typer.Option(
         None, "--save-stats", help="Save A's statistics (and features, for KID) to this .npz."
     ),
+    kid_subsets: int = typer.Option(
+        100, "--kid-subsets", help="KID: random subsets averaged over."
+    ),
+    kid_subset_size: int = typer.Option(
+        1000, "--kid-subset-size", help="KID: images per subset (at most half of the smaller set)."
+    ),
+    kid_seed: int = typer.Option(0, "--kid-seed", help="KID: seed of the subset draws."),
     device: str = DeviceOpt,
     overwrite: bool = Flag("--overwrite", help="Replace an existing --save-stats file."),
     json_out: bool = JsonOpt,
@@ -635,13 +642,16 @@ def fid(
             inception_weights=inception_weights,
             save_stats=save_stats,
             overwrite=overwrite,
+            kid_subsets=kid_subsets,
+            kid_subset_size=kid_subset_size,
+            kid_seed=kid_seed,
             on_progress=lambda i, n: bar.update(completed=i, total=n),
         )
     _warnings(result.warnings)
     if json_out:
         ui.emit_json(pipeline.as_dict(result))
     else:
-        ui.kv_table("FID", {k: v for k, v in pipeline.as_dict(result).items() if k != "warnings"})
+        ui.fid_table(pipeline.as_dict(result))
 
 
 @app.command("fid-weights", cls=_Command)
@@ -766,6 +776,12 @@ def compare_schedules(
             precision=precision,
             mask_missing=mask_missing,
             base_settings=decode,
+            on_plan=lambda w: ui.info(
+                f"work: {w['cells']} cells x {w['seeds']} seed(s) + references = {w['runs']} runs "
+                f"of {w['images']} images = {w['inpaintings']:,} inpaintings"
+                + (f" and {w['fids']} FIDs" if w["fids"] else "")
+                + "; the bar's eta follows the first run"
+            ),
             on_cell=lambda i, n, label: bar.update(completed=i, total=n, status=label),
         )
     _warnings(result.warnings)
@@ -776,23 +792,29 @@ def compare_schedules(
         "schedule": "schedule",
         "total_iter": "T",
         "sweet_spot": "t",
-        "fid_mean": "FID",
-        "fid_std": "±",
-        "kid_mean": "KID",
-        "psnr_mean": "PSNR",
-        "psnr_std": "±",
-        "ssim_mean": "SSIM",
-        "seconds_per_image": "s/img",
+        "fid_mean": "FID (lower better)",
+        "fid_std": "± sd",
+        "kid_mean": "KID (lower better)",
+        "psnr_mean": "masked PSNR, dB",
+        "psnr_std": "± sd",
+        "ssim_mean": "masked SSIM",
+        "seconds_per_image": "s/image",
     }
     if result.fid_skipped:
         cols = {k: v for k, v in cols.items() if k not in ("fid_mean", "fid_std", "kid_mean")}
     ui.table(
-        f"schedules ranked by {result.ranked_by} (best first, highlighted; references last); "
-        "PSNR/SSIM over the hole",
+        f"schedules ranked by {result.ranked_by} (best first, references last; sd over seeds)",
         list(cols.values()),
-        [[r[c] for c in cols] for r in result.rows],
+        [[ui.fmt_kid(r[c]) if c == "kid_mean" else r[c] for c in cols] for r in result.rows],
         highlight=0,
     )
+    if len(result.tied_with_best) > 1:
+        ui.info(
+            f"no clear best: {', '.join(result.tied_with_best)} are within one standard error of "
+            "each other; more seeds or images would separate them"
+        )
+    elif result.best is not None and (result.best.get(f"{result.ranked_by}_se") is None):
+        ui.info("one seed: no standard error, so the ranking may be noise; pass --seeds 0,1,2")
     ui.info(f"wrote {', '.join(result.files.values())}")
 
 

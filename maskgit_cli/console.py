@@ -113,8 +113,48 @@ def table(
     console().print(t)
 
 
+LABELS = {  # what a result's key means, with its unit and which way is better
+    "fid": "FID (lower is better)",
+    "kid": "KID (lower is better)",
+    "psnr": "PSNR, dB (higher is better)",
+    "psnr_masked": "masked PSNR, dB (higher is better)",
+    "ssim": "SSIM (higher is better)",
+    "ssim_masked": "masked SSIM (higher is better)",
+    "l1": "L1 (lower is better)",
+    "l1_masked": "masked L1 (lower is better)",
+    "val_psnr": "val PSNR, dB (higher is better)",
+    "val_loss": "val loss (lower is better)",
+    "final_loss": "last step's loss",
+    "codebook_usage": "codebook usage",
+    "perplexity": "perplexity of the codes",
+    "seconds": "seconds",
+    "images_per_second": "images/s",
+    "tokens_per_second": "tokens/s",
+    "mean_missing_fraction": "mean missing fraction",
+    "count_a": "images in A",
+    "count_b": "images in B",
+}
+
+
 def kv_table(title: str, items: dict[str, Any]) -> None:
-    table(title, ["key", "value"], [(k, v) for k, v in items.items()])
+    table(title, ["key", "value"], [(LABELS.get(k, k), v) for k, v in items.items()])
+
+
+def fmt_kid(value: float | None, std: float | None = None) -> str:
+    """KID is an unbiased estimate: below zero it says no difference was measured, not a value."""
+    if value is None:
+        return "-"
+    text = f"{value:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+    return text + (" (below 0: no measurable difference)" if value < 0 else "")
+
+
+def fid_table(result: dict[str, Any]) -> None:
+    """FID and KID (± its std over subsets) as people read them."""
+    items = {"fid": result["fid"], "kid": fmt_kid(result["kid"], result["kid_std"])}
+    if result.get("kid_subset_size"):
+        items["KID subsets"] = f"{result['kid_subsets']} of {result['kid_subset_size']} images"
+    items |= {k: result[k] for k in ("count_a", "count_b", "dims", "seconds")}
+    kv_table("FID (pytorch-fid convention)", items)
 
 
 _QUIET = {"on": False}

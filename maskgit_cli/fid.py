@@ -180,32 +180,33 @@ def _psd_factor(s: np.ndarray) -> np.ndarray:
         return v * np.sqrt(np.clip(w, 0, None))
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+def frechet_distance(mu1, sigma1, mu2, sigma2, features1: np.ndarray | None = None) -> float:
     """|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr sqrt(S1 S2), all float64.
 
-    With S1 = W W^T, the symmetric PSD matrix W^T S2 W is similar to S1 S2 (W^T S2 W = W^-1 (S1 S2)
-    W
-    when W is invertible, and has the same nonzero eigenvalues otherwise), so tr sqrt(S1 S2) is the
-    sum of the square roots of its eigenvalues. With W = V sqrt(L) from S1's eigendecomposition this
-    is sqrt(S1) S2 sqrt(S1) in S1's eigenbasis; Cholesky gives the same spectrum cheaper. No complex
-    matrix square root; eigenvectors only for a singular S1."""
+    With S1 = W W^T, the symmetric PSD matrix W^T S2 W is similar to S1 S2 (W^T S2 W =
+    W^-1 (S1 S2) W when W is invertible, and has the same nonzero eigenvalues otherwise), so
+    tr sqrt(S1 S2) is the sum of the square roots of its eigenvalues. W comes from Cholesky when S1
+    is positive definite, from S1's eigendecomposition when it is singular, or, given the N
+    features behind S1, is the centred features themselves (d x N, W W^T = S1 exactly): then
+    W^T S2 W is only N x N, the fast path for N < d. No complex matrix square root."""
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     if mu1.shape != mu2.shape or s1.shape != s2.shape:
         raise DataError(
-            f"statistics of different sizes ({mu1.shape[0]} vs {mu2.shape[0]} dims): compute both "
-            "with "
-            "the same feature size"
+            f"statistics of different sizes ({mu1.shape[0]} vs {mu2.shape[0]} dims): "
+            "compute both with the same feature size"
         )
-    w = _psd_factor((s1 + s1.T) / 2)
+    if features1 is not None and 1 < len(features1) <= len(mu1):
+        f = np.asarray(features1, np.float64)
+        w = (f - f.mean(0)).T / np.sqrt(len(f) - 1)
+    else:
+        w = _psd_factor((s1 + s1.T) / 2)
     m = w.T @ s2 @ w
     eig = np.linalg.eigvalsh((m + m.T) / 2)
     tr_covmean = np.sqrt(np.clip(eig, 0, None)).sum()
     diff = mu1 - mu2
     value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
-    return max(
-        value, 0.0
-    )  # a distance: identical statistics give 0, not a rounding residue like -3e-13
+    return max(value, 0.0)  # a distance: identical statistics give 0, not a residue like -3e-13
 
 
 def frechet_distance_scipy(mu1, sigma1, mu2, sigma2) -> float:
@@ -243,7 +244,10 @@ def kid(
     """Kernel Inception Distance (Binkowski et al. 2018): the unbiased MMD^2 with the polynomial
     kernel k(x, y) = (x.y / d + 1)^3, averaged over random subsets of m images drawn without
     replacement from each set. Returns (mean, std over subsets, m). The mean is unbiased at any m;
-    the std is that of an m-image estimate, so compare it only at equal m."""
+    the std is that of an m-image estimate, so compare it only at equal m. The two sets are drawn
+    from in a fixed order whichever comes first, so KID(A, B) = KID(B, A)."""
+    if (len(f2), float(np.sum(f2))) < (len(f1), float(np.sum(f1))):
+        f1, f2 = f2, f1
     rng = np.random.default_rng(seed)
     d = f1.shape[1]
     m = kid_subset_size(len(f1), len(f2), subset_size)
@@ -277,7 +281,16 @@ class FidResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def compare(a: Stats, b: Stats, dims: int, seconds_so_far: float = 0.0) -> FidResult:
+def compare(
+    a: Stats,
+    b: Stats,
+    dims: int,
+    seconds_so_far: float = 0.0,
+    kid_subsets: int = KID_SUBSETS,
+    kid_subset_size: int = KID_SUBSET_SIZE,
+    kid_seed: int = 0,
+) -> FidResult:
+    """FID (and KID when both sets kept their features) of two statistics."""
     t0 = time.time()
     notes = []
     smallest = min(n for n in (a.count, b.count) if n > 0) if max(a.count, b.count) > 0 else -1
@@ -288,21 +301,30 @@ def compare(a: Stats, b: Stats, dims: int, seconds_so_far: float = 0.0) -> FidRe
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        value = frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+        # FID is symmetric: factor the side whose features (N <= dims) give the smallest system
+        fast = sorted(
+            (x for x in (a, b) if x.features is not None and len(x.features) <= len(x.mu)),
+            key=lambda x: len(x.features),
+        )
+        one = fast[0] if fast else a
+        other = b if one is a else a
+        value = frechet_distance(
+            one.mu, one.sigma, other.mu, other.sigma, one.features if fast else None
+        )
     k = ks = m = None
     if a.features is not None and b.features is not None:
-        k, ks, m = kid(a.features, b.features)
-        if m < KID_SUBSET_SIZE:
+        k, ks, m = kid(a.features, b.features, kid_subsets, kid_subset_size, kid_seed)
+        if m < kid_subset_size:
             notes.append(
-                f"KID over {KID_SUBSETS} subsets of {m} images (the usual {KID_SUBSET_SIZE} needs "
-                f"{2 * KID_SUBSET_SIZE} per set); compare kid_std only at equal subset size"
+                f"KID over {kid_subsets} subsets of {m} images (a subset of {kid_subset_size} "
+                f"needs {2 * kid_subset_size} per set); compare kid_std only at equal subset size"
             )
     return FidResult(
         fid=value,
         kid=k,
         kid_std=ks,
         kid_subset_size=m,
-        kid_subsets=KID_SUBSETS if m else None,
+        kid_subsets=kid_subsets if m else None,
         count_a=a.count,
         count_b=b.count,
         dims=dims,

@@ -92,14 +92,25 @@ def fill(
 # ------------------------------------------------------------------------------ files
 
 
-def _strip(images: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat(images, dim=-1)
+def save_steps_figure(masks: list[torch.Tensor], steps: list[torch.Tensor], path: Path) -> None:
+    """One labelled figure of a decoding: per step, the tokens still masked (white) and the image
+    the sampled tokens decode to."""
+    from maskgit_cli import plots
 
-
-def _mask_strip(masks: list[torch.Tensor], size: int) -> torch.Tensor:
-    """Token masks (h, w) per step -> one gray strip, white = still masked, upscaled to `size`."""
-    tiles = [F.interpolate(m[None, None].float(), size=size, mode="nearest")[0, 0] for m in masks]
-    return data.to_uint8(_strip(tiles))
+    size = steps[0].shape[-1]
+    tiles = [
+        data.to_uint8(
+            F.interpolate(m[None, None].float(), size=size, mode="nearest")[0].expand(3, -1, -1)
+        )
+        for m in masks
+    ]
+    plots.image_grid(
+        [tiles, steps],
+        path,
+        row_labels=["still masked", "decoded"],
+        col_labels=[f"step {i + 1}" for i in range(len(steps))],
+        scale=max(1, 96 // size),
+    )
 
 
 def read_pair(image: Path, mask: Path, truth: Path | None, mask_missing: str):
@@ -176,12 +187,7 @@ def inpaint_pairs(
                 }
             )
             if save_steps and done.steps:
-                masks, steps = done.steps[i]
-                stem = Path(name).stem
-                data.save_png(
-                    _mask_strip(masks, inpainter.size), out_dir / "steps" / f"{stem}_mask.png"
-                )
-                data.save_png(_strip(steps), out_dir / "steps" / f"{stem}_steps.png")
+                save_steps_figure(*done.steps[i], out_dir / "steps" / name)
         if truths:
             same = len({tuple(o.shape) for o in done.images}) == 1
             groups = [list(range(len(chunk)))] if same else [[i] for i in range(len(chunk))]

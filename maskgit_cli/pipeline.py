@@ -465,6 +465,9 @@ def fid(
     save_stats: str | Path | None = None,
     overwrite: bool = False,
     feature_fn=None,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    kid_seed: int = 0,
     on_progress: Progress = None,
 ):
     """FID (and KID when features are at hand) between two folders or .npz statistics. With
@@ -474,6 +477,9 @@ def fid(
     from maskgit_cli.errors import MaskgitError
 
     check_batch_size(batch_size)
+    if kid_subsets < 1 or kid_subset_size < 2:
+        raise ConfigError("--kid-subsets must be at least 1 and --kid-subset-size at least 2")
+    runtime.check_seed(kid_seed, "--kid-seed")
     from maskgit_cli.inception import DIMS
 
     if dims not in DIMS:
@@ -509,7 +515,7 @@ def fid(
             "both "
             "at the same feature size"
         )
-    result = fid_mod.compare(sa, sb, dims, time.time() - t0)
+    result = fid_mod.compare(sa, sb, dims, time.time() - t0, kid_subsets, kid_subset_size, kid_seed)
     if target is not None:
         try:
             with target as tmp:
@@ -536,6 +542,8 @@ class CompareResult:
     seconds: float
     warnings: list[str]
     precision: str = "fp32"
+    tied_with_best: list[str] = field(default_factory=list)  # within one standard error of the best
+    work: dict[str, int] = field(default_factory=dict)
 
 
 def _unique(values: list, flag: str) -> list:
@@ -568,6 +576,7 @@ def compare_schedules(
     mask_missing: str = "black",
     precision: str = "auto",
     feature_fn=None,
+    on_plan: Callable[[dict], None] | None = None,
     on_cell: Callable[[int, int, str], None] | None = None,
 ) -> CompareResult:
     """Inpaint under every (schedule, sweet spot, seed); tabulate FID / KID / masked PSNR / SSIM,
@@ -656,8 +665,19 @@ def compare_schedules(
 
     base = InpaintSettings.resolve(cfg.decode, base_settings)
     jobs = schedule_study.cells(base, names, total_iter, spots, seeds, baselines)
+    runs = sum(len(js) for _, js in jobs)
+    work = {
+        "cells": len(names) * len(spots),
+        "seeds": len(seeds),
+        "runs": runs,
+        "images": len(pairs),
+        "inpaintings": runs * len(pairs),
+        "fids": runs if extractor is not None else 0,
+    }
     with target as tmp:
-        rows, best, ranked_by = schedule_study.run(
+        if on_plan:  # once the output is ours, before hours of work: say how much
+            on_plan(work)
+        rows, best, ranked_by, tied = schedule_study.run(
             m,
             pairs,
             truths,
@@ -683,6 +703,8 @@ def compare_schedules(
         seconds=time.time() - t_start,
         warnings=notes,
         precision=prec.name,
+        tied_with_best=tied,
+        work=work,
     )
 
 
@@ -817,13 +839,24 @@ def demo(
             on_progress=on_progress,
         )
         size = cfg.data.image_size
-        masked = data.load_images([p for p, _ in pairs], size)
-        results = data.load_images([tmp / "results" / f"{p.stem}.png" for p, _ in pairs], size)
-        truth = data.load_images(truths, size)
+        masked = data.load_images([p for p, _ in pairs], size, resize=True)
+        results = data.load_images(
+            [tmp / "results" / r["output"] for r in per_image], size, resize=True
+        )
+        truth = data.load_images(truths, size, resize=True)
+        per_row = 3 if len(pairs) > 4 else 1  # samples side by side: a grid, not one long column
+        rows, captions = [], []
+        for start in range(0, len(pairs), per_row):
+            idx = range(start, min(start + per_row, len(pairs)))
+            rows.append([t for i in idx for t in (masked[i], results[i], truth[i])])
+            captions.append(
+                [c for i in idx for c in (pairs[i][0].name, _psnr_caption(per_image[i]), "")]
+            )
         plots.image_grid(
-            [[masked[i], results[i], truth[i]] for i in range(len(pairs))],
+            rows,
             tmp / "grid.png",
-            col_labels=["masked", "inpainted", "truth"],
+            col_labels=["masked", "inpainted", "truth"] * per_row,
+            captions=captions,
             scale=3,
         )
     return DemoResult(
@@ -840,6 +873,11 @@ def demo(
 
 
 # ----------------------------------------------------------------------------------- mask
+
+
+def _psnr_caption(row: dict[str, Any]) -> str:
+    value = row.get("psnr_masked")
+    return f"hole PSNR {value:.1f} dB" if value is not None and value == value else ""
 
 
 @dataclass

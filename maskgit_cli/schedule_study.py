@@ -24,11 +24,37 @@ FILES = {"json": "results.json", "csv": "results.csv", "plot": "plot.png", "grid
 
 
 def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """(mean, spread over the seeds: the population std, 0 for one seed)."""
     v = [x for x in values if x is not None and x == x]
     if not v:
         return None, None
     t = torch.tensor(v, dtype=torch.float64)
     return t.mean().item(), (t.std(unbiased=False).item() if len(v) > 1 else 0.0)
+
+
+def standard_error(values: list[float | None]) -> float | None:
+    """The standard error of the mean over seeds (sample std / sqrt(n)); None below 2 seeds."""
+    v = [x for x in values if x is not None and x == x]
+    if len(v) < 2:
+        return None
+    return torch.tensor(v, dtype=torch.float64).std(unbiased=True).item() / len(v) ** 0.5
+
+
+def ties(ranked: list[dict], metric: str) -> list[dict]:
+    """The rows within one standard error of the best (theirs or the best's, the larger): the
+    ranking cannot tell them apart. The best alone when no row has a standard error."""
+    if not ranked or ranked[0][f"{metric}_mean"] is None:
+        return ranked[:1]
+    best = ranked[0]
+    out = []
+    for r in ranked:
+        se = max(x for x in (best[f"{metric}_se"], r[f"{metric}_se"], 0.0) if x is not None)
+        if (
+            r[f"{metric}_mean"] is not None
+            and abs(r[f"{metric}_mean"] - best[f"{metric}_mean"]) <= se
+        ):
+            out.append(r)
+    return out
 
 
 def cells(
@@ -53,6 +79,13 @@ def cells(
 def _thumb(path: Path, size: int) -> torch.Tensor:
     """An image for the examples grid: uint8 (3, size, size) whatever its own size."""
     return data.load_images([path], size, resize=True)[0]
+
+
+def label_of(row: dict) -> str:
+    """A row's name: 'cosine T=12 t=8', or its reference fill."""
+    if row["fill"] != "maskgit":
+        return row["fill"]
+    return f"{row['schedule']} T={row['total_iter']} t={row['sweet_spot']}"
 
 
 def label(settings: InpaintSettings) -> str:
@@ -119,6 +152,10 @@ def run(
             if on_cell:
                 on_cell(run_i, total_runs, name.replace("_", " ") + f" seed={seed}")
         fm, fs = mean_std([r["fid"] for r in per_seed])
+        fse, pse = (
+            standard_error([r["fid"] for r in per_seed]),
+            standard_error([r["psnr"] for r in per_seed]),
+        )
         km, _ = mean_std([r["kid"] for r in per_seed])
         pm, ps = mean_std([r["psnr"] for r in per_seed])
         sm, _ = mean_std([r["ssim"] for r in per_seed])
@@ -132,9 +169,11 @@ def run(
                 "sweet_spot": settings.sweet_spot if maskgit else None,
                 "fid_mean": fm,
                 "fid_std": fs,
+                "fid_se": fse,
                 "kid_mean": km,
                 "psnr_mean": pm,
                 "psnr_std": ps,
+                "psnr_se": pse,
                 "ssim_mean": sm,
                 "seconds_per_image": spi,
                 "seeds": len(job_seeds),
@@ -151,9 +190,17 @@ def run(
         r for r in rows if r["fill"] != "maskgit"
     ]  # references last, in their own order
     best = ranked[0] if ranked else None
+    tied = [label_of(r) for r in ties(ranked, ranked_by)]
     (out / FILES["json"]).write_text(
         json.dumps(
-            {"rows": rows, "best": best, "ranked_by": ranked_by, "warnings": notes}, indent=2
+            {
+                "rows": rows,
+                "best": best,
+                "tied_with_best": tied,
+                "ranked_by": ranked_by,
+                "warnings": notes,
+            },
+            indent=2,
         )
     )
     with open(out / FILES["csv"], "w", newline="") as fh:
@@ -161,24 +208,26 @@ def run(
         writer.writeheader()
         writer.writerows(rows)
     nan = float("nan")
-    series = {
-        s: [
-            (r["sweet_spot"], r[metric] if r[metric] is not None else nan)
-            for r in ranked
-            if r["schedule"] == s
-        ]
+
+    def point(r: dict, x: float) -> tuple[float, float, float | None]:
+        return (x, r[metric] if r[metric] is not None else nan, r[f"{ranked_by}_se"])
+
+    series = [
+        plots.Series(s, [point(r, r["sweet_spot"]) for r in ranked if r["schedule"] == s])
         for s in schedules
-    }
+    ]
     for r in rows[len(ranked) :]:  # a reference is one value: a flat line across the sweet spots
-        series[f"{r['fill']} (ref.)"] = [
-            (t, r[metric] if r[metric] is not None else nan) for t in spots
-        ]
-    plots.line_chart(
+        series.append(
+            plots.Series(f"{r['fill']} (reference)", [point(r, t) for t in spots], reference=True)
+        )
+    ylabel = "FID (lower is better)" if ranked_by == "fid" else "masked PSNR, dB (higher is better)"
+    plots.chart(
         series,
         out / FILES["plot"],
-        f"{metric} vs sweet spot (T={total_iter})",
-        "sweet spot t",
-        metric,
+        f"{ylabel.split(' (')[0]} by sweet spot t, T = {total_iter} "
+        "(bars: 1 standard error over seeds)",
+        "sweet spot t (decoding steps run)",
+        ylabel,
     )
     first_masked, first_gt = _thumb(pairs[0][0], size), _thumb(truths[0], size)
     grid_rows = [
@@ -191,4 +240,4 @@ def run(
         row_labels=schedules,
         col_labels=["input", *[f"t={t}" for t in spots], "truth"],
     )
-    return rows, best, ranked_by
+    return rows, best, ranked_by, tied

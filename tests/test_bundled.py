@@ -64,7 +64,7 @@ def test_demo_on_bundled_model(runner, tmp_path):
     n = len(data.list_images(SAMPLES / "masked"))
     assert out["count"] == n and out["model"] == str(pipeline.BUNDLED)
     grid = Image.open(tmp_path / "demo" / "grid.png")
-    assert grid.height > grid.width  # one row per sample, three columns
+    assert grid.width > grid.height  # samples side by side, three to a row: a grid, not a column
     # paste-back: every known pixel of every result equals its input
     for p, m in pairing.pair_masks(SAMPLES / "masked", SAMPLES / "masks").pairs:
         result = np.asarray(

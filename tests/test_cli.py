@@ -417,3 +417,39 @@ def test_the_help_shows_the_bundled_models_real_decode_defaults():
 
     saved = checkpoint.config_of(checkpoint.load(pipeline.BUNDLED / checkpoint.TRANSFORMER)).decode
     assert config.load("cats64").decode == saved
+
+
+def test_the_bundled_model_goes_by_its_name(runner, tiny_data, tmp_path):
+    from maskgit_cli import pipeline
+
+    samples = pipeline.SAMPLES
+    out = invoke_json(
+        runner,
+        [
+            "inpaint",
+            str(samples / "masked"),
+            "--masks",
+            str(samples / "masks"),
+            "--model",
+            "cats64",
+            "--out",
+            str(tmp_path / "o"),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert out["count"] == 12 and out["model"] == str(pipeline.BUNDLED)
+    tokens = invoke_json(
+        runner,
+        [
+            "encode",
+            str(samples / "images"),
+            "--tokenizer",
+            "cats64",
+            "--out",
+            str(tmp_path / "t.npz"),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert tokens["grid"] == 8 and tokens["codebook_size"] == 512

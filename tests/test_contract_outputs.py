@@ -274,7 +274,7 @@ def test_fid_weights_never_turns_a_users_file_into_weights(runner, real_inceptio
     )
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "metrics.jsonl"])
+@pytest.mark.parametrize("name", ["config.yaml", "metrics_tokenizer.jsonl"])
 def test_train_never_overwrites_a_users_file_in_its_run_directory(
     name, runner, tiny_data, tmp_path
 ):
@@ -635,7 +635,8 @@ def test_sigterm_during_training_saves_a_checkpoint_that_resumes(tiny_data, tmp_
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(
         lambda: (
-            (run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").stat().st_size > 0
+            (run_dir / "metrics_tokenizer.jsonl").is_file()
+            and (run_dir / "metrics_tokenizer.jsonl").stat().st_size > 0
         )
     )
     proc.send_signal(signal.SIGTERM)

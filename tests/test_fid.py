@@ -147,3 +147,64 @@ def test_cli_fid_without_weights_exits_1(runner, tiny_data):
 
     r = runner.invoke(app, ["fid", str(tiny_data["test"]), str(tiny_data["val"])])
     assert r.exit_code == 1 and "--inception-weights" in r.output and "Traceback" not in r.output
+
+
+def test_kid_does_not_depend_on_which_set_comes_first():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((300, 16)), rng.standard_normal((200, 16)) + 0.3
+    assert fid.kid(a, b) == fid.kid(b, a)
+
+
+def test_fid_from_features_equals_fid_from_the_covariance():
+    """Given the N < d features behind a covariance, the N x N path gives the same distance (to
+    1e-6: the d x d path factors a rank-deficient covariance by eigh, which rounds)."""
+    rng = np.random.default_rng(1)
+    f1 = rng.standard_normal((60, 128)) @ rng.standard_normal((128, 128))
+    f2 = f1[:50] * 1.2 + 0.5
+    s1, s2 = fid.Stats.of(f1), fid.Stats.of(f2)
+    slow = fid.frechet_distance(s1.mu, s1.sigma, s2.mu, s2.sigma)
+    assert fid.frechet_distance(s1.mu, s1.sigma, s2.mu, s2.sigma, f1) == pytest.approx(
+        slow, rel=1e-6
+    )
+    assert fid.compare(s1, s2, 128).fid == pytest.approx(slow, rel=1e-6)
+
+
+def test_kid_flags_and_a_symmetric_cli(runner, tmp_path):
+    rng = np.random.default_rng(2)
+    for name, shift in (("a", 0.0), ("b", 0.4)):
+        f = rng.standard_normal((400, 64)) + shift
+        fid.Stats.of(f).write(tmp_path / f"{name}.npz")
+    ab = invoke_json(
+        runner,
+        [
+            "fid",
+            str(tmp_path / "a.npz"),
+            str(tmp_path / "b.npz"),
+            "--dims",
+            "64",
+            "--kid-subsets",
+            "20",
+            "--kid-subset-size",
+            "50",
+            "--kid-seed",
+            "3",
+        ],
+    )
+    ba = invoke_json(
+        runner,
+        [
+            "fid",
+            str(tmp_path / "b.npz"),
+            str(tmp_path / "a.npz"),
+            "--dims",
+            "64",
+            "--kid-subsets",
+            "20",
+            "--kid-subset-size",
+            "50",
+            "--kid-seed",
+            "3",
+        ],
+    )
+    assert ab["kid"] == ba["kid"] and ab["kid_subsets"] == 20 and ab["kid_subset_size"] == 50
+    assert ab["fid"] == pytest.approx(ba["fid"], rel=1e-9)

@@ -71,9 +71,10 @@ def test_ground_truth_metrics_and_save_steps(tiny_run, tiny_data, tmp_path):
     m = res.metrics
     assert set(m) == {"psnr", "ssim", "l1", "psnr_masked", "ssim_masked", "l1_masked"}
     assert m["psnr"] > m["psnr_masked"]  # known pixels are exact, so the whole image scores higher
-    strip = Image.open(tmp_path / "o" / "steps" / "000_steps.png")
-    assert strip.size == (16 * 3, 16)  # one tile per step run (sweet spot 3)
-    assert Image.open(tmp_path / "o" / "steps" / "000_mask.png").size == (16 * 3, 16)
+    figure = Image.open(tmp_path / "o" / "steps" / "000.png")  # labelled: a column per step run
+    assert (
+        figure.width >= 3 * 96 and figure.height >= 2 * 96
+    )  # 3 steps (sweet spot 3), 2 rows, 96 px tiles
 
 
 def test_nothing_missing_copies_through_and_all_missing_generates(tiny_run, tiny_data, tmp_path):

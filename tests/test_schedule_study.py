@@ -109,3 +109,81 @@ def test_cli_compare_schedules_without_weights_ranks_by_psnr(runner, tiny_run, t
         code=1,
     )
     assert "FID-Inception weights not found" in err["error"]
+
+
+def test_ties_within_one_standard_error_are_said_and_the_work_is_planned(
+    tiny_run, tiny_data, tmp_path
+):
+    from maskgit_cli import schedule_study
+
+    rows = [
+        {
+            "fill": "maskgit",
+            "schedule": s,
+            "total_iter": 4,
+            "sweet_spot": 4,
+            "fid_mean": m,
+            "fid_se": se,
+        }
+        for s, m, se in (("cosine", 20.0, 0.3), ("linear", 20.2, 0.1), ("square", 21.0, 0.2))
+    ]
+    assert [r["schedule"] for r in schedule_study.ties(rows, "fid")] == ["cosine", "linear"]
+    plans = []
+    res = pipeline.compare_schedules(
+        tiny_data["masked"],
+        tiny_data["masks"],
+        tiny_data["test"],
+        tmp_path / "c",
+        model=tiny_run,
+        schedules_=["cosine"],
+        total_iter=2,
+        sweet_spots=[1, 2],
+        seeds=[0, 1],
+        device="cpu",
+        feature_fn=TinyFeatures(8),
+        on_plan=plans.append,
+    )
+    assert (
+        plans == [res.work] and res.work["runs"] == 2 * 2 + 2 and res.work["inpaintings"] == 6 * 10
+    )
+    assert res.tied_with_best and res.tied_with_best[0].startswith("cosine T=2")
+    assert (tmp_path / "c" / "plot.png").is_file()
+
+
+def test_compare_schedules_reads_white_hole_masks(runner, tiny_run, tiny_data, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    white = tmp_path / "white"
+    white.mkdir()
+    for p in tiny_data["masks"].iterdir():
+        Image.fromarray(255 - np.asarray(Image.open(p))).save(white / p.name)
+    out = invoke_json(
+        runner,
+        [
+            "compare-schedules",
+            str(tiny_data["masked"]),
+            "--masks",
+            str(white),
+            "--mask-missing",
+            "white",
+            "--ground-truth",
+            str(tiny_data["test"]),
+            "--model",
+            str(tiny_run),
+            "--schedule",
+            "cosine",
+            "-T",
+            "2",
+            "--sweet-spot",
+            "2",
+            "--seed",
+            "0",
+            "--no-baselines",
+            "--out",
+            str(tmp_path / "c"),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert out["count"] == 10 and out["rows"][0]["psnr_mean"] is not None

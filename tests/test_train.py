@@ -25,7 +25,10 @@ def test_tiny_tokenizer_run_lowers_its_loss(tiny_data, tmp_path):
         device="cpu",
         overrides=["tokenizer_train.epochs=6"],
     )
-    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = [
+        json.loads(x)
+        for x in (tmp_path / "run" / "metrics_tokenizer.jsonl").read_text().splitlines()
+    ]
     losses = [x["loss"] for x in lines if "loss" in x]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
     assert res.epochs[-1]["val_psnr"] > res.epochs[0]["val_psnr"]
@@ -72,7 +75,9 @@ def test_tokenizer_resume_equals_an_uninterrupted_run(tiny_data, tmp_path):
         resume=True,
     )
     assert rest.steps == full.steps == 12
-    assert _losses(tmp_path / "b" / "metrics.jsonl") == _losses(tmp_path / "a" / "metrics.jsonl")
+    assert _losses(tmp_path / "b" / "metrics_tokenizer.jsonl") == _losses(
+        tmp_path / "a" / "metrics_tokenizer.jsonl"
+    )
 
 
 def test_transformer_resume_equals_an_uninterrupted_run(tiny_run, tiny_data, tmp_path):
@@ -523,3 +528,48 @@ def test_colour_hints_train_decode_and_are_used(tiny_data, tmp_path):
             overwrite=True,
             overrides=["transformer.hint=true", "transformer_train.max_steps=2"],
         )
+
+
+def test_ctrl_c_while_encoding_tokens_keeps_them_for_the_next_run(
+    tiny_run, tiny_data, tmp_path, monkeypatch
+):
+    """Stage 2 encodes its images chunk by chunk; Ctrl-C keeps the chunks done, and the same
+    command continues from there to the same tokens."""
+    from maskgit_cli import tokens as tokens_mod
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_run / "tokenizer.pt", run / "tokenizer.pt")
+    monkeypatch.setattr(tokens_mod, "CHUNK", 16)
+    real, calls = tokens_mod.encode_images, []
+
+    def stop_after_two(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(tokens_mod, "encode_images", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.train(
+            TINY,
+            "transformer",
+            tiny_data["train"],
+            run,
+            device="cpu",
+            overrides=["transformer_train.max_steps=1"],
+        )
+    partial = tokens_mod.load_tokens(run / "tokens_train.partial.npz")
+    assert len(partial.files) == 32  # two chunks of 16 of the 96 (48 images and their mirrors)
+    monkeypatch.setattr(tokens_mod, "encode_images", real)
+    pipeline.train(
+        TINY,
+        "transformer",
+        tiny_data["train"],
+        run,
+        device="cpu",
+        overrides=["transformer_train.max_steps=1"],
+    )
+    assert not (run / "tokens_train.partial.npz").exists()
+    done = tokens_mod.load_tokens(run / "tokens_train.npz")
+    assert torch.equal(done.ids, tokens_mod.load_tokens(tiny_run / "tokens_train.npz").ids)

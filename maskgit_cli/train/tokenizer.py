@@ -207,8 +207,8 @@ class TokenizerStage(ImageStage):
     name = "tokenizer"
     section = "tokenizer_train"
     checkpoint_file = checkpoint.TOKENIZER
-    metrics_file = "metrics.jsonl"
-    files = ("config.yaml", "metrics.jsonl", checkpoint.TOKENIZER)
+    metrics_file = "metrics_tokenizer.jsonl"
+    files = ("config.yaml", "metrics_tokenizer.jsonl", "metrics.jsonl", checkpoint.TOKENIZER)
     depends_on = ("data", "tokenizer", "tokenizer_train")
     summary = "stage 1, the VQGAN tokenizer"
 
@@ -247,6 +247,9 @@ class TokenizerStage(ImageStage):
             self.code_ema = ck["code_ema"]
             step = ck["step"]
             check_resume(ck.get("precision"), self.precision, path)
+            legacy = self.run_dir / "metrics.jsonl"  # the log's name in runs made before 0.2
+            if legacy.exists() and not (self.run_dir / self.metrics_file).exists():
+                legacy.rename(self.run_dir / self.metrics_file)
             set_rng_state(ck["rng"])
         write_config(self.run_dir, cfg)
         return step, notes
