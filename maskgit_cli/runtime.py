@@ -3,6 +3,7 @@ precision.py)."""
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
@@ -57,6 +58,11 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+def _leave_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU,
     nccl on CUDA, one GPU per local rank."""
@@ -66,6 +72,8 @@ def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
+        # left to the interpreter's exit, gloo's threads can abort a rank after a finished run
+        atexit.register(_leave_process_group)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)

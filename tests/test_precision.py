@@ -214,3 +214,25 @@ def test_bf16_resume_equals_an_uninterrupted_bf16_run(stage, tiny_run, tiny_data
     name = checkpoint.TOKENIZER if stage == "tokenizer" else checkpoint.TRANSFORMER
     sa, sb = checkpoint.load(a / name)["model"], checkpoint.load(b / name)["model"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_group_norm_keeps_fp32_statistics_in_bf16_training_and_runs_bf16_in_inference():
+    torch.manual_seed(0)
+    norm = vqgan.GroupNorm(64)
+    with torch.no_grad():
+        norm.gn.weight.uniform_(0.5, 1.5)
+        norm.gn.bias.uniform_(-0.5, 0.5)
+    x = (torch.randn(2, 64, 8, 8) * 3 + 5).to(torch.bfloat16)  # a large mean: a stiff variance
+    ref = norm.gn(x.float())
+    # training under autocast: the fp32 path exactly, then rounded to the input's dtype
+    out = norm(x.requires_grad_())
+    assert out.dtype == torch.bfloat16 and torch.equal(out, ref.to(torch.bfloat16))
+    # inference with bf16 weights: bf16 throughout, statistics still accurate to bf16's rounding
+    half = vqgan.GroupNorm(64).to(torch.bfloat16)
+    half.load_state_dict({k: v.to(torch.bfloat16) for k, v in norm.state_dict().items()})
+    with torch.no_grad():
+        fast = half(x.detach())
+    assert fast.dtype == torch.bfloat16
+    assert (fast.float() - ref).abs().max() < 0.05 * ref.abs().max()
+    # fp32 is untouched by either path
+    assert torch.equal(norm(x.detach().float()), ref)
