@@ -8,7 +8,7 @@
 Importing the package is cheap: torch loads with the first of these calls (maskgit_cli.api).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["fid_score", "fill", "load_model"]
 
 

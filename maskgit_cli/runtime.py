@@ -3,7 +3,6 @@ precision.py)."""
 
 from __future__ import annotations
 
-import atexit
 import os
 
 import torch
@@ -58,8 +57,12 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def _leave_process_group() -> None:
+def leave_distributed() -> None:
+    """After a finished run, every rank leaves the process group together. A rank left to the
+    interpreter's exit while another still holds the group (rank 0 hosts its store) can die with
+    SIGABRT inside gloo. Not after a failure: the ranks are not at the same point then."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -72,8 +75,6 @@ def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
-        # left to the interpreter's exit, gloo's threads can abort a rank after a finished run
-        atexit.register(_leave_process_group)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)

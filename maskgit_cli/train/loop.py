@@ -370,7 +370,7 @@ def run(
         interrupted = True
     stage.save(step, final=True)
     seconds = time.time() - t0
-    return stage.result(
+    result = stage.result(
         Run(
             steps=step,
             final_loss=last,
@@ -381,3 +381,6 @@ def run(
             warnings=notes,
         )
     )
+    if not interrupted:
+        runtime.leave_distributed()
+    return result
