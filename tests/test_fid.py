@@ -174,37 +174,9 @@ def test_kid_flags_and_a_symmetric_cli(runner, tmp_path):
     for name, shift in (("a", 0.0), ("b", 0.4)):
         f = rng.standard_normal((400, 64)) + shift
         fid.Stats.of(f).write(tmp_path / f"{name}.npz")
-    ab = invoke_json(
-        runner,
-        [
-            "fid",
-            str(tmp_path / "a.npz"),
-            str(tmp_path / "b.npz"),
-            "--dims",
-            "64",
-            "--kid-subsets",
-            "20",
-            "--kid-subset-size",
-            "50",
-            "--kid-seed",
-            "3",
-        ],
-    )
-    ba = invoke_json(
-        runner,
-        [
-            "fid",
-            str(tmp_path / "b.npz"),
-            str(tmp_path / "a.npz"),
-            "--dims",
-            "64",
-            "--kid-subsets",
-            "20",
-            "--kid-subset-size",
-            "50",
-            "--kid-seed",
-            "3",
-        ],
-    )
+    a, b = str(tmp_path / "a.npz"), str(tmp_path / "b.npz")
+    kid = ["--dims", "64", "--kid-subsets", "20", "--kid-subset-size", "50", "--kid-seed", "3"]
+    ab = invoke_json(runner, ["fid", a, b, *kid])
+    ba = invoke_json(runner, ["fid", b, a, *kid])
     assert ab["kid"] == ba["kid"] and ab["kid_subsets"] == 20 and ab["kid_subset_size"] == 50
     assert ab["fid"] == pytest.approx(ba["fid"], rel=1e-9)

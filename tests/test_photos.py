@@ -68,38 +68,11 @@ def test_windows_cover_the_photo():
 def test_one_image_in_one_file_out(runner, tiny_run, tmp_path):
     imgs, masks = _photo_set(tmp_path, [(40, 24)])
     out = tmp_path / "filled.png"
-    res = invoke_json(
-        runner,
-        [
-            "inpaint",
-            str(imgs / "p0.png"),
-            "--mask",
-            str(masks / "p0.png"),
-            "--out",
-            str(out),
-            "--model",
-            str(tiny_run),
-            "-T",
-            "2",
-        ],
-    )
+    one = ["inpaint", str(imgs / "p0.png"), "--mask", str(masks / "p0.png"), "--out", str(out)]
+    one += ["--model", str(tiny_run), "-T", "2"]
+    res = invoke_json(runner, one)
     assert res["count"] == 1 and Image.open(out).size == (40, 24) and data.is_maskgit_png(out)
-    again = invoke_json(
-        runner,
-        [
-            "inpaint",
-            str(imgs / "p0.png"),
-            "--mask",
-            str(masks / "p0.png"),
-            "--out",
-            str(out),
-            "--model",
-            str(tiny_run),
-            "-T",
-            "2",
-            "--overwrite",
-        ],
-    )
+    again = invoke_json(runner, [*one, "--overwrite"])
     assert again["count"] == 1  # its own PNG is replaced
     mine = tmp_path / "mine.png"
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(mine)  # a PNG maskgit did not write

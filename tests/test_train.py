@@ -549,27 +549,19 @@ def test_ctrl_c_while_encoding_tokens_keeps_them_for_the_next_run(
             raise KeyboardInterrupt
         return real(*a, **k)
 
+    def train():
+        overrides = ["transformer_train.max_steps=1"]
+        pipeline.train(
+            TINY, "transformer", tiny_data["train"], run, device="cpu", overrides=overrides
+        )
+
     monkeypatch.setattr(tokens_mod, "encode_images", stop_after_two)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.train(
-            TINY,
-            "transformer",
-            tiny_data["train"],
-            run,
-            device="cpu",
-            overrides=["transformer_train.max_steps=1"],
-        )
+        train()
     partial = tokens_mod.load_tokens(run / "tokens_train.partial.npz")
     assert len(partial.files) == 32  # two chunks of 16 of the 96 (48 images and their mirrors)
     monkeypatch.setattr(tokens_mod, "encode_images", real)
-    pipeline.train(
-        TINY,
-        "transformer",
-        tiny_data["train"],
-        run,
-        device="cpu",
-        overrides=["transformer_train.max_steps=1"],
-    )
+    train()
     assert not (run / "tokens_train.partial.npz").exists()
     done = tokens_mod.load_tokens(run / "tokens_train.npz")
     assert torch.equal(done.ids, tokens_mod.load_tokens(tiny_run / "tokens_train.npz").ids)
