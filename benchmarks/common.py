@@ -47,10 +47,14 @@ def interleaved(fns: dict, rounds: int = 3) -> dict:
 
 
 def machine() -> dict:
+    from maskgit_cli import precision
+
     return {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "bf16_units": precision.cpu_bf16(),  # False: the bf16 rows are left out
     }
 
 
@@ -60,7 +64,7 @@ def emit(payload: dict) -> None:
 
 def precisions(asked: str) -> list:
     """The precisions to time, side by side: fp32 and, where this machine has bf16 matrix units,
-    bf16 ("fp32,bf16" by default; a bf16 this CPU lacks is left out and said so)."""
+    bf16 ("fp32,bf16" by default; a bf16 this CPU lacks is left out, and `machine()` says so)."""
     from maskgit_cli import precision
 
     cpu = torch.device("cpu")
