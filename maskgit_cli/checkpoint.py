@@ -37,10 +37,16 @@ def model_id(state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
+def weights(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint's users load: the EMA average when the run kept one, else the
+    trained weights (a resume loads both, each where it belongs)."""
+    return ckpt.get("ema") or ckpt["model"]
+
+
 def tokens_id(ckpt: dict[str, Any]) -> str:
     """The id a tokenizer checkpoint's tokens go by: the stored one (a decoder fine-tune keeps it,
     since the tokens do not change), else the hash of its weights (a bare state_dict)."""
-    return ckpt.get("model_id") or model_id(ckpt["model"])
+    return ckpt.get("model_id") or model_id(weights(ckpt))
 
 
 def save(path: Path, ckpt: dict[str, Any]) -> None:
@@ -185,7 +191,7 @@ def load_state(
 def load_tokenizer(
     path: str | Path, fallback: Config | None = None, device: str | torch.device = "cpu"
 ):
-    """-> (model in eval mode, config, model_id)."""
+    """-> (model in eval mode, config, model_id). EMA weights are used when the run kept them."""
     from maskgit_cli import vqgan
 
     ckpt = load(path, "tokenizer") if Path(path).is_dir() else load(path)
@@ -197,7 +203,7 @@ def load_tokenizer(
     model = vqgan.build(cfg)
     load_state(
         model,
-        ckpt["model"],
+        weights(ckpt),
         ckpt["path"],
         SAVED_CONFIG_HINT if ckpt.get("config") is not None else "check --config",
     )
@@ -233,7 +239,7 @@ def load_transformer(path: str | Path, device: str | torch.device = "cpu"):
             f"predicts {cfg.tokenizer.codebook_size}; they do not belong together"
         )
     model = transformer_mod.build(cfg.transformer, tok_cfg.grid, tokenizer.codebook_size)
-    load_state(model, ckpt.get("ema") or ckpt["model"], ckpt["path"])
+    load_state(model, weights(ckpt), ckpt["path"])
     # the transformer's own config, except what the tokenizer file is the authority for: its data,
     # architecture and the training that made it (stage 1 and 1b)
     return (

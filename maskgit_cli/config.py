@@ -159,6 +159,9 @@ class TokenizerTrainConfig:
     dead_threshold: float = ruled(
         0.03, at_least(0)
     )  # a code is dead below this EMA count per batch
+    # EMA decay of the weights (0 = off); validation, encode, stage 1b and exports use the
+    # average. The codebook is copied, not averaged (train/ema.py)
+    ema: float = ruled(0.0, below(0, 1))
     # auto: bf16 where the hardware multiplies bf16 natively, else fp32 (precision.py); fp32
     # master weights either way. A run resumes only in the precision it trained in.
     precision: str = choice("auto", *PRECISIONS)
@@ -191,6 +194,7 @@ class DecoderTrainConfig:
     # critic judges them whole. 0 = off (encoder tokens only).
     generated: int = ruled(0, at_least(0))
     pool: int = ruled(512, at_least(1))  # fills made once before the first step, then drawn from
+    ema: float = ruled(0.0, below(0, 1))  # EMA decay of the decoder's weights, 0 = off
     # auto: bf16 where the hardware multiplies bf16 natively, else fp32 (precision.py); fp32
     # master weights either way. A run resumes only in the precision it trained in.
     precision: str = choice("auto", *PRECISIONS)
@@ -230,7 +234,7 @@ class TransformerTrainConfig:
     grad_clip: float = ruled(1.0, positive)
     grad_accum: int = ruled(1, at_least(1))
     label_smoothing: float = ruled(0.1, below(0, 1))
-    ema: float = ruled(0.0, below(0, 1))  # EMA decay of the weights, 0 = off
+    ema: float = ruled(0.0, below(0, 1))  # EMA decay of the weights, 0 = off (train/ema.py)
     schedule: str = ruled("cosine", _schedule)  # gamma used to draw the mask ratio
     mask_mode: str = ruled("random", one_of("random", "region", "mixed"))
     val_ratios: tuple[float, ...] = ruled((0.25, 0.5, 0.75), below(0.001, 1.0001))

@@ -744,8 +744,8 @@ def export(
     def cast(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
 
-    tok_sd = cast(tok["model"])
-    tr_sd = cast(tr.get("ema") or tr["model"])
+    tok_sd = cast(checkpoint.weights(tok))
+    tr_sd = cast(checkpoint.weights(tr))
     checkpoint.check_finite(tok_sd, run_dir / checkpoint.TOKENIZER)
     checkpoint.check_finite(tr_sd, run_dir / checkpoint.TRANSFORMER)
     tok_id = checkpoint.model_id(tok_sd)

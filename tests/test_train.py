@@ -51,7 +51,11 @@ def _losses(path):
 
 
 def test_tokenizer_resume_equals_an_uninterrupted_run(tiny_data, tmp_path):
-    over = ["tokenizer_train.max_steps=12", "tokenizer_train.restart_every=5"]
+    over = [
+        "tokenizer_train.max_steps=12",
+        "tokenizer_train.restart_every=5",
+        "tokenizer_train.ema=0.9",
+    ]
     full = pipeline.train(
         TINY, "tokenizer", tiny_data["train"], tmp_path / "a", device="cpu", overrides=over
     )
@@ -78,6 +82,9 @@ def test_tokenizer_resume_equals_an_uninterrupted_run(tiny_data, tmp_path):
     assert _losses(tmp_path / "b" / "metrics_tokenizer.jsonl") == _losses(
         tmp_path / "a" / "metrics_tokenizer.jsonl"
     )
+    ca, cb = checkpoint.load(tmp_path / "a"), checkpoint.load(tmp_path / "b")
+    for key in ("model", "ema"):  # the weight average resumes exactly too
+        assert all(torch.equal(ca[key][k], cb[key][k]) for k in ca[key])
 
 
 def test_transformer_resume_equals_an_uninterrupted_run(tiny_run, tiny_data, tmp_path):
@@ -268,6 +275,7 @@ def test_decoder_resume_equals_an_uninterrupted_run(tiny_run, tiny_data, tmp_pat
         "decoder_train.batch_size=8",
         f"decoder_train.generated={generated}",
         "decoder_train.pool=5",
+        "decoder_train.ema=0.9",
     ]
     a, b = _decoder_run(tiny_run, tmp_path / "a"), _decoder_run(tiny_run, tmp_path / "b")
     full = pipeline.train(TINY, "decoder", tiny_data["train"], a, device="cpu", overrides=over)
@@ -286,11 +294,9 @@ def test_decoder_resume_equals_an_uninterrupted_run(tiny_run, tiny_data, tmp_pat
     )
     assert rest.steps == full.steps == 8
     assert _losses(b / "metrics_decoder.jsonl") == _losses(a / "metrics_decoder.jsonl")
-    sa, sb = (
-        checkpoint.load(a / "tokenizer.pt")["model"],
-        checkpoint.load(b / "tokenizer.pt")["model"],
-    )
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    ca, cb = checkpoint.load(a / "tokenizer.pt"), checkpoint.load(b / "tokenizer.pt")
+    for key in ("model", "ema"):
+        assert all(torch.equal(ca[key][k], cb[key][k]) for k in ca[key])
 
 
 def test_decoder_stage_on_the_transformers_fills(tiny_run, tiny_data, tmp_path):

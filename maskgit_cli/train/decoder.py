@@ -17,6 +17,7 @@ import torch
 from maskgit_cli import checkpoint, data, vqgan
 from maskgit_cli.errors import CheckpointError, ConfigError
 from maskgit_cli.precision import check_resume
+from maskgit_cli.train import ema
 from maskgit_cli.train.loop import (
     StepOut,
     adamw,
@@ -104,7 +105,8 @@ class DecoderStage(ImageStage):
 
         torch.manual_seed(self.seed)
         model = self.model = vqgan.build(cfg).to(device)
-        checkpoint.load_state(model, ck["model"], str(path))
+        # a first fine-tune starts from what stage 1 hands on (its weight average, if it kept one)
+        checkpoint.load_state(model, ck["model"] if resume else checkpoint.weights(ck), str(path))
         model.requires_grad_(False)
         self.params = [*model.post_quant_conv.parameters(), *model.decoder.parameters()]
         for p in self.params:
@@ -112,6 +114,7 @@ class DecoderStage(ImageStage):
         self.last = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Conv2d)][
             -1
         ].weight
+        self.ema = ema.maybe(model, tc.ema)
         self.opt = adamw(self.params, lr=tc.lr, betas=(0.5, 0.9))
         self.disc = vqgan.PatchDiscriminator().to(device)
         self.disc_opt = adamw(self.disc.parameters(), lr=tc.disc_lr, betas=(0.5, 0.9))
@@ -131,6 +134,8 @@ class DecoderStage(ImageStage):
             self.disc.load_state_dict(state["disc"])
             self.disc_opt.load_state_dict(state["disc_optimizer"])
             self.scaler.load_state_dict(state["scaler"])
+            if self.ema is not None:
+                self.ema.load_state_dict(ck.get("ema") or ck["model"])
             step, self.start_val = state["step"], state.get("start_metrics", {})
             check_resume(state.get("precision"), self.precision, path)
             set_rng_state(state["rng"])
@@ -145,7 +150,7 @@ class DecoderStage(ImageStage):
         if resume or self.val_images is None:
             return []
         self.start_val = evaluate_tokenizer(
-            self.model, self.val_images, self.cfg, self.device, self.precision
+            self.eval_model, self.val_images, self.cfg, self.device, self.precision
         )
         return [{"epoch": 0, "step": 0, "val_psnr": self.start_val["psnr"]}]
 
@@ -187,6 +192,8 @@ class DecoderStage(ImageStage):
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         optimizer_step(self.opt, self.scaler, self.params, tc.grad_clip)
+        if self.ema is not None:
+            self.ema.update(model, step)
         disc.requires_grad_(True)
         d_loss = hinge_disc_step(disc, self.disc_opt, real, rec_all, self.precision)
         return StepOut(
@@ -210,6 +217,7 @@ class DecoderStage(ImageStage):
                 **self.base,
                 "config": self.cfg.to_dict(),
                 "model": sd,
+                "ema": self.ema.state_dict() if self.ema is not None else None,
                 "model_id": self.tokens_id,
                 "metrics": self.last_val or self.base.get("metrics", {}),
                 "decoder_train": {

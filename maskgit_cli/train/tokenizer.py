@@ -16,6 +16,7 @@ from maskgit_cli import checkpoint, data, runtime, vqgan
 from maskgit_cli.errors import CheckpointError
 from maskgit_cli.metrics import psnr
 from maskgit_cli.precision import check_resume
+from maskgit_cli.train import ema
 from maskgit_cli.train.loop import (
     Run,
     Stage,
@@ -113,7 +114,7 @@ class ImageStage(Stage):
     ):
         super().__init__(cfg, run_dir, **kw)
         self.images, self.val_images = images, val_images
-        self.model = None
+        self.model, self.ema = None, None  # ema: a train.ema.WeightAverage when configured
         self.last_val: dict[str, float] = {}
 
     @classmethod
@@ -162,12 +163,17 @@ class ImageStage(Stage):
                 .item()
             )
 
+    @property
+    def eval_model(self):
+        """What validation scores and users load: the weight average when the run keeps one."""
+        return self.ema.model if self.ema is not None else self.model
+
     def evaluate(self, step: int) -> dict[str, Any]:
         self.last_val = {}
         if self.val_images is None:
             return {}
         self.last_val = evaluate_tokenizer(
-            self.model, self.val_images, self.cfg, self.device, self.precision
+            self.eval_model, self.val_images, self.cfg, self.device, self.precision
         )
         return {
             "val_psnr": self.last_val["psnr"],
@@ -180,7 +186,7 @@ class ImageStage(Stage):
         val = self.last_val
         if not val or run.interrupted:
             val = evaluate_tokenizer(
-                self.model,
+                self.eval_model,
                 self.val_images if self.val_images is not None else self.images[:512],
                 self.cfg,
                 self.device,
@@ -225,6 +231,7 @@ class TokenizerStage(ImageStage):
         )
         self.scaler = self.precision.grad_scaler()
         self.code_ema = torch.zeros(self.model.codebook_size)
+        self.ema = ema.maybe(self.model, tc.ema, copied=("codebook.",))
         self.resumed = resume
         self.steps(len(self.images), tc.batch_size)
         step, notes = 0, []
@@ -245,6 +252,8 @@ class TokenizerStage(ImageStage):
                 self.disc_opt.load_state_dict(ck["disc_optimizer"])
             self.scaler.load_state_dict(ck["scaler"])
             self.code_ema = ck["code_ema"]
+            if self.ema is not None:
+                self.ema.load_state_dict(ck.get("ema") or ck["model"])
             step = ck["step"]
             check_resume(ck.get("precision"), self.precision, path)
             legacy = self.run_dir / "metrics.jsonl"  # the log's name in runs made before 0.2
@@ -283,6 +292,8 @@ class TokenizerStage(ImageStage):
         self.code_ema.mul_(0.99).add_(counts, alpha=0.01)
         if tc.restart_every and model.learned_codebook and (step + 1) % tc.restart_every == 0:
             restart_dead_codes(model, self.code_ema, z_e, tc.dead_threshold, g)
+        if self.ema is not None:
+            self.ema.update(model, step)
         return StepOut(
             loss.item(),
             len(x8),
@@ -297,13 +308,15 @@ class TokenizerStage(ImageStage):
 
     def save(self, step: int, final: bool = False) -> None:
         sd = self.model.state_dict()
+        avg = self.ema.state_dict() if self.ema is not None else None
         checkpoint.save(
             self.checkpoint_path,
             {
                 "kind": "tokenizer",
                 "config": self.cfg.to_dict(),
                 "model": sd,
-                "model_id": checkpoint.model_id(sd),
+                "ema": avg,
+                "model_id": checkpoint.model_id(avg or sd),
                 "optimizer": self.opt.state_dict(),
                 "disc": self.disc.state_dict() if self.disc else None,
                 "disc_optimizer": self.disc_opt.state_dict() if self.disc_opt else None,

@@ -17,6 +17,7 @@ from maskgit_cli import checkpoint, precision, runtime, tokens
 from maskgit_cli.errors import ConfigError, DataError
 from maskgit_cli.mvtm import fixed_ratio_mask, masked_loss, mvtm_hint, mvtm_mask
 from maskgit_cli.precision import check_resume
+from maskgit_cli.train import ema
 from maskgit_cli.train.loop import (
     Run,
     Stage,
@@ -251,14 +252,7 @@ class TransformerStage(Stage):
         K = cfg.tokenizer.codebook_size
         torch.manual_seed(self.seed)
         self.model = transformer_mod.build(cfg.transformer, self.grid, K).to(device)
-        self.ema = (
-            transformer_mod.build(cfg.transformer, self.grid, K).to(device).eval()
-            if tc.ema > 0
-            else None
-        )
-        if self.ema is not None:
-            self.ema.load_state_dict(self.model.state_dict())
-            self.ema.requires_grad_(False)
+        self.ema = ema.maybe(self.model, tc.ema)
         self.opt = adamw(
             param_groups(self.model, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2)
         )
@@ -289,7 +283,7 @@ class TransformerStage(Stage):
             )
         if self.compile:
             self.net = torch.compile(self.net)
-        self.eval_model = self.ema if self.ema is not None else self.model
+        self.eval_model = self.ema.model if self.ema is not None else self.model
         return step, notes
 
     def step(self, step: int, lr: float) -> StepOut:
@@ -321,9 +315,7 @@ class TransformerStage(Stage):
             count += target.numel() * self.world
         optimizer_step(self.opt, self.scaler, self.model.parameters(), tc.grad_clip)
         if self.ema is not None:
-            with torch.no_grad():
-                for pe, pm in zip(self.ema.parameters(), self.model.parameters(), strict=True):
-                    pe.lerp_(pm, 1 - tc.ema)
+            self.ema.update(self.model, step)
         return StepOut(step_loss, count, lambda: {"lr": lr})
 
     def epoch_fields(self, lr: float, rate: float) -> dict[str, Any]:
