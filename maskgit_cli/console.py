@@ -191,8 +191,11 @@ class _RichBar(_Bar):
 
     def update(self, completed=None, total=None, status=None, description=None) -> None:
         kw: dict[str, Any] = {}
-        if description is not None and description != self.progress.tasks[self.task].description:
+        task = self.progress.tasks[self.task]
+        if description is not None and description != task.description:
             kw.update(description=description, completed=0, total=None)  # a new phase starts over
+        elif completed is not None and completed < task.completed:
+            self.progress.reset(self.task)  # a second pass (fid's folder B): a fresh clock and eta
         for k, v in (("completed", completed), ("total", total), ("status", status)):
             if v is not None:
                 kw[k] = v
@@ -246,6 +249,8 @@ class _LineBar(_Bar):
                 self.clock(),
             )
         if completed is not None:
+            if completed < self.completed:  # a second pass (fid's folder B): its own clock
+                self.t0 = self.clock()
             self.completed = completed
         if total is not None:
             self.total = total

@@ -21,6 +21,23 @@ def test_a_log_gets_a_line_per_interval_with_counts_and_time_left(monkeypatch, c
     assert "train tokenizer: 50/100 (50%)" in err and "preparing tokens" in err
 
 
+def test_a_second_pass_in_a_log_times_itself(monkeypatch, capsys):
+    """fid counts folder A's features, then B's from 0: B's time left is its own pace, not
+    the time since A began."""
+    monkeypatch.setattr(console, "_console", None)
+    now = [0.0]
+    bar = console._LineBar("features", every=30.0)
+    bar.clock = lambda: now[0]
+    bar.t0 = bar.last = 0
+    now[0] = 100
+    bar.update(100, 100)  # folder A: 100 s
+    bar.update(0, 100)  # folder B starts
+    now[0] = 130
+    bar.update(50, 100)  # 50 done after 30 s: 30 s left
+    err = capsys.readouterr().err
+    assert "features: 50/100 (50%) 30s elapsed about 30s left" in err
+
+
 def test_a_short_run_in_a_log_prints_no_progress(monkeypatch, capsys):
     monkeypatch.setattr(console, "_console", None)
     bar = console._LineBar("inpaint", every=30.0)
