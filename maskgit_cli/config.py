@@ -187,6 +187,10 @@ class DecoderTrainConfig:
     # |grad of the reconstruction loss| / |grad of the GAN loss| at the decoder's last layer
     disc_weight: float = ruled(0.5, at_least(0))
     disc_lr: float = ruled(2e-4, positive)
+    # feature matching (pix2pixHD): L1 between the critic's activations of each reconstruction and
+    # of its image, averaged over its layers, times this weight; a perceptual loss learned by the
+    # run's own critic, not by a pretrained network. 0 = off
+    feature_weight: float = ruled(0.0, at_least(0))
     # this many grids of each batch are the run's own transformer's inpainting fills
     # (RUN/transformer.pt,
     # its decode defaults, holes like `maskgit mask`'s): the token grids the decoder meets when it

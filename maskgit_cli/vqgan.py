@@ -332,3 +332,13 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, x):
         return self.model(x)
+
+    def features(self, x) -> list[torch.Tensor]:
+        """The activation after each LeakyReLU, then the patch logits (= forward): what feature
+        matching compares between a reconstruction and its image."""
+        out = []
+        for layer in self.model:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                out.append(x)
+        return [*out, x]

@@ -299,6 +299,20 @@ def test_decoder_resume_equals_an_uninterrupted_run(tiny_run, tiny_data, tmp_pat
         assert all(torch.equal(ca[key][k], cb[key][k]) for k in ca[key])
 
 
+def test_decoder_stage_with_feature_matching_logs_and_trains(tiny_run, tiny_data, tmp_path):
+    run = _decoder_run(tiny_run, tmp_path / "run")
+    before = checkpoint.load(run)["model"]
+    over = ["decoder_train.max_steps=3", "decoder_train.log_every=1"]
+    over += ["decoder_train.feature_weight=1.0", "decoder_train.batch_size=8"]
+    over += ["decoder_train.generated=3", "decoder_train.pool=5"]
+    pipeline.train(TINY, "decoder", tiny_data["train"], run, device="cpu", overrides=over)
+    rows = [json.loads(x) for x in (run / "metrics_decoder.jsonl").read_text().splitlines()]
+    fm = [r["feature_loss"] for r in rows if "feature_loss" in r]
+    assert len(fm) == 3 and all(v > 0 for v in fm)
+    after = checkpoint.load(run)["model"]
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+
+
 def test_decoder_stage_on_the_transformers_fills(tiny_run, tiny_data, tmp_path):
     """decoder_train.generated: part of each batch is the run's transformer's inpainting fills,
     made once (a pool kept in the checkpoint) from holes in train images."""

@@ -159,3 +159,19 @@ def test_fsq_tokenizer_trains_and_needs_a_consistent_codebook_size(tiny_data, tm
     assert res.steps == 12 and 0 < res.codebook_usage <= 1 and np.isfinite(res.final_loss)
     model, cfg, _ = checkpoint.load_tokenizer(tmp_path / "r")
     assert model.codebook_size == 32 and not model.learned_codebook
+
+
+def test_critic_features_end_in_its_logits_and_match_to_zero_on_the_image_itself():
+    from maskgit_cli.train.decoder import feature_matching
+
+    torch.manual_seed(0)
+    disc = vqgan.PatchDiscriminator()
+    real = torch.rand(4, 3, 32, 32) * 2 - 1
+    feats = disc.features(real)
+    assert len(feats) == 4 and torch.equal(feats[-1], disc(real))  # 3 hidden layers, then logits
+    assert feature_matching(feats, disc, real).item() == 0
+    rec = (real + 0.3 * torch.randn_like(real)).requires_grad_()
+    fm = feature_matching(disc.features(rec), disc, real[:2])  # only the first two have images
+    assert fm.item() > 0
+    fm.backward()
+    assert rec.grad[:2].abs().sum() > 0 and rec.grad[2:].abs().sum() == 0

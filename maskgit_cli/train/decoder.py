@@ -44,6 +44,22 @@ def adaptive_gan_weight(
     return (factor * g_rec / (g_gan + 1e-4)).clamp(0, 1e4).detach()
 
 
+def feature_matching(fake: list[torch.Tensor], disc, real: torch.Tensor) -> torch.Tensor:
+    """Mean over the critic's hidden layers of the L1 distance between the activations of the
+    first len(real) reconstructions (`fake`, from disc.features) and those of their images.
+    Fills from the transformer (decoder_train.generated) have no image in their holes: they
+    take no part."""
+    with torch.no_grad():
+        target = disc.features(real)
+    n = len(real)
+    return torch.stack(
+        [
+            (f[:n].float() - t.float()).abs().mean()
+            for f, t in zip(fake[:-1], target[:-1], strict=True)
+        ]
+    ).mean()
+
+
 class DecoderStage(ImageStage):
     name = "decoder"
     section = "decoder_train"
@@ -183,11 +199,18 @@ class DecoderStage(ImageStage):
                 rec_loss = rec_loss.mean()
             else:  # averaged over the known pixels only
                 rec_loss = (rec_loss * known).sum() / (known.sum() * rec_loss.shape[1])
-            gan_loss = -disc(rec_all).float().mean()
+            if tc.feature_weight > 0:
+                fake = disc.features(rec_all)
+                feat_loss = feature_matching(fake, disc, x)
+                gan_loss = -fake[-1].float().mean()
+            else:
+                gan_loss = -disc(rec_all).float().mean()
         weight = adaptive_gan_weight(
             self.scaler.scale(rec_loss), self.scaler.scale(gan_loss), self.last, tc.disc_weight
         )
         loss = rec_loss + weight * gan_loss
+        if tc.feature_weight > 0:
+            loss = loss + tc.feature_weight * feat_loss
         check_finite(loss, step, self.checkpoint_path, "lower decoder_train.lr")
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -203,6 +226,7 @@ class DecoderStage(ImageStage):
                 "rec_loss": rec_loss.item(),
                 "gan_loss": gan_loss.item(),
                 "gan_weight": weight.item(),
+                **({"feature_loss": feat_loss.item()} if tc.feature_weight > 0 else {}),
                 "disc_loss": d_loss,
                 "lr": lr,
                 "psnr": self.batch_psnr(rec_all[: len(x8)], x8),
