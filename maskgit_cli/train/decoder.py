@@ -151,7 +151,7 @@ class DecoderStage(ImageStage):
             self.disc_opt.load_state_dict(state["disc_optimizer"])
             self.scaler.load_state_dict(state["scaler"])
             if self.ema is not None:
-                self.ema.load_state_dict(ck.get("ema") or ck["model"])
+                self.ema.load_state_dict(checkpoint.weights(ck))
             step, self.start_val = state["step"], state.get("start_metrics", {})
             check_resume(state.get("precision"), self.precision, path)
             set_rng_state(state["rng"])
@@ -199,17 +199,14 @@ class DecoderStage(ImageStage):
                 rec_loss = rec_loss.mean()
             else:  # averaged over the known pixels only
                 rec_loss = (rec_loss * known).sum() / (known.sum() * rec_loss.shape[1])
-            if tc.feature_weight > 0:
-                fake = disc.features(rec_all)
-                feat_loss = feature_matching(fake, disc, x)
-                gan_loss = -fake[-1].float().mean()
-            else:
-                gan_loss = -disc(rec_all).float().mean()
+            fake = disc.features(rec_all)  # its last entry is disc(rec_all)
+            gan_loss = -fake[-1].float().mean()
+            feat_loss = feature_matching(fake, disc, x) if tc.feature_weight > 0 else None
         weight = adaptive_gan_weight(
             self.scaler.scale(rec_loss), self.scaler.scale(gan_loss), self.last, tc.disc_weight
         )
         loss = rec_loss + weight * gan_loss
-        if tc.feature_weight > 0:
+        if feat_loss is not None:
             loss = loss + tc.feature_weight * feat_loss
         check_finite(loss, step, self.checkpoint_path, "lower decoder_train.lr")
         self.opt.zero_grad(set_to_none=True)
@@ -226,7 +223,7 @@ class DecoderStage(ImageStage):
                 "rec_loss": rec_loss.item(),
                 "gan_loss": gan_loss.item(),
                 "gan_weight": weight.item(),
-                **({"feature_loss": feat_loss.item()} if tc.feature_weight > 0 else {}),
+                **({"feature_loss": feat_loss.item()} if feat_loss is not None else {}),
                 "disc_loss": d_loss,
                 "lr": lr,
                 "psnr": self.batch_psnr(rec_all[: len(x8)], x8),

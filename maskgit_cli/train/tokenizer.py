@@ -253,7 +253,7 @@ class TokenizerStage(ImageStage):
             self.scaler.load_state_dict(ck["scaler"])
             self.code_ema = ck["code_ema"]
             if self.ema is not None:
-                self.ema.load_state_dict(ck.get("ema") or ck["model"])
+                self.ema.load_state_dict(checkpoint.weights(ck))
             step = ck["step"]
             check_resume(ck.get("precision"), self.precision, path)
             legacy = self.run_dir / "metrics.jsonl"  # the log's name in runs made before 0.2
