@@ -188,14 +188,20 @@ class _RichBar(_Bar):
 
     def __init__(self, progress: Progress, task: int):
         self.progress, self.task = progress, task
+        self.paced = False  # has a count set the starting point the eta is measured from?
 
     def update(self, completed=None, total=None, status=None, description=None) -> None:
         kw: dict[str, Any] = {}
         task = self.progress.tasks[self.task]
         if description is not None and description != task.description:
             kw.update(description=description, completed=0, total=None)  # a new phase starts over
-        elif completed is not None and completed < task.completed:
-            self.progress.reset(self.task)  # a second pass (fid's folder B): a fresh clock and eta
+            self.paced = False
+        elif completed is not None and (completed < task.completed or not self.paced):
+            # the first count (a resumed run starts at its checkpoint's step) or a second pass
+            # (fid's folder B): the clock and eta start here, not at the steps done before
+            self.progress.reset(self.task, completed=completed)
+        if completed is not None:
+            self.paced = True
         for k, v in (("completed", completed), ("total", total), ("status", status)):
             if v is not None:
                 kw[k] = v
@@ -211,7 +217,8 @@ def _duration(seconds: float) -> str:
 class _LineBar(_Bar):
     """Progress for a log (stderr not a terminal: CI, `2> log`): a plain line every `every`
     seconds (the first after `every` seconds), and once a run is that long, one at each phase's
-    start and end too."""
+    start and end too. Time left is paced from the phase's first count: a run resumed at step
+    400 of 1200 is timed on the steps it takes, not on 400 it did not."""
 
     def __init__(self, description: str, every: float = 30.0):
         import time
@@ -220,6 +227,7 @@ class _LineBar(_Bar):
         self.description, self.every = description, every
         self.completed, self.total, self.status = 0, None, ""
         self.t0 = self.last = self.clock()
+        self.base: tuple[int, float] | None = None  # (count, time) the pace is measured from
         # a run shorter than `every` prints nothing: a quick error stays one line
         self.printed = False
 
@@ -231,9 +239,9 @@ class _LineBar(_Bar):
         elif self.completed:
             parts.append(str(self.completed))
         parts.append(f"{_duration(now - self.t0)} elapsed")
-        if self.total and 0 < self.completed < self.total:
-            left = (now - self.t0) / self.completed * (self.total - self.completed)
-            parts.append(f"about {_duration(left)} left")
+        if self.total and self.base and self.base[0] < self.completed < self.total:
+            pace = (now - self.base[1]) / (self.completed - self.base[0])
+            parts.append(f"about {_duration(pace * (self.total - self.completed))} left")
         if self.status:
             parts.append(self.status)
         console().print(escape(" ".join(parts)), soft_wrap=True)
@@ -248,9 +256,12 @@ class _LineBar(_Bar):
                 None,
                 self.clock(),
             )
+            self.base = None
         if completed is not None:
             if completed < self.completed:  # a second pass (fid's folder B): its own clock
-                self.t0 = self.clock()
+                self.t0, self.base = self.clock(), None
+            if self.base is None:
+                self.base = (completed, self.clock())
             self.completed = completed
         if total is not None:
             self.total = total

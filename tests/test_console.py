@@ -1,5 +1,6 @@
 """What people see: progress lines in logs (stderr not a terminal), --quiet, tables."""
 
+import io
 import json
 
 from conftest import TINY, run
@@ -36,6 +37,33 @@ def test_a_second_pass_in_a_log_times_itself(monkeypatch, capsys):
     bar.update(50, 100)  # 50 done after 30 s: 30 s left
     err = capsys.readouterr().err
     assert "features: 50/100 (50%) 30s elapsed about 30s left" in err
+
+
+def test_a_resumed_run_in_a_log_is_timed_on_its_own_steps(monkeypatch, capsys):
+    """Resumed at step 400 of 1200: 10 steps in 20 s leave 790 steps, about 26 min, not the
+    1 min that 410 steps in 20 s would claim."""
+    monkeypatch.setattr(console, "_console", None)
+    now = [0.0]
+    bar = console._LineBar("train decoder", every=30.0)
+    bar.clock = lambda: now[0]
+    bar.t0 = bar.last = 0
+    bar.update(400, 1200)  # the loop's first tick: where the run starts
+    now[0] = 40
+    bar.update(420, 1200)
+    err = capsys.readouterr().err
+    assert "train decoder: 420/1200 (35%) 40s elapsed about 26m00s left" in err
+
+
+def test_a_resumed_run_on_a_terminal_is_timed_on_its_own_steps(monkeypatch):
+    from rich.progress import Progress
+
+    p = Progress(console=console.Console(file=io.StringIO()))
+    task = p.add_task("train", total=1200)
+    bar = console._RichBar(p, task)
+    bar.update(400, 1200)
+    assert p.tasks[task].completed == 400 and not p.tasks[task]._progress  # no 400-step leap
+    bar.update(410, 1200)
+    assert sum(s.completed for s in p.tasks[task]._progress) == 10
 
 
 def test_a_short_run_in_a_log_prints_no_progress(monkeypatch, capsys):
@@ -77,7 +105,7 @@ def _eager_init(self, description, every=30.0):
     self.clock, self.description, self.every = time.monotonic, description, 0.0
     self.completed, self.total, self.status = 0, None, ""
     self.t0 = self.last = self.clock()
-    self.printed = False
+    self.base, self.printed = None, False
 
 
 def test_quiet_leaves_stderr_empty_and_json_intact(runner, tiny_data, tiny_run, tmp_path):

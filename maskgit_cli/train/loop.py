@@ -328,6 +328,8 @@ def run(
         epochs.append(row)
         log.write(row)
     t0, seen, rate, last, losses, interrupted = time.time(), 0, 0.0, None, [], False
+    if rank == 0 and on_tick:
+        on_tick(step, total)  # where this run starts (a resume: its checkpoint's step)
     try:
         while step < total:
             lr = lr_at(step, total, tc.lr, tc.warmup_steps, tc.min_lr_ratio)
