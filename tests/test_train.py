@@ -301,7 +301,8 @@ def test_decoder_resume_equals_an_uninterrupted_run(tiny_run, tiny_data, tmp_pat
 
 def test_decoder_stage_with_feature_matching_logs_and_trains(tiny_run, tiny_data, tmp_path):
     run = _decoder_run(tiny_run, tmp_path / "run")
-    before = checkpoint.load(run)["model"]
+    before_ck = checkpoint.load(run)
+    before = before_ck["model"]
     over = ["decoder_train.max_steps=3", "decoder_train.log_every=1"]
     over += ["decoder_train.feature_weight=1.0", "decoder_train.batch_size=8"]
     over += ["decoder_train.generated=3", "decoder_train.pool=5"]
@@ -309,8 +310,13 @@ def test_decoder_stage_with_feature_matching_logs_and_trains(tiny_run, tiny_data
     rows = [json.loads(x) for x in (run / "metrics_decoder.jsonl").read_text().splitlines()]
     fm = [r["feature_loss"] for r in rows if "feature_loss" in r]
     assert len(fm) == 3 and all(v > 0 for v in fm)
-    after = checkpoint.load(run)["model"]
+    after_ck = checkpoint.load(run)
+    after = after_ck["model"]
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    # no --val: stage 1's PSNR described the old decoder, so it is not carried over; the
+    # codebook's figures are (the tokens are frozen)
+    assert "psnr" in before_ck["metrics"] and "psnr" not in after_ck["metrics"]
+    assert after_ck["metrics"]["usage"] == before_ck["metrics"]["usage"]
 
 
 def test_decoder_stage_on_the_transformers_fills(tiny_run, tiny_data, tmp_path):

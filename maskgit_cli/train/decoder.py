@@ -240,7 +240,10 @@ class DecoderStage(ImageStage):
                 "model": sd,
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "model_id": self.tokens_id,
-                "metrics": self.last_val or self.base.get("metrics", {}),
+                # without --val the new decoder's PSNR is unknown: the stage-1 figure would
+                # describe other weights (codebook usage and perplexity stay: tokens are frozen)
+                "metrics": self.last_val
+                or {k: v for k, v in self.base.get("metrics", {}).items() if k != "psnr"},
                 "decoder_train": {
                     "step": step,
                     "optimizer": self.opt.state_dict(),
