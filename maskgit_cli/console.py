@@ -191,17 +191,19 @@ class _RichBar(_Bar):
         self.paced = False  # has a count set the starting point the eta is measured from?
 
     def update(self, completed=None, total=None, status=None, description=None) -> None:
-        kw: dict[str, Any] = {}
         task = self.progress.tasks[self.task]
-        if description is not None and description != task.description:
-            kw.update(description=description, completed=0, total=None)  # a new phase starts over
-            self.paced = False
-        elif completed is not None and (completed < task.completed or not self.paced):
-            # the first count (a resumed run starts at its checkpoint's step) or a second pass
-            # (fid's folder B): the clock and eta start here, not at the steps done before
-            self.progress.reset(self.task, completed=completed)
-        if completed is not None:
-            self.paced = True
+        new_phase = description is not None and description != task.description
+        if new_phase or (
+            completed is not None and (completed < task.completed or not self.paced)
+        ):
+            # a new phase, the first count of one (a resumed run starts at its checkpoint's
+            # step) or a second pass (fid's folder B): the clock and the eta start here, not at
+            # the counts before
+            self.progress.reset(
+                self.task, completed=completed or 0, description=description if new_phase else None
+            )
+            self.paced = completed is not None
+        kw: dict[str, Any] = {}
         for k, v in (("completed", completed), ("total", total), ("status", status)):
             if v is not None:
                 kw[k] = v

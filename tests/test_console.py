@@ -58,11 +58,16 @@ def test_a_resumed_run_on_a_terminal_is_timed_on_its_own_steps(monkeypatch):
     from rich.progress import Progress
 
     p = Progress(console=console.Console(file=io.StringIO()))
-    task = p.add_task("train", total=1200)
+    task = p.add_task("starting", total=None)
     bar = console._RichBar(p, task)
-    bar.update(400, 1200)
-    assert p.tasks[task].completed == 400 and not p.tasks[task]._progress  # no 400-step leap
-    bar.update(410, 1200)
+    bar.update(description="loading images")
+    bar.update(48, 48)
+    bar.update(description="preparing tokens")
+    bar.update(400, 1200, description="train transformer")  # the loop's first tick
+    t = p.tasks[task]
+    assert t.description == "train transformer" and t.completed == 400 and t.total == 1200
+    assert sum(s.completed for s in t._progress) == 0  # no leap of 400 in the pace
+    bar.update(410, 1200, description="train transformer")
     assert sum(s.completed for s in p.tasks[task]._progress) == 10
 
 
