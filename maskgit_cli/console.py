@@ -193,9 +193,7 @@ class _RichBar(_Bar):
     def update(self, completed=None, total=None, status=None, description=None) -> None:
         task = self.progress.tasks[self.task]
         new_phase = description is not None and description != task.description
-        if new_phase or (
-            completed is not None and (completed < task.completed or not self.paced)
-        ):
+        if new_phase or (completed is not None and (completed < task.completed or not self.paced)):
             # a new phase, the first count of one (a resumed run starts at its checkpoint's
             # step) or a second pass (fid's folder B): the clock and the eta start here, not at
             # the counts before
