@@ -129,6 +129,9 @@ class TokenizerConfig:
     )  # encoder width per resolution level
     dec_channels: tuple[int, ...] = ruled((), at_least(1))  # lab only; ours mirrors `channels`
     res_blocks: int = ruled(1, at_least(1))  # residual blocks per level
+    # the decoder's blocks per level when it differs (an asymmetric VQGAN, Zhu et al. 2023: a
+    # deeper decoder draws more from the same tokens); 0 = res_blocks. Ours only
+    decoder_res_blocks: int = ruled(0, at_least(0))
     attn_resolutions: tuple[int, ...] = ()  # feature-map sizes that get self-attention
     codebook_size: int = ruled(1024, at_least(2))  # K
     code_dim: int = ruled(64, at_least(1))
@@ -199,6 +202,10 @@ class DecoderTrainConfig:
     generated: int = ruled(0, at_least(0))
     pool: int = ruled(512, at_least(1))  # fills made once before the first step, then drawn from
     ema: float = ruled(0.0, below(0, 1))  # EMA decay of the decoder's weights, 0 = off
+    # deepen the decoder by this many residual blocks per level when the stage starts (not on a
+    # resume): the new blocks begin as the identity (last convolution zero), so training starts
+    # from the checkpoint's own reconstructions. The tokens do not change. 0 = keep its depth
+    add_res_blocks: int = ruled(0, at_least(0))
     # auto: bf16 where the hardware multiplies bf16 natively, else fp32 (precision.py); fp32
     # master weights either way. A run resumes only in the precision it trained in.
     precision: str = choice("auto", *PRECISIONS)
@@ -481,6 +488,11 @@ def _validate(cfg: Config) -> Config:
                 f"tokenizer.codebook_size ({tok.codebook_size}) must equal the product of "
                 f"tokenizer.fsq_levels {list(tok.fsq_levels)} ({math.prod(tok.fsq_levels)})"
             )
+    if tok.arch != "vqgan" and (tok.decoder_res_blocks or cfg.decoder_train.add_res_blocks):
+        raise ConfigError(
+            "tokenizer.decoder_res_blocks and decoder_train.add_res_blocks need tokenizer.arch "
+            "'vqgan' (the lab's VQGAN has a fixed layout)"
+        )
     if tr.dim % tr.heads:
         raise ConfigError(f"transformer.dim ({tr.dim}) must be divisible by heads ({tr.heads})")
     if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3:

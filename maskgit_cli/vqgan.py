@@ -230,7 +230,7 @@ class VQGAN(_VQModel):
         ]
         c_in = ch[-1]
         for i, c in enumerate(reversed(ch)):
-            for _ in range(n):
+            for _ in range(cfg.decoder_res_blocks or n):
                 dec.append(ResidualBlock(c_in, c))
                 c_in = c
                 if res in cfg.attn_resolutions:
@@ -299,6 +299,37 @@ class LabVQGAN(_VQModel):
         super().__init__(cfg.code_dim, cfg.codebook_size, cfg.beta)
         self.encoder = LabEncoder(list(cfg.channels), cfg.code_dim)
         self.decoder = LabDecoder(list(cfg.dec_channels), cfg.code_dim)
+
+
+def grow_decoder(new: nn.Module, old: nn.Module) -> None:
+    """Copy `old`'s decoder into `new`'s deeper one (more residual blocks per level, from
+    `tokenizer.decoder_res_blocks`) so that `new` computes exactly what `old` does: the modules
+    are matched in order by type and weight shapes, and each block that `old` lacks starts as the
+    identity (its last convolution zero; its other weights get gradients once that one moves).
+    The rest of the model (encoder, codebook, post-quant conv) is copied as it is."""
+
+    def shapes(m: nn.Module) -> list[tuple[int, ...]]:
+        return [tuple(t.shape) for t in m.state_dict().values()]
+
+    rest = {k: v for k, v in old.state_dict().items() if not k.startswith("decoder.")}
+    own = {k: v for k, v in new.state_dict().items() if not k.startswith("decoder.")}
+    if {k: v.shape for k, v in rest.items()} != {k: v.shape for k, v in own.items()}:
+        raise ValueError("cannot grow the decoder: the encoder or codebook differs")
+    new.load_state_dict(rest, strict=False)
+    old_mods = list(old.decoder.children())
+    i = 0
+    for m in new.decoder.children():
+        if i < len(old_mods) and type(m) is type(old_mods[i]) and shapes(m) == shapes(old_mods[i]):
+            m.load_state_dict(old_mods[i].state_dict())
+            i += 1
+        elif isinstance(m, ResidualBlock) and not hasattr(m, "channel_up"):
+            last = m.block[-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+        else:
+            raise ValueError(f"cannot grow the decoder: no match for {type(m).__name__}")
+    if i != len(old_mods):
+        raise ValueError("cannot grow the decoder: the new one lacks some of the old one's layers")
 
 
 def build(cfg: Config) -> _VQModel:

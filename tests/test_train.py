@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import TINY
 
-from maskgit_cli import checkpoint, data, pipeline, precision, tokens
+from maskgit_cli import checkpoint, config, data, pipeline, precision, tokens
 from maskgit_cli.errors import ConfigError, DataError
 
 
@@ -317,6 +317,38 @@ def test_decoder_stage_with_feature_matching_logs_and_trains(tiny_run, tiny_data
     # codebook's figures are (the tokens are frozen)
     assert "psnr" in before_ck["metrics"] and "psnr" not in after_ck["metrics"]
     assert after_ck["metrics"]["usage"] == before_ck["metrics"]["usage"]
+
+
+def test_decoder_stage_deepens_the_decoder_and_resumes_at_its_new_depth(
+    tiny_run, tiny_data, tmp_path
+):
+    """decoder_train.add_res_blocks: the run's tokenizer gets a deeper decoder that starts from
+    the old one's reconstructions; the tokens, and so the transformer's pairing, stay."""
+    run = _decoder_run(tiny_run, tmp_path / "run")
+    tok0, cfg0, id0 = checkpoint.load_tokenizer(run / "tokenizer.pt")
+    over = ["decoder_train.max_steps=4", "decoder_train.add_res_blocks=1", "decoder_train.log_every=1"]
+    cut = pipeline.train(
+        TINY,
+        "decoder",
+        tiny_data["train"],
+        run,
+        device="cpu",
+        overrides=over,
+        on_step=_interrupt_at(2),
+    )
+    assert cut.interrupted and any("deepened to 2" in w for w in cut.warnings)
+    tok1, cfg1, id1 = checkpoint.load_tokenizer(run / "tokenizer.pt")
+    assert cfg0.tokenizer.decoder_res_blocks == 0 and cfg1.tokenizer.decoder_res_blocks == 2
+    assert id1 == id0 and len(tok1.decoder) > len(tok0.decoder)
+    rest = pipeline.train(
+        TINY, "decoder", tiny_data["train"], run, device="cpu", overrides=over, resume=True
+    )
+    assert rest.steps == 4 and not any("deepened" in w for w in rest.warnings)
+    tok2, cfg2, _ = checkpoint.load_tokenizer(run / "tokenizer.pt")
+    assert cfg2.tokenizer.decoder_res_blocks == 2  # a resume does not deepen it again
+    checkpoint.load_transformer(run)
+    with pytest.raises(ConfigError, match="arch 'vqgan'"):
+        config.load(TINY, ["tokenizer.arch=lab", "decoder_train.add_res_blocks=1"])
 
 
 def test_decoder_stage_on_the_transformers_fills(tiny_run, tiny_data, tmp_path):

@@ -175,3 +175,28 @@ def test_critic_features_end_in_its_logits_and_match_to_zero_on_the_image_itself
     assert fm.item() > 0
     fm.backward()
     assert rec.grad[:2].abs().sum() > 0 and rec.grad[2:].abs().sum() == 0
+
+
+def test_a_grown_decoder_draws_what_the_old_one_drew_then_trains():
+    """decoder_train.add_res_blocks: the deeper decoder starts as the same function (its new
+    blocks are the identity), has more weights, and its new blocks get gradients."""
+    torch.manual_seed(0)
+    old, _ = tiny_model()
+    for p in old.parameters():  # weights far from any init, so a copy error would show
+        p.data.normal_(0, 0.2)
+    new, cfg = tiny_model(decoder_res_blocks=3)
+    vqgan.grow_decoder(new, old)
+    old.eval(), new.eval()
+    ids = torch.randint(0, cfg.tokenizer.codebook_size, (2, 4, 4))
+    with torch.no_grad():
+        assert torch.allclose(new.decode_ids(ids), old.decode_ids(ids), atol=1e-6)
+    assert len(new.decoder) == len(old.decoder) + 2 * len(cfg.tokenizer.channels)
+    shared = [k for k in old.state_dict() if not k.startswith("decoder.")]
+    assert all(torch.equal(old.state_dict()[k], new.state_dict()[k]) for k in shared)
+    new.decode_ids(ids).square().mean().backward()
+    added = [m for m in new.decoder if isinstance(m, vqgan.ResidualBlock)][2]  # mid, level 1 x 2
+    assert added.block[-1].weight.grad.abs().sum() > 0
+    assert torch.equal(added.block[-1].weight, torch.zeros_like(added.block[-1].weight))
+    other, _ = tiny_model(channels=[16, 32, 64], decoder_res_blocks=2)
+    with pytest.raises(ValueError, match="cannot grow"):
+        vqgan.grow_decoder(other, old)

@@ -120,9 +120,28 @@ class DecoderStage(ImageStage):
             past_total(state["step"], self.total, path)
 
         torch.manual_seed(self.seed)
-        model = self.model = vqgan.build(cfg).to(device)
-        # a first fine-tune starts from what stage 1 hands on (its weight average, if it kept one)
-        checkpoint.load_state(model, ck["model"] if resume else checkpoint.weights(ck), str(path))
+        if resume or not tc.add_res_blocks:
+            model = vqgan.build(cfg).to(device)
+            # a first fine-tune starts from what stage 1 hands on (its weight average, if any)
+            checkpoint.load_state(
+                model, ck["model"] if resume else checkpoint.weights(ck), str(path)
+            )
+        else:  # a deeper decoder that starts out drawing what the checkpoint's draws
+            old = vqgan.build(cfg)
+            checkpoint.load_state(old, checkpoint.weights(ck), str(path))
+            tok = cfg.tokenizer
+            depth = (tok.decoder_res_blocks or tok.res_blocks) + tc.add_res_blocks
+            cfg = self.cfg = dataclasses.replace(
+                cfg, tokenizer=dataclasses.replace(tok, decoder_res_blocks=depth)
+            )
+            model = vqgan.build(cfg)
+            vqgan.grow_decoder(model, old)
+            model = model.to(device)
+            notes.append(
+                f"decoder deepened to {depth} residual blocks per level (the new ones start as "
+                "the identity)"
+            )
+        self.model = model
         model.requires_grad_(False)
         self.params = [*model.post_quant_conv.parameters(), *model.decoder.parameters()]
         for p in self.params:
