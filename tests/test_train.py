@@ -326,7 +326,8 @@ def test_decoder_stage_deepens_the_decoder_and_resumes_at_its_new_depth(
     the old one's reconstructions; the tokens, and so the transformer's pairing, stay."""
     run = _decoder_run(tiny_run, tmp_path / "run")
     tok0, cfg0, id0 = checkpoint.load_tokenizer(run / "tokenizer.pt")
-    over = ["decoder_train.max_steps=4", "decoder_train.add_res_blocks=1", "decoder_train.log_every=1"]
+    over = ["decoder_train.max_steps=4", "decoder_train.log_every=1"]
+    over.append("decoder_train.add_res_blocks=1")
     cut = pipeline.train(
         TINY,
         "decoder",
