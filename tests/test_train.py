@@ -12,7 +12,7 @@ import torch
 from conftest import TINY
 
 from maskgit_cli import checkpoint, config, data, pipeline, precision, tokens
-from maskgit_cli.errors import ConfigError, DataError
+from maskgit_cli.errors import CheckpointError, ConfigError, DataError
 
 
 def test_tiny_tokenizer_run_lowers_its_loss(tiny_data, tmp_path):
@@ -350,6 +350,42 @@ def test_decoder_stage_deepens_the_decoder_and_resumes_at_its_new_depth(
     checkpoint.load_transformer(run)
     with pytest.raises(ConfigError, match="arch 'vqgan'"):
         config.load(TINY, ["tokenizer.arch=lab", "decoder_train.add_res_blocks=1"])
+
+
+def test_transformer_fine_tune_starts_from_the_init_weights(tiny_run, tiny_data, tmp_path):
+    """transformer_train.init: a run starts from another transformer's weights (trained on the
+    same tokens) with a fresh optimizer; a transformer of other tokens is refused by name."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_run / "tokenizer.pt", run / "tokenizer.pt")
+    init = checkpoint.load(tiny_run / "transformer.pt")
+    over = ["transformer_train.max_steps=1", "transformer_train.warmup_steps=0"]
+    over += ["transformer_train.lr=1e-9", f"transformer_train.init={tiny_run}"]
+    res = pipeline.train(TINY, "transformer", tiny_data["train"], run, device="cpu", overrides=over)
+    assert any("started from the weights of" in w for w in res.warnings)
+    tuned = checkpoint.load(run / "transformer.pt")["model"]
+    start = checkpoint.weights(init)
+    assert all(torch.allclose(tuned[k], start[k], atol=1e-6) for k in start)
+    fresh = over[:3]
+    pipeline.train(
+        TINY, "transformer", tiny_data["train"], run, device="cpu", overrides=fresh, overwrite=True
+    )
+    rand = checkpoint.load(run / "transformer.pt")["model"]
+    assert not all(torch.allclose(rand[k], start[k], atol=1e-6) for k in start)
+
+    other = dict(init, tokenizer_id="0123456789abcdef")
+    other.pop("path")
+    checkpoint.save(tmp_path / "other.pt", other)
+    with pytest.raises(CheckpointError, match="other.pt was trained on the tokens of tokenizer"):
+        pipeline.train(
+            TINY,
+            "transformer",
+            tiny_data["train"],
+            run,
+            device="cpu",
+            overrides=[*fresh, f"transformer_train.init={tmp_path / 'other.pt'}"],
+            overwrite=True,
+        )
 
 
 def test_decoder_stage_on_the_transformers_fills(tiny_run, tiny_data, tmp_path):

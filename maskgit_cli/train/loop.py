@@ -30,8 +30,11 @@ from maskgit_cli.outputs import atomic_write
 
 Callback = Callable[[dict[str, Any]], None] | None
 
-# What a resumed run may change: how long it trains and how often it logs and saves.
-RESUMABLE = ("epochs", "max_steps", "log_every", "checkpoint_every")
+# What acts only when a run starts (the weights it starts from, the layers it adds): a resume
+# may leave it out
+STARTING = ("init", "add_res_blocks")
+# What a resumed run may change: how long it trains, how often it logs and saves, and STARTING.
+RESUMABLE = ("epochs", "max_steps", "log_every", "checkpoint_every", *STARTING)
 
 
 def lr_at(step: int, total: int, base: float, warmup: int, min_ratio: float) -> float:
@@ -143,6 +146,8 @@ def resume_changes(saved: dict[str, Any], cfg: Config, stage: Stage, path: Path)
                         ": the learning-rate schedule follows the new total "
                         "(its cosine continues from the current step)"
                         if key in ("epochs", "max_steps")
+                        else ": it acts only when a run starts"
+                        if key in STARTING
                         else ""
                     )
                 )

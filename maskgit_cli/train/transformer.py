@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from maskgit_cli import checkpoint, precision, runtime, tokens
-from maskgit_cli.errors import ConfigError, DataError
+from maskgit_cli.errors import CheckpointError, ConfigError, DataError
 from maskgit_cli.mvtm import fixed_ratio_mask, masked_loss, mvtm_hint, mvtm_mask
 from maskgit_cli.precision import check_resume
 from maskgit_cli.train import ema
@@ -252,6 +252,9 @@ class TransformerStage(Stage):
         K = cfg.tokenizer.codebook_size
         torch.manual_seed(self.seed)
         self.model = transformer_mod.build(cfg.transformer, self.grid, K).to(device)
+        notes: list[str] = []
+        if tc.init and not resume:
+            notes.append(self.start_from(tc.init))
         self.ema = ema.maybe(self.model, tc.ema)
         self.opt = adamw(
             param_groups(self.model, tc.weight_decay), lr=tc.lr, betas=(tc.beta1, tc.beta2)
@@ -260,7 +263,7 @@ class TransformerStage(Stage):
         if self.precision.math_attention:
             self.model.set_fast_attention(False)
         self.steps(len(self.ids), tc.batch_size * tc.grad_accum)
-        step, notes = 0, []
+        step = 0
         if resume:
             path = self.checkpoint_path
             ck = checkpoint.load(path, "transformer")
@@ -285,6 +288,25 @@ class TransformerStage(Stage):
             self.net = torch.compile(self.net)
         self.eval_model = self.ema.model if self.ema is not None else self.model
         return step, notes
+
+    def start_from(self, source: str) -> str:
+        """Load transformer_train.init's weights (its weight average, if it kept one) into the
+        fresh model; its tokens must be this run's."""
+        ck = checkpoint.load(source, "transformer")
+        path = ck["path"]
+        if ck.get("tokenizer_id") != self.tokenizer_id:
+            raise CheckpointError(
+                f"transformer_train.init: {path} was trained on the tokens of tokenizer "
+                f"{ck.get('tokenizer_id')}, but this run's tokenizer is {self.tokenizer_id}; "
+                "start from a transformer of this run's tokenizer, or from random weights"
+            )
+        checkpoint.load_state(
+            self.model,
+            checkpoint.weights(ck),
+            path,
+            hint="transformer_train.init must have this config's transformer section",
+        )
+        return f"started from the weights of {path}"
 
     def step(self, step: int, lr: float) -> StepOut:
         tc, device, K = self.settings, self.device, self.cfg.tokenizer.codebook_size
