@@ -246,9 +246,10 @@ class TransformerTrainConfig:
     grad_accum: int = ruled(1, at_least(1))
     label_smoothing: float = ruled(0.1, below(0, 1))
     ema: float = ruled(0.0, below(0, 1))  # EMA decay of the weights, 0 = off (train/ema.py)
-    # fine-tune: a transformer checkpoint (or model folder) whose weights start the run instead of
-    # random ones, with a fresh optimizer and schedule; it must be trained on this run's tokens
-    # and be of this config's size. A resume ignores it. "" = random start
+    # fine-tune: a transformer checkpoint, model folder or bundled model's name (cats64) whose
+    # weights start the run instead of random ones, with a fresh optimizer and schedule; it must
+    # be trained on this run's tokens and be of this config's size. A resume ignores it. "" =
+    # random start
     init: str = ""
     schedule: str = ruled("cosine", _schedule)  # gamma used to draw the mask ratio
     mask_mode: str = ruled("random", one_of("random", "region", "mixed"))

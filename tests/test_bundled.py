@@ -128,3 +128,41 @@ def test_inpaint_defaults_to_bundled_model(runner, tmp_path, bundled):
     for key in ("schedule", "total_iter", "sweet_spot"):
         assert out["settings"][key] == getattr(cfg.decode, key)
     assert len(list((tmp_path / "out").glob("*.png"))) == out["count"]
+
+
+def test_fine_tuning_the_bundled_transformer_starts_from_its_weights(runner, tmp_path):
+    """The README's fine-tune: the bundled tokenizer and transformer start a run on one's own
+    images (here the sample cats, at a learning rate too small to move the weights)."""
+    run = tmp_path / "ft"
+    out = invoke_json(
+        runner,
+        [
+            "train",
+            "cats64",
+            "--stage",
+            "transformer",
+            "--data",
+            str(SAMPLES / "images"),
+            "--tokenizer",
+            "cats64",
+            "--out",
+            str(run),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--set",
+            "transformer_train.init=cats64",
+            "--set",
+            "transformer_train.lr=1e-9",
+            "--set",
+            "transformer_train.warmup_steps=0",
+        ],
+    )
+    assert out["steps"] == 2 and any("started from the weights of" in w for w in out["warnings"])
+    start = checkpoint.load(pipeline.BUNDLED / "transformer.pt")["model"]
+    tuned = checkpoint.load(run / "transformer.pt")["model"]
+    assert all(torch.allclose(tuned[k], start[k].float(), atol=1e-6) for k in start)
+    checkpoint.load_transformer(run)  # it pairs with the bundled tokenizer the run copied

@@ -292,7 +292,9 @@ class TransformerStage(Stage):
     def start_from(self, source: str) -> str:
         """Load transformer_train.init's weights (its weight average, if it kept one) into the
         fresh model; its tokens must be this run's."""
-        ck = checkpoint.load(source, "transformer")
+        from maskgit_cli.api import model_path
+
+        ck = checkpoint.load(model_path(source), "transformer")  # or a bundled model's name
         path = ck["path"]
         if ck.get("tokenizer_id") != self.tokenizer_id:
             raise CheckpointError(
