@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from maskgit_cli.config import Config, TokenizerConfig
+from maskgit_cli.errors import ConfigError
 from maskgit_cli.fsq import FSQ
 
 
@@ -314,7 +315,7 @@ def grow_decoder(new: nn.Module, old: nn.Module) -> None:
     rest = {k: v for k, v in old.state_dict().items() if not k.startswith("decoder.")}
     own = {k: v for k, v in new.state_dict().items() if not k.startswith("decoder.")}
     if {k: v.shape for k, v in rest.items()} != {k: v.shape for k, v in own.items()}:
-        raise ValueError("cannot grow the decoder: the encoder or codebook differs")
+        raise ConfigError("cannot grow the decoder: the encoder or codebook differs")
     new.load_state_dict(rest, strict=False)
     old_mods = list(old.decoder.children())
     i = 0
@@ -327,9 +328,9 @@ def grow_decoder(new: nn.Module, old: nn.Module) -> None:
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
         else:
-            raise ValueError(f"cannot grow the decoder: no match for {type(m).__name__}")
+            raise ConfigError(f"cannot grow the decoder: no match for {type(m).__name__}")
     if i != len(old_mods):
-        raise ValueError("cannot grow the decoder: the new one lacks some of the old one's layers")
+        raise ConfigError("cannot grow the decoder: the new one lacks some of the old one's layers")
 
 
 def build(cfg: Config) -> _VQModel:
