@@ -379,8 +379,8 @@ def train(
         None,
         "--precision",
         metavar="auto|fp32|bf16|fp16",
-        help="What the run trains in (sets <stage>_train.precision; a run resumes only in "
-        "its own). " + _PRECISION_HELP,
+        help="What the run trains in (sets <stage>_train.precision; with auto, a resume keeps "
+        "the run's own where the hardware has it). " + _PRECISION_HELP,
     ),
     overwrite: bool = Flag(
         "--overwrite", help="Restart a run directory that already holds this stage's checkpoint."

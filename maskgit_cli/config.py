@@ -166,7 +166,7 @@ class TokenizerTrainConfig:
     # average. The codebook is copied, not averaged (train/ema.py)
     ema: float = ruled(0.0, below(0, 1))
     # auto: bf16 where the hardware multiplies bf16 natively, else fp32 (precision.py); fp32
-    # master weights either way. A run resumes only in the precision it trained in.
+    # master weights either way. A resume keeps the run's precision where the hardware has it.
     precision: str = choice("auto", *PRECISIONS)
     log_every: int = ruled(10, at_least(1))
     checkpoint_every: int = ruled(500, at_least(1))
@@ -207,7 +207,7 @@ class DecoderTrainConfig:
     # from the checkpoint's own reconstructions. The tokens do not change. 0 = keep its depth
     add_res_blocks: int = ruled(0, at_least(0))
     # auto: bf16 where the hardware multiplies bf16 natively, else fp32 (precision.py); fp32
-    # master weights either way. A run resumes only in the precision it trained in.
+    # master weights either way. A resume keeps the run's precision where the hardware has it.
     precision: str = choice("auto", *PRECISIONS)
     log_every: int = ruled(10, at_least(1))
     checkpoint_every: int = ruled(100, at_least(1))
@@ -255,7 +255,7 @@ class TransformerTrainConfig:
     mask_mode: str = ruled("random", one_of("random", "region", "mixed"))
     val_ratios: tuple[float, ...] = ruled((0.25, 0.5, 0.75), below(0.001, 1.0001))
     # auto: bf16 where the hardware multiplies bf16 natively, else fp32 (precision.py); fp32
-    # master weights either way. A run resumes only in the precision it trained in.
+    # master weights either way. A resume keeps the run's precision where the hardware has it.
     precision: str = choice("auto", *PRECISIONS)
     log_every: int = ruled(10, at_least(1))
     checkpoint_every: int = ruled(500, at_least(1))

@@ -122,6 +122,8 @@ def train(
     with outputs.RunDir(out, stage_cls.files, reads=reads, primary=primary) as run_dir:
         stage_cls.check_start(run_dir, resume, overwrite)
         dev = runtime.resolve_device(device)
+        if resume:
+            cfg = stage_cls.resume_precision(cfg, run_dir, dev)
         st = stage_cls.open(
             cfg,
             run_dir,

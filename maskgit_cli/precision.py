@@ -91,15 +91,42 @@ def resolve(name: str, device: torch.device, flag: str = "--precision") -> Preci
     return Precision(name, device)
 
 
-def check_resume(saved: str | None, now: Precision, path) -> None:
-    """A run continues in the precision it trained in (checkpoints before 0.2 trained in fp32):
-    a resume is exact only within one precision."""
+def available(name: str, device: torch.device) -> bool:
+    """Whether `device` can run precision `name` (resolve would not refuse it)."""
+    try:
+        resolve(name, device)
+    except ConfigError:
+        return False
+    return True
+
+
+def for_resume(requested: str, saved: str | None, device: torch.device) -> str:
+    """The precision a resumed run asks for. `auto` means the run's own where this hardware has
+    it (a run started on a CPU with bf16 units continues in bf16 wherever they exist); anything
+    else is what the user asked for, and check_resume judges it."""
+    saved = saved or "fp32"  # checkpoints before 0.2 trained in fp32
+    return saved if requested == "auto" and available(saved, device) else requested
+
+
+def check_resume(saved: str | None, now: Precision, path) -> str | None:
+    """A run continues in the precision it trained in, where the hardware has it: a resume is
+    exact only within one precision. Where it lacks it (a bf16 run moved to a CPU without bf16
+    units), the run continues in `now` and the returned note says so: the master weights and the
+    optimizer's state are fp32 in every precision, so nothing is lost but bit-exactness."""
     saved = saved or "fp32"
-    if saved != now.name:
+    if saved == now.name:
+        return None
+    if available(saved, now.device):
         raise CheckpointError(
-            f"{path}: the run trained in {saved} and would continue in {now.name}; a run "
-            f"keeps its precision: resume with --precision {saved}, or start a new --out"
+            f"{path}: the run trained in {saved} and would continue in {now.name}; a run keeps "
+            f"its precision where the hardware has it: resume with --precision {saved} (or "
+            "auto), or start a new --out"
         )
+    where = "this GPU" if now.device.type == "cuda" else "this CPU"
+    return (
+        f"the run trained in {saved}, which {where} cannot run, and continues in {now.name} "
+        "(fp32 master weights in both; no longer bit-exact against an uninterrupted run)"
+    )
 
 
 def fp32(device: torch.device | str = "cpu") -> Precision:

@@ -1,11 +1,11 @@
 """Precision: auto / fp32 / bf16 resolve by what the hardware has, bf16 keeps what decides a token
-in fp32, runs report their precision and resume only in it."""
+in fp32, runs report their precision and resume in it where the hardware has it."""
 
 import pytest
 import torch
 from conftest import TINY, assert_error, invoke_json
 
-from maskgit_cli import config, precision, vqgan
+from maskgit_cli import checkpoint, config, precision, vqgan
 from maskgit_cli.errors import ConfigError
 
 CPU = torch.device("cpu")
@@ -144,10 +144,8 @@ def test_every_model_command_reports_its_precision(command, runner, tiny_data, t
         assert out["precision"] == precision.resolve(name, CPU).name
 
 
-@BF16
-def test_a_run_resumes_only_in_its_own_precision(runner, tiny_data, tmp_path):
-    run = tmp_path / "run"
-    base = [
+def _tokenizer_run(tiny_data, run):
+    return [
         "train",
         str(TINY),
         "--stage",
@@ -157,6 +155,11 @@ def test_a_run_resumes_only_in_its_own_precision(runner, tiny_data, tmp_path):
         "--out",
         str(run),
     ]
+
+
+@BF16
+def test_a_run_resumes_only_in_its_own_precision(runner, tiny_data, tmp_path):
+    base = _tokenizer_run(tiny_data, tmp_path / "run")
     first = invoke_json(runner, [*base, "--max-steps", "2", "--precision", "fp32"])
     assert first["precision"] == "fp32"
     assert_error(
@@ -169,30 +172,50 @@ def test_a_run_resumes_only_in_its_own_precision(runner, tiny_data, tmp_path):
 
 
 @BF16
-def test_auto_resuming_a_run_made_in_fp32_says_which_precision_to_pass(runner, tiny_data, tmp_path):
-    """`auto` is bf16 here; a run made in fp32 (every run before 0.2) continues only in fp32."""
+def test_auto_resumes_a_run_in_its_own_precision(runner, tiny_data, tmp_path):
+    """`auto` is bf16 here; a run made in fp32 (every run before 0.2) continues in fp32 under
+    `auto`, with no flag, and bit for bit as if it had never stopped."""
+    base = _tokenizer_run(tiny_data, tmp_path / "run")
+    invoke_json(runner, [*base, "--max-steps", "2", "--precision", "fp32"])
+    again = invoke_json(runner, [*base, "--max-steps", "4", "--resume"])
+    assert again["precision"] == "fp32" and again["steps"] == 4
+    assert not any("continues in" in w for w in again["warnings"])
+    whole = _tokenizer_run(tiny_data, tmp_path / "whole")
+    invoke_json(runner, [*whole, "--max-steps", "4", "--precision", "fp32"])
+    a = checkpoint.load(tmp_path / "run" / checkpoint.TOKENIZER)["model"]
+    b = checkpoint.load(tmp_path / "whole" / checkpoint.TOKENIZER)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("stage", ["tokenizer", "decoder", "transformer"])
+def test_a_bf16_run_continues_in_fp32_on_a_cpu_without_bf16_units(
+    stage, monkeypatch, runner, tiny_run, tiny_data, tmp_path
+):
+    """Moved to a CPU that cannot run bf16, a bf16 run continues in fp32 (its master weights are
+    fp32 anyway) and says so; asking for bf16 there is refused by the hardware check."""
     import shutil
 
     run = tmp_path / "run"
-    base = [
-        "train",
-        str(TINY),
-        "--stage",
-        "tokenizer",
-        "--data",
-        str(tiny_data["train"]),
-        "--out",
-        str(run),
-    ]
-    invoke_json(runner, [*base, "--max-steps", "2", "--precision", "fp32"])
-    shutil.copy(run / "config.yaml", tmp_path / "config.yaml")
-    cfg = (tmp_path / "config.yaml").read_text().replace("precision: fp32", "precision: auto")
-    (tmp_path / "fp32_run.yaml").write_text(cfg)
+    run.mkdir()
+    if stage != "tokenizer":
+        shutil.copy(tiny_run / checkpoint.TOKENIZER, run / checkpoint.TOKENIZER)
+    base = ["train", str(TINY), "--stage", stage, "--data", str(tiny_data["train"])]
+    base += ["--out", str(run)]
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: True)
+    first = invoke_json(runner, [*base, "--max-steps", "2", "--precision", "bf16", "--overwrite"])
+    assert first["precision"] == "bf16"
+    monkeypatch.setattr(precision, "cpu_bf16", lambda: False)
     assert_error(
-        runner,
-        ["train", tmp_path / "fp32_run.yaml", *base[2:], "--max-steps", "4", "--resume"],
-        "the run trained in fp32 and would continue in bf16",
+        runner, [*base, "--max-steps", "4", "--resume", "--precision", "bf16"], "no bf16 matrix"
     )
+    again = invoke_json(runner, [*base, "--max-steps", "4", "--resume"])
+    assert again["precision"] == "fp32" and again["steps"] == 4
+    assert any("trained in bf16" in w and "continues in fp32" in w for w in again["warnings"])
+    name = checkpoint.TRANSFORMER if stage == "transformer" else checkpoint.TOKENIZER
+    ck = checkpoint.load(run / name)
+    state = ck["decoder_train"] if stage == "decoder" else ck
+    assert state["precision"] == "fp32" and state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
 @BF16

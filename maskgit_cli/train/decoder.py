@@ -70,6 +70,10 @@ class DecoderStage(ImageStage):
     summary = "stage 1b, the tokenizer's decoder against a patch GAN (tokens unchanged)"
 
     @classmethod
+    def saved_state(cls, ck: dict) -> dict:
+        return ck.get("decoder_train") or {}  # stage 1's own state stays at the top level
+
+    @classmethod
     def check_start(cls, run_dir, resume: bool, overwrite: bool) -> None:
         from maskgit_cli.errors import DataError
 
@@ -168,11 +172,14 @@ class DecoderStage(ImageStage):
             self.opt.load_state_dict(state["optimizer"])
             self.disc.load_state_dict(state["disc"])
             self.disc_opt.load_state_dict(state["disc_optimizer"])
-            self.scaler.load_state_dict(state["scaler"])
+            switched = check_resume(state.get("precision"), self.precision, path)
+            if switched:  # a fresh scaler: the saved one belongs to the other precision
+                notes.append(switched)
+            else:
+                self.scaler.load_state_dict(state["scaler"])
             if self.ema is not None:
                 self.ema.load_state_dict(checkpoint.weights(ck))
             step, self.start_val = state["step"], state.get("start_metrics", {})
-            check_resume(state.get("precision"), self.precision, path)
             set_rng_state(state["rng"])
         elif (
             state is None

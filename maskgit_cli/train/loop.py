@@ -12,6 +12,7 @@ and the model, optimizer, scaler and global RNG (dropout) are in the checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -23,7 +24,7 @@ from typing import Any
 
 import torch
 
-from maskgit_cli import precision, runtime
+from maskgit_cli import checkpoint, precision, runtime
 from maskgit_cli.config import Config, dump, from_dict
 from maskgit_cli.errors import CheckpointError, TrainingDiverged
 from maskgit_cli.outputs import atomic_write
@@ -247,6 +248,23 @@ class Stage(ABC):
             raise DataError(
                 f"{path} already exists; pass --resume to continue it or --overwrite to restart"
             )
+
+    @classmethod
+    def saved_state(cls, ck: dict[str, Any]) -> dict[str, Any]:
+        """Where in its checkpoint the stage keeps its training state (step, precision, ...)."""
+        return ck
+
+    @classmethod
+    def resume_precision(cls, cfg: Config, run_dir: Path, device: torch.device) -> Config:
+        """The config a resume trains with: `auto` becomes the run's own precision where this
+        hardware has it (precision.for_resume), so a run moved between machines continues as it
+        began without a flag."""
+        tc = getattr(cfg, cls.section)
+        if tc.precision != "auto":
+            return cfg
+        saved = cls.saved_state(checkpoint.load(run_dir / cls.checkpoint_file))
+        name = precision.for_resume("auto", saved.get("precision"), device)
+        return dataclasses.replace(cfg, **{cls.section: dataclasses.replace(tc, precision=name)})
 
     @classmethod
     @abstractmethod

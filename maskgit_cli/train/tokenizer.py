@@ -250,12 +250,15 @@ class TokenizerStage(ImageStage):
             if self.disc is not None and ck.get("disc") is not None:
                 self.disc.load_state_dict(ck["disc"])
                 self.disc_opt.load_state_dict(ck["disc_optimizer"])
-            self.scaler.load_state_dict(ck["scaler"])
+            switched = check_resume(ck.get("precision"), self.precision, path)
+            if switched:  # a fresh scaler: the saved one belongs to the other precision
+                notes.append(switched)
+            else:
+                self.scaler.load_state_dict(ck["scaler"])
             self.code_ema = ck["code_ema"]
             if self.ema is not None:
                 self.ema.load_state_dict(checkpoint.weights(ck))
             step = ck["step"]
-            check_resume(ck.get("precision"), self.precision, path)
             legacy = self.run_dir / "metrics.jsonl"  # the log's name in runs made before 0.2
             if legacy.exists() and not (self.run_dir / self.metrics_file).exists():
                 legacy.rename(self.run_dir / self.metrics_file)

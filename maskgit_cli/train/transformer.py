@@ -271,11 +271,14 @@ class TransformerStage(Stage):
             past_total(ck["step"], self.total, path)
             self.model.load_state_dict(ck["model"])
             self.opt.load_state_dict(ck["optimizer"])
-            self.scaler.load_state_dict(ck["scaler"])
+            switched = check_resume(ck.get("precision"), self.precision, path)
+            if switched:  # a fresh scaler: the saved one belongs to the other precision
+                notes.append(switched)
+            else:
+                self.scaler.load_state_dict(ck["scaler"])
             if self.ema is not None and ck.get("ema") is not None:
                 self.ema.load_state_dict(ck["ema"])
             step, self.best = ck["step"], ck.get("best_val_loss", float("inf"))
-            check_resume(ck.get("precision"), self.precision, path)
             set_rng_state(ck["rng"])
         if self.rank == 0:
             write_config(self.run_dir, cfg)
