@@ -108,13 +108,16 @@ def for_resume(requested: str, saved: str | None, device: torch.device) -> str:
     return saved if requested == "auto" and available(saved, device) else requested
 
 
-def check_resume(saved: str | None, now: Precision, path) -> str | None:
+def check_resume(state: dict, now: Precision, scaler: torch.amp.GradScaler, path) -> str | None:
     """A run continues in the precision it trained in, where the hardware has it: a resume is
     exact only within one precision. Where it lacks it (a bf16 run moved to a CPU without bf16
     units), the run continues in `now` and the returned note says so: the master weights and the
-    optimizer's state are fp32 in every precision, so nothing is lost but bit-exactness."""
-    saved = saved or "fp32"
+    optimizer's state are fp32 in every precision, so nothing is lost but bit-exactness. `state`
+    is the stage's saved training state; its grad scaler's state is restored into `scaler` only
+    within one precision (a fresh one otherwise)."""
+    saved = state.get("precision") or "fp32"
     if saved == now.name:
+        scaler.load_state_dict(state["scaler"])
         return None
     if available(saved, now.device):
         raise CheckpointError(

@@ -172,11 +172,8 @@ class DecoderStage(ImageStage):
             self.opt.load_state_dict(state["optimizer"])
             self.disc.load_state_dict(state["disc"])
             self.disc_opt.load_state_dict(state["disc_optimizer"])
-            switched = check_resume(state.get("precision"), self.precision, path)
-            if switched:  # a fresh scaler: the saved one belongs to the other precision
-                notes.append(switched)
-            else:
-                self.scaler.load_state_dict(state["scaler"])
+            if note := check_resume(state, self.precision, self.scaler, path):
+                notes.append(note)  # the run changed precision
             if self.ema is not None:
                 self.ema.load_state_dict(checkpoint.weights(ck))
             step, self.start_val = state["step"], state.get("start_metrics", {})

@@ -250,11 +250,8 @@ class TokenizerStage(ImageStage):
             if self.disc is not None and ck.get("disc") is not None:
                 self.disc.load_state_dict(ck["disc"])
                 self.disc_opt.load_state_dict(ck["disc_optimizer"])
-            switched = check_resume(ck.get("precision"), self.precision, path)
-            if switched:  # a fresh scaler: the saved one belongs to the other precision
-                notes.append(switched)
-            else:
-                self.scaler.load_state_dict(ck["scaler"])
+            if note := check_resume(ck, self.precision, self.scaler, path):
+                notes.append(note)  # the run changed precision
             self.code_ema = ck["code_ema"]
             if self.ema is not None:
                 self.ema.load_state_dict(checkpoint.weights(ck))

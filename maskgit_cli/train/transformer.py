@@ -271,11 +271,8 @@ class TransformerStage(Stage):
             past_total(ck["step"], self.total, path)
             self.model.load_state_dict(ck["model"])
             self.opt.load_state_dict(ck["optimizer"])
-            switched = check_resume(ck.get("precision"), self.precision, path)
-            if switched:  # a fresh scaler: the saved one belongs to the other precision
-                notes.append(switched)
-            else:
-                self.scaler.load_state_dict(ck["scaler"])
+            if note := check_resume(ck, self.precision, self.scaler, path):
+                notes.append(note)  # the run changed precision
             if self.ema is not None and ck.get("ema") is not None:
                 self.ema.load_state_dict(ck["ema"])
             step, self.best = ck["step"], ck.get("best_val_loss", float("inf"))
