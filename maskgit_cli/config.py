@@ -251,6 +251,11 @@ class TransformerTrainConfig:
     # be trained on this run's tokens and be of this config's size. A resume ignores it. "" =
     # random start
     init: str = ""
+    # deepen init's transformer by this many layers when the run starts (not on a resume): the new
+    # ones go before its last layer and begin as the identity (their output projections zero), so
+    # training starts from init's own predictions. Pre-norm only; `transformer.layers` is init's
+    # depth. 0 = keep its depth
+    add_layers: int = ruled(0, at_least(0))
     schedule: str = ruled("cosine", _schedule)  # gamma used to draw the mask ratio
     mask_mode: str = ruled("random", one_of("random", "region", "mixed"))
     val_ratios: tuple[float, ...] = ruled((0.25, 0.5, 0.75), below(0.001, 1.0001))
@@ -492,6 +497,17 @@ def _validate(cfg: Config) -> Config:
             raise ConfigError(
                 f"tokenizer.codebook_size ({tok.codebook_size}) must equal the product of "
                 f"tokenizer.fsq_levels {list(tok.fsq_levels)} ({math.prod(tok.fsq_levels)})"
+            )
+    if cfg.transformer_train.add_layers:
+        if not cfg.transformer_train.init:
+            raise ConfigError(
+                "transformer_train.add_layers deepens transformer_train.init's model: set "
+                "transformer_train.init to a trained transformer"
+            )
+        if tr.norm != "pre":
+            raise ConfigError(
+                "transformer_train.add_layers needs transformer.norm 'pre' (a post-norm layer "
+                "cannot start as the identity)"
             )
     if tok.arch != "vqgan" and (tok.decoder_res_blocks or cfg.decoder_train.add_res_blocks):
         raise ConfigError(

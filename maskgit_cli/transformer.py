@@ -180,5 +180,37 @@ class MaskTransformer(nn.Module):
         return total * (3 if training else 1)
 
 
+def grow(state: dict[str, torch.Tensor], old_layers: int, new: MaskTransformer) -> None:
+    """Load a pre-norm transformer's weights `state` (`old_layers` blocks) into the deeper `new`
+    so that it computes exactly what the old one does: the old blocks keep their order, the last
+    stays last, and each added block (inserted before it) starts as the identity, with its
+    attention's output projection and its MLP's last layer zero. The other weights of an added
+    block keep `new`'s random initialisation; they get gradients once those zeros move."""
+    depth = len(new.blocks)
+    if new.cfg.norm != "pre" or not 0 < old_layers <= depth:
+        raise ValueError(f"cannot grow a {old_layers}-layer transformer to {depth} layers")
+    added = depth - old_layers
+    where = {i: i for i in range(old_layers - 1)} | {old_layers - 1: depth - 1}
+    moved = {}
+    for key, value in state.items():
+        if key.startswith("blocks."):
+            _, i, rest = key.split(".", 2)
+            key = f"blocks.{where[int(i)]}.{rest}"
+        moved[key] = value
+    fresh = [f"blocks.{i}." for i in range(old_layers - 1, old_layers - 1 + added)]
+    for prefix in fresh:
+        block = new.blocks[int(prefix.split(".")[1])]
+        for layer in (block.attn.proj, block.mlp[2]):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+    own = new.state_dict()
+    moved |= {k: v for k, v in own.items() if k.startswith(tuple(fresh))}
+    odd = [k for k in own if k not in moved or tuple(own[k].shape) != tuple(moved[k].shape)]
+    odd += [k for k in moved if k not in own]
+    if odd:
+        raise ValueError(f"its weights differ from the configured model's beyond depth ({odd[0]})")
+    new.load_state_dict(moved)
+
+
 def build(cfg: TransformerConfig, grid: int, codebook_size: int) -> MaskTransformer:
     return MaskTransformer(cfg, grid * grid, codebook_size)

@@ -1,5 +1,6 @@
 """Training loops through the pipeline: loss goes down, resume is exact, errors are clear."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -384,6 +385,66 @@ def test_transformer_fine_tune_starts_from_the_init_weights(tiny_run, tiny_data,
             run,
             device="cpu",
             overrides=[*fresh, f"transformer_train.init={tmp_path / 'other.pt'}"],
+            overwrite=True,
+        )
+
+
+def test_transformer_fine_tune_adds_layers_that_start_as_the_identity(
+    tiny_run, tiny_data, tmp_path
+):
+    """transformer_train.add_layers: init's transformer, deepened, predicts what it did before its
+    first step; the run's config records the new depth, and a resume (with the same overrides or
+    the run's own config) neither deepens it again nor refuses it."""
+    from maskgit_cli import transformer as transformer_mod
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_run / "tokenizer.pt", run / "tokenizer.pt")
+    over = ["transformer_train.max_steps=1", "transformer_train.warmup_steps=0"]
+    over += ["transformer_train.lr=1e-9", f"transformer_train.init={tiny_run}"]
+    over += ["transformer_train.add_layers=2"]
+    res = pipeline.train(TINY, "transformer", tiny_data["train"], run, device="cpu", overrides=over)
+    assert any("deepened from 2 to 4 layers" in w for w in res.warnings)
+    ck = checkpoint.load(run / "transformer.pt")
+    assert ck["config"]["transformer"]["layers"] == 4
+    init = checkpoint.load(tiny_run / "transformer.pt")
+    cfg = config.load(TINY)
+    old = transformer_mod.build(cfg.transformer, 4, cfg.tokenizer.codebook_size).eval()
+    old.load_state_dict(checkpoint.weights(init))
+    new = transformer_mod.build(
+        dataclasses.replace(cfg.transformer, layers=4), 4, cfg.tokenizer.codebook_size
+    ).eval()
+    new.load_state_dict(ck["model"])
+    ids = torch.randint(0, cfg.tokenizer.codebook_size + 1, (2, 16))
+    assert (new(ids) - old(ids)).abs().max() < 1e-4  # one step at lr 1e-9 moves nothing visible
+
+    more = [*over[1:], "transformer_train.max_steps=2"]
+    again = pipeline.train(
+        TINY, "transformer", tiny_data["train"], run, device="cpu", overrides=more, resume=True
+    )
+    assert again.steps == 2 and not any("deepened" in w for w in again.warnings)
+    assert checkpoint.load(run / "transformer.pt")["config"]["transformer"]["layers"] == 4
+    own = pipeline.train(
+        run / "config.yaml",
+        "transformer",
+        tiny_data["train"],
+        run,
+        device="cpu",
+        overrides=["transformer_train.max_steps=3"],
+        resume=True,
+    )
+    assert own.steps == 3
+    assert checkpoint.load(run / "transformer.pt")["config"]["transformer"]["layers"] == 4
+    with pytest.raises(ConfigError, match="add_layers deepens transformer_train.init"):
+        config.load(TINY, ["transformer_train.add_layers=1"])
+    with pytest.raises(CheckpointError, match="has 2 layers, but transformer.layers is 3"):
+        pipeline.train(
+            TINY,
+            "transformer",
+            tiny_data["train"],
+            run,
+            device="cpu",
+            overrides=[*over, "transformer.layers=3"],
             overwrite=True,
         )
 

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 from conftest import ROOT
@@ -63,3 +65,27 @@ def test_lab_transformer_sizes():
     assert model.blocks[0].attn.qkv.weight.shape == (3 * 768, 768)
     assert model.bias.shape == (256, 1024)
     assert not any(isinstance(m, torch.nn.MultiheadAttention) for m in model.modules())
+
+
+def test_a_grown_transformer_predicts_what_the_shallow_one_did():
+    """transformer.grow: added layers start as the identity, so the deeper model's logits (full
+    pass and masked-rows pass) equal the old one's; the old last layer stays last."""
+    torch.manual_seed(2)
+    old = tiny().eval()
+    for p in old.parameters():  # non-zero everywhere, as a trained model is
+        p.data.add_(0.05 * torch.randn_like(p))
+    cfg = config.load(ROOT / "configs" / "tiny.yaml", ["transformer.layers=4"])
+    new = transformer.build(cfg.transformer, 4, 32).eval()
+    transformer.grow(old.state_dict(), 2, new)
+    ids = torch.randint(0, 33, (3, 16))
+    where = torch.rand(3, 16) < 0.5
+    assert (new(ids) - old(ids)).abs().max() < 1e-5
+    assert (new(ids, where) - old(ids, where)).abs().max() < 1e-5
+    assert torch.equal(new.blocks[3].mlp[0].weight, old.blocks[1].mlp[0].weight)
+    assert not new.blocks[1].attn.proj.weight.any() and not new.blocks[2].mlp[2].weight.any()
+    with pytest.raises(ValueError, match="beyond depth"):
+        wider = config.load(ROOT / "configs" / "tiny.yaml", ["transformer.layers=4"])
+        wide = transformer.build(dataclasses.replace(wider.transformer, mlp_dim=32), 4, 32)
+        transformer.grow(old.state_dict(), 2, wide)
+    with pytest.raises(ValueError, match="cannot grow"):
+        transformer.grow(old.state_dict(), 2, tiny(norm="post"))

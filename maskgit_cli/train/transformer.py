@@ -6,6 +6,7 @@ DDP under torchrun (rank 0 writes)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,6 +252,13 @@ class TransformerStage(Stage):
         cfg, tc, device = self.cfg, self.settings, self.device
         K = cfg.tokenizer.codebook_size
         torch.manual_seed(self.seed)
+        ck = checkpoint.load(self.checkpoint_path, "transformer") if resume else None
+        if tc.add_layers:  # init's transformer deepened (start_from), or a resume of one
+            depth = cfg.transformer.layers + tc.add_layers
+            saved = ((ck or {}).get("config") or {}).get("transformer") or {}
+            if not resume or saved.get("layers") == depth:
+                deeper = dataclasses.replace(cfg.transformer, layers=depth)
+                cfg = self.cfg = dataclasses.replace(cfg, transformer=deeper)
         self.model = transformer_mod.build(cfg.transformer, self.grid, K).to(device)
         notes: list[str] = []
         if tc.init and not resume:
@@ -264,9 +272,8 @@ class TransformerStage(Stage):
             self.model.set_fast_attention(False)
         self.steps(len(self.ids), tc.batch_size * tc.grad_accum)
         step = 0
-        if resume:
+        if ck is not None:
             path = self.checkpoint_path
-            ck = checkpoint.load(path, "transformer")
             notes = resume_changes(ck["config"], cfg, self, path)
             past_total(ck["step"], self.total, path)
             self.model.load_state_dict(ck["model"])
@@ -302,13 +309,36 @@ class TransformerStage(Stage):
                 f"{ck.get('tokenizer_id')}, but this run's tokenizer is {self.tokenizer_id}; "
                 "start from a transformer of this run's tokenizer, or from random weights"
             )
-        checkpoint.load_state(
-            self.model,
-            checkpoint.weights(ck),
-            path,
-            hint="transformer_train.init must have this config's transformer section",
+        state = checkpoint.weights(ck)
+        if not self.settings.add_layers:
+            checkpoint.load_state(
+                self.model,
+                state,
+                path,
+                hint="transformer_train.init must have this config's transformer section",
+            )
+            return f"started from the weights of {path}"
+        from maskgit_cli.transformer import grow
+
+        old = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+        asked = len(self.model.blocks) - self.settings.add_layers
+        if old != asked:
+            raise CheckpointError(
+                f"transformer_train.init: {path} has {old} layers, but transformer.layers is "
+                f"{asked}: set transformer.layers={old} (transformer_train.add_layers adds to it)"
+            )
+        checkpoint.check_finite(state, path)
+        try:
+            grow(state, old, self.model)
+        except ValueError as err:
+            raise CheckpointError(
+                f"transformer_train.init: {path}: cannot add layers to it: {err}; "
+                "transformer.layers must be its depth and the other transformer settings its own"
+            ) from None
+        return (
+            f"started from the weights of {path}, deepened from {old} to {len(self.model.blocks)} "
+            "layers (the new ones start as the identity)"
         )
-        return f"started from the weights of {path}"
 
     def step(self, step: int, lr: float) -> StepOut:
         tc, device, K = self.settings, self.device, self.cfg.tokenizer.codebook_size
