@@ -353,6 +353,19 @@ def test_decoder_stage_deepens_the_decoder_and_resumes_at_its_new_depth(
         config.load(TINY, ["tokenizer.arch=lab", "decoder_train.add_res_blocks=1"])
 
 
+def _stage2(run, tiny_data, overrides):
+    """A fresh stage-2 run over `run` (overwrite) on the tiny train images."""
+    return pipeline.train(
+        TINY,
+        "transformer",
+        tiny_data["train"],
+        run,
+        device="cpu",
+        overrides=overrides,
+        overwrite=True,
+    )
+
+
 def test_transformer_fine_tune_starts_from_the_init_weights(tiny_run, tiny_data, tmp_path):
     """transformer_train.init: a run starts from another transformer's weights (trained on the
     same tokens) with a fresh optimizer; a transformer of other tokens is refused by name."""
@@ -378,15 +391,7 @@ def test_transformer_fine_tune_starts_from_the_init_weights(tiny_run, tiny_data,
     other.pop("path")
     checkpoint.save(tmp_path / "other.pt", other)
     with pytest.raises(CheckpointError, match="other.pt was trained on the tokens of tokenizer"):
-        pipeline.train(
-            TINY,
-            "transformer",
-            tiny_data["train"],
-            run,
-            device="cpu",
-            overrides=[*fresh, f"transformer_train.init={tmp_path / 'other.pt'}"],
-            overwrite=True,
-        )
+        _stage2(run, tiny_data, [*fresh, f"transformer_train.init={tmp_path / 'other.pt'}"])
 
 
 def test_transformer_fine_tune_adds_layers_that_start_as_the_identity(
@@ -438,15 +443,7 @@ def test_transformer_fine_tune_adds_layers_that_start_as_the_identity(
     with pytest.raises(ConfigError, match="add_layers deepens transformer_train.init"):
         config.load(TINY, ["transformer_train.add_layers=1"])
     with pytest.raises(CheckpointError, match="has 2 layers, but transformer.layers is 3"):
-        pipeline.train(
-            TINY,
-            "transformer",
-            tiny_data["train"],
-            run,
-            device="cpu",
-            overrides=[*over, "transformer.layers=3"],
-            overwrite=True,
-        )
+        _stage2(run, tiny_data, [*over, "transformer.layers=3"])
 
 
 def test_decoder_stage_on_the_transformers_fills(tiny_run, tiny_data, tmp_path):
