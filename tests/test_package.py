@@ -40,6 +40,7 @@ def test_the_wheel_runs_demo_and_train_outside_the_checkout(tmp_path, tiny_data)
     for needed in (
         "maskgit_cli/configs/tiny.yaml",
         "maskgit_cli/configs/cats64.yaml",
+        "maskgit_cli/configs/cats64_small.yaml",
         "maskgit_cli/configs/lab.yaml",
         "maskgit_cli/assets/cats64/transformer.pt",
         "maskgit_cli/assets/MODEL_CARD.md",
@@ -89,4 +90,4 @@ def test_the_wheel_runs_demo_and_train_outside_the_checkout(tmp_path, tiny_data)
     listed = _run(
         [maskgit, "train", "--help"], cwd=elsewhere, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
     )
-    assert "cats64, lab, tiny" in listed.stdout
+    assert "cats64, cats64_small, lab, tiny" in listed.stdout
