@@ -545,7 +545,7 @@ BUNDLED_CONFIGS = Path(__file__).parent / "configs"
 
 
 def bundled_configs() -> list[str]:
-    """Names of the configs shipped in the package (tiny, cats64, cats64_small, lab)."""
+    """Names of the configs shipped in the package: the stems of configs/*.yaml."""
     return sorted(p.stem for p in BUNDLED_CONFIGS.glob("*.yaml"))
 
 
