@@ -31,6 +31,7 @@ from pathlib import Path
 from common import emit, machine
 
 from maskgit_cli import pipeline
+from maskgit_cli.config import PRECISIONS
 from maskgit_cli.errors import MaskgitError
 
 
@@ -96,7 +97,7 @@ def main() -> None:
     ap.add_argument("--stats", type=Path, required=True, help="FID statistics of VAL/images (.npz)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log", type=Path, default=None)
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS)
     ap.add_argument(
         "--emulate-bf16",
         action="store_true",
