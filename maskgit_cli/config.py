@@ -140,6 +140,10 @@ class TokenizerConfig:
     # FSQ instead of a learned codebook when given (Mentzer et al. 2023): levels per latent
     # channel, e.g. [8, 5, 5, 5]; codebook_size must equal their product
     fsq_levels: tuple[int, ...] = ruled((), at_least(2))
+    # the decoder also sees the known pixels (the asymmetric VQGAN's conditional branch, Zhu et
+    # al. 2023): the masked image and its mask, encoded at each of the decoder's resolutions and
+    # added in. Inpainting hands it the input; elsewhere it sees nothing known. Ours only
+    context: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,16 @@ class DecoderTrainConfig:
     # resume): the new blocks begin as the identity (last convolution zero), so training starts
     # from the checkpoint's own reconstructions. The tokens do not change. 0 = keep its depth
     add_res_blocks: int = ruled(0, at_least(0))
+    # give the decoder a view of the known pixels (tokenizer.context) when the stage starts (not
+    # on a resume): the branch's projections begin at zero, so training starts from the
+    # checkpoint's own reconstructions. Each image is trained with a random hole
+    # (data.random_region_masks), or with nothing known in a `context_drop` share of them
+    add_context: bool = False
+    context_drop: float = ruled(0.1, below(0, 1))
+    # with a context decoder: the critic and the generator's GAN loss count only the patches that
+    # touch each image's hole (outside it the decoder copies the known pixels, so those patches
+    # tell the critic nothing)
+    hole_critic: bool = False
     # auto: bf16 where the hardware multiplies bf16 natively, else fp32 (precision.py); fp32
     # master weights either way. A resume keeps the run's precision where the hardware has it.
     precision: str = choice("auto", *PRECISIONS)
@@ -513,6 +527,16 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(
             "tokenizer.decoder_res_blocks and decoder_train.add_res_blocks need tokenizer.arch "
             "'vqgan' (the lab's VQGAN has a fixed layout)"
+        )
+    if tok.arch != "vqgan" and (tok.context or cfg.decoder_train.add_context):
+        raise ConfigError(
+            "tokenizer.context and decoder_train.add_context need tokenizer.arch 'vqgan' (the "
+            "lab's VQGAN has a fixed layout)"
+        )
+    if cfg.decoder_train.add_context and cfg.decoder_train.generated:
+        raise ConfigError(
+            "decoder_train.add_context and decoder_train.generated cannot be combined: set one "
+            "of them to its default"
         )
     if tr.dim % tr.heads:
         raise ConfigError(f"transformer.dim ({tr.dim}) must be divisible by heads ({tr.heads})")

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from maskgit_cli import data, decode, harmonic, runtime
+from maskgit_cli import data, decode, harmonic, runtime, vqgan
 from maskgit_cli.config import Config, DecodeConfig, at_least, check_value, choice, ruled
 from maskgit_cli.errors import ConfigError
 from maskgit_cli.precision import Precision, fp32
@@ -174,9 +174,17 @@ class Inpainter:
         )
         return harmonic.token_hint(colors, unknown)
 
-    def _pixels(self, ids: torch.Tensor) -> torch.Tensor:
+    def _pixels(self, ids: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         with self.precision.inference_autocast():
-            return data.denormalize(self.tok.decode_ids(ids).float(), self.cfg.data)
+            return data.denormalize(self.tok.decode_ids(ids, context).float(), self.cfg.data)
+
+    def _context(self, masked_u8: torch.Tensor, missing: torch.Tensor) -> torch.Tensor | None:
+        """The known pixels, for a decoder that sees them (tokenizer.context); else None."""
+        if self.tok.context is None:
+            return None
+        return vqgan.context_input(
+            data.normalize(masked_u8.to(self.device), self.cfg.data), missing
+        )
 
     def finish(
         self, gen01: torch.Tensor, masked_u8: torch.Tensor, missing: torch.Tensor
@@ -216,11 +224,12 @@ class Inpainter:
                 images=images.cpu(), ids=None, unknown=None, steps=0, masks=[], step_images=[]
             )
         unknown = data.token_mask(missing, self.grid, s.token_mask, s.dilate).to(dev)
+        seen = self._context(masked_u8, missing)  # what a context decoder sees
         if s.fill == "oracle":
             if truth_u8 is None:
                 raise ConfigError("the oracle fill needs the true images: pass --ground-truth")
             ids = self._encode(truth_u8)
-            images = self.finish(self._pixels(ids), masked_u8, missing)
+            images = self.finish(self._pixels(ids, seen), masked_u8, missing)
             return InpaintBatch(
                 images=images.cpu(),
                 ids=ids.cpu(),
@@ -259,7 +268,7 @@ class Inpainter:
                 greedy=s.sampling == "greedy",
                 record=record,
             )
-            return res, self._pixels(res.ids.view(B, self.grid, self.grid))
+            return res, self._pixels(res.ids.view(B, self.grid, self.grid), seen)
 
         res, gen01 = candidate()
         if (
@@ -279,7 +288,9 @@ class Inpainter:
             for m, pred in zip(res.masks, res.predictions, strict=True):
                 masks.append(m.view(B, self.grid, self.grid))
                 step_images.append(
-                    data.to_uint8(self._pixels(pred.to(dev).view(B, self.grid, self.grid))).cpu()
+                    data.to_uint8(
+                        self._pixels(pred.to(dev).view(B, self.grid, self.grid), seen)
+                    ).cpu()
                 )
         return InpaintBatch(
             images=images.cpu(),

@@ -2,6 +2,8 @@
 
     ids = model.encode(x)       x (B, 3, H, W) normalized  -> ids (B, h, w) int64 in [0, K)
     x   = model.decode_ids(ids) ids (B, h, w)              -> x (B, 3, H, W) normalized
+    x   = model.decode_ids(ids, context_input(x_masked, missing))   a decoder that sees the
+                                                            known pixels (tokenizer.context)
 
 Two architectures share the blocks below (named as in the course lab, so state_dict keys match):
 `arch: vqgan`, ours, sized from the config, and `arch: lab`, the lab's VQGAN built exactly,
@@ -141,6 +143,48 @@ class Codebook(nn.Module):
         return z + (z_q - z).detach(), ids, loss
 
 
+def context_input(x: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+    """What a context decoder sees: x (B, 3, H, W) normalized with its missing pixels (B, H, W)
+    bool zeroed, and the known-pixel mask -> (B, 4, H, W). With every pixel missing it is all
+    zeros, the input the decoder gets when no context is given."""
+    known = (~missing.to(x.device)).unsqueeze(1).to(x.dtype)
+    return torch.cat([x * known, known], dim=1)
+
+
+class ContextEncoder(nn.Module):
+    """The decoder's view of the known pixels (the conditional branch of the asymmetric VQGAN,
+    Zhu et al. 2023): context_input(...) encoded at each resolution from the image's down to the
+    tokens', one residual block per level, each level's features projected by a 1x1 convolution
+    that starts at zero, so a decoder that gains the branch draws what it drew before."""
+
+    def __init__(self, channels: list[int], out_channels: list[int]):
+        super().__init__()
+        self.stem = nn.Conv2d(4, channels[0], 3, 1, 1)
+        self.blocks = nn.ModuleList()
+        self.down = nn.ModuleList()
+        self.proj = nn.ModuleList()
+        c_in = channels[0]
+        for i, (c, c_out) in enumerate(zip(channels, out_channels, strict=True)):
+            self.blocks.append(ResidualBlock(c_in, c))
+            proj = nn.Conv2d(c, c_out, 1)
+            nn.init.zeros_(proj.weight)
+            nn.init.zeros_(proj.bias)
+            self.proj.append(proj)
+            if i < len(channels) - 1:
+                self.down.append(DownSample(c))
+            c_in = c
+
+    def forward(self, ctx: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 4, H, W) -> one feature map per level, the coarsest (the tokens') first."""
+        h, out = self.stem(ctx), []
+        for i, block in enumerate(self.blocks):
+            h = block(h)
+            out.append(self.proj[i](h))
+            if i < len(self.down):
+                h = self.down[i](h)
+        return out[::-1]
+
+
 class _VQModel(nn.Module):
     """encoder -> quant_conv -> codebook (or FSQ) -> post_quant_conv -> decoder."""
 
@@ -156,6 +200,9 @@ class _VQModel(nn.Module):
         fsq_levels: tuple[int, ...] = (),
     ):
         super().__init__()
+        self.context: ContextEncoder | None = None  # the decoder's view of the known pixels
+        # decoder layer index -> context level: the level's features are added before that layer
+        self.taps: dict[int, int] = {}
         # FSQ quantizes a few bounded channels: the 1x1 convs map code_dim <-> len(levels)
         self.codebook = FSQ(fsq_levels) if fsq_levels else Codebook(K, code_dim, beta, l2_codes)
         q_dim = len(fsq_levels) if fsq_levels else code_dim
@@ -185,11 +232,24 @@ class _VQModel(nn.Module):
         B, D, h, w = z.shape
         return self.codebook.nearest(z.permute(0, 2, 3, 1).reshape(-1, D)).view(B, h, w)
 
-    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(z_q))
+    def decode(self, z_q: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """context: context_input(...) for a decoder with the branch (tokenizer.context); None
+        means nothing known. A decoder without the branch ignores it."""
+        h = self.post_quant_conv(z_q)
+        if self.context is None:
+            return self.decoder(h)
+        if context is None:
+            side = z_q.shape[-1] * self.downsampling
+            context = h.new_zeros(h.shape[0], 4, side, side)
+        feats = self.context(context.to(h.dtype).contiguous(memory_format=torch.channels_last))
+        for i, layer in enumerate(self.decoder):
+            if i in self.taps:
+                h = h + feats[self.taps[i]]
+            h = layer(h)
+        return h
 
-    def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.codebook.lookup(ids).to(self.dtype))
+    def decode_ids(self, ids: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decode(self.codebook.lookup(ids).to(self.dtype), context)
 
     def forward(self, x: torch.Tensor):
         """x -> (reconstruction, ids, vq loss, z_e) ; z_e feeds dead-code restarts."""
@@ -205,6 +265,7 @@ class VQGAN(_VQModel):
     def __init__(self, cfg: TokenizerConfig, image_size: int):
         super().__init__(cfg.code_dim, cfg.codebook_size, cfg.beta, cfg.l2_codes, cfg.fsq_levels)
         ch, n = list(cfg.channels), cfg.res_blocks
+        self.downsampling = 2 ** (len(ch) - 1)
         res = image_size
         enc: list[nn.Module] = [nn.Conv2d(3, ch[0], 3, 1, 1)]
         c_in = ch[0]
@@ -230,7 +291,10 @@ class VQGAN(_VQModel):
             ResidualBlock(ch[-1], ch[-1]),
         ]
         c_in = ch[-1]
+        taps, tap_channels = {}, []
         for i, c in enumerate(reversed(ch)):
+            taps[len(dec)] = i  # each level's context comes in before its first block
+            tap_channels.append(c_in)
             for _ in range(cfg.decoder_res_blocks or n):
                 dec.append(ResidualBlock(c_in, c))
                 c_in = c
@@ -241,6 +305,9 @@ class VQGAN(_VQModel):
                 res *= 2
         dec += [GroupNorm(c_in), Swish(), nn.Conv2d(c_in, 3, 3, 1, 1)]
         self.decoder = nn.Sequential(*dec)
+        if cfg.context:
+            self.context = ContextEncoder(ch, tap_channels[::-1])
+            self.taps = taps
 
 
 class LabEncoder(nn.Module):
@@ -331,6 +398,16 @@ def grow_decoder(new: nn.Module, old: nn.Module) -> None:
             raise ConfigError(f"cannot grow the decoder: no match for {type(m).__name__}")
     if i != len(old_mods):
         raise ConfigError("cannot grow the decoder: the new one lacks some of the old one's layers")
+
+
+def add_context(new: _VQModel, old: _VQModel) -> None:
+    """Copy `old` into `new`, the same tokenizer with a context branch: the branch's projections
+    start at zero, so `new` decodes exactly what `old` does, with or without context."""
+    if new.context is None:
+        raise ConfigError("cannot add a context branch: the new tokenizer has none")
+    missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("context.") for k in missing):
+        raise ConfigError("cannot add a context branch: the two tokenizers differ elsewhere")
 
 
 def build(cfg: Config) -> _VQModel:

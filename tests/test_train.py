@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, invoke_json
 
 from maskgit_cli import checkpoint, config, data, pipeline, precision, tokens
 from maskgit_cli.errors import CheckpointError, ConfigError, DataError
@@ -351,6 +351,85 @@ def test_decoder_stage_deepens_the_decoder_and_resumes_at_its_new_depth(
     checkpoint.load_transformer(run)
     with pytest.raises(ConfigError, match="arch 'vqgan'"):
         config.load(TINY, ["tokenizer.arch=lab", "decoder_train.add_res_blocks=1"])
+
+
+def test_decoder_stage_adds_a_context_branch_that_inpainting_uses(
+    runner, tiny_run, tiny_data, tmp_path
+):
+    """decoder_train.add_context: the run's decoder learns to see the known pixels; the tokens
+    stay, a resume does not add the branch again, a second one is refused, and `inpaint` hands
+    the branch the input (its oracle differs from the decoder's without context)."""
+    run = _decoder_run(tiny_run, tmp_path / "run")
+    _, _, id0 = checkpoint.load_tokenizer(run / "tokenizer.pt")
+    over = ["decoder_train.max_steps=4", "decoder_train.log_every=1"]
+    over += ["decoder_train.add_context=true", "decoder_train.context_drop=0.5"]
+    with pytest.raises(ConfigError, match="set decoder_train.add_context=true too"):
+        pipeline.train(
+            TINY,
+            "decoder",
+            tiny_data["train"],
+            run,
+            device="cpu",
+            overrides=over[:2] + ["decoder_train.hole_critic=true"],
+        )
+    over.append("decoder_train.hole_critic=true")
+    cut = pipeline.train(
+        TINY,
+        "decoder",
+        tiny_data["train"],
+        run,
+        device="cpu",
+        overrides=over,
+        on_step=_interrupt_at(2),
+    )
+    assert cut.interrupted and any("sees the known pixels" in w for w in cut.warnings)
+    tok1, cfg1, id1 = checkpoint.load_tokenizer(run / "tokenizer.pt")
+    assert cfg1.tokenizer.context and tok1.context is not None and id1 == id0
+    rest = pipeline.train(
+        TINY, "decoder", tiny_data["train"], run, device="cpu", overrides=over, resume=True
+    )
+    assert rest.steps == 4 and not any("sees the known" in w for w in rest.warnings)
+    tok2, _, _ = checkpoint.load_tokenizer(run / "tokenizer.pt")
+    proj = tok2.context.proj[0].weight
+    assert proj.abs().sum() > 0  # the branch trained
+    again = tmp_path / "again"  # its tokenizer as an export hands it on: no training state
+    again.mkdir()
+    ck = checkpoint.load(run / "tokenizer.pt")
+    checkpoint.save(
+        again / "tokenizer.pt",
+        {k: v for k, v in ck.items() if k not in ("path", "version", "decoder_train")},
+    )
+    with pytest.raises(ConfigError, match="already sees the known pixels"):
+        pipeline.train(TINY, "decoder", tiny_data["train"], again, device="cpu", overrides=over)
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        config.load(TINY, ["decoder_train.add_context=true", "decoder_train.generated=2"])
+
+    def oracle(model, out):
+        return invoke_json(
+            runner,
+            [
+                "inpaint",
+                str(tiny_data["masked"]),
+                "--masks",
+                str(tiny_data["masks"]),
+                "--out",
+                str(tmp_path / out),
+                "--model",
+                str(model),
+                "--fill",
+                "oracle",
+                "--blend",
+                "none",
+                "--ground-truth",
+                str(tiny_data["test"]),
+                "--device",
+                "cpu",
+            ],
+        )
+
+    seen, plain = oracle(run, "seen"), oracle(tiny_run, "plain")
+    assert seen["count"] == plain["count"] == 10
+    assert seen["metrics"]["psnr_masked"] != plain["metrics"]["psnr_masked"]
 
 
 def _stage2(run, tiny_data, overrides):

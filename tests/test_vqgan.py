@@ -199,3 +199,58 @@ def test_a_grown_decoder_draws_what_the_old_one_drew_then_trains():
     other, _ = tiny_model(channels=[16, 32, 64], decoder_res_blocks=2)
     with pytest.raises(ConfigError, match="cannot grow"):
         vqgan.grow_decoder(other, old)
+
+
+def test_a_context_decoder_starts_as_the_old_one_and_never_sees_the_hole():
+    """tokenizer.context: a tokenizer that gains the branch decodes what it decoded (with or
+    without context); once the branch has weights, the known pixels change the output and the
+    hole's content does not; no context means nothing known."""
+    torch.manual_seed(0)
+    old, cfg = tiny_model()
+    for p in old.parameters():
+        p.data.normal_(0, 0.2)
+    new, _ = tiny_model(context=True)
+    vqgan.add_context(new, old)
+    old.eval(), new.eval()
+    x = torch.randn(2, 3, 16, 16)
+    missing = torch.zeros(2, 16, 16, dtype=torch.bool)
+    missing[:, 4:12, 2:9] = True
+    ids = old.encode(x)
+    ctx = vqgan.context_input(x, missing)
+    with torch.no_grad():
+        plain = old.decode_ids(ids)
+        assert torch.allclose(new.decode_ids(ids), plain, atol=1e-6)
+        assert torch.allclose(new.decode_ids(ids, ctx), plain, atol=1e-6)
+        assert torch.equal(old.decode_ids(ids, ctx), plain)  # no branch: context ignored
+        for p in new.context.parameters():
+            p.data.normal_(0, 0.2)
+        seen = new.decode_ids(ids, ctx)
+        assert (seen - new.decode_ids(ids)).abs().max() > 1e-3
+        other_hole = torch.where(missing.unsqueeze(1), torch.randn_like(x), x)
+        assert torch.equal(new.decode_ids(ids, vqgan.context_input(other_hole, missing)), seen)
+        other_known = torch.where(missing.unsqueeze(1), x, torch.randn_like(x))
+        assert (
+            new.decode_ids(ids, vqgan.context_input(other_known, missing)) - seen
+        ).abs().max() > 1e-3
+        nothing = vqgan.context_input(x, torch.ones_like(missing))
+        assert torch.equal(new.decode_ids(ids, nothing), new.decode_ids(ids))
+    assert len(new.taps) == len(cfg.tokenizer.channels)
+    with pytest.raises(ConfigError, match="cannot add a context"):
+        vqgan.add_context(old, new)
+    with pytest.raises(ConfigError, match="arch 'vqgan'"):
+        config.load(
+            ROOT / "configs" / "tiny.yaml", ["tokenizer.arch=lab", "tokenizer.context=true"]
+        )
+
+
+def test_a_hole_critic_counts_only_the_patches_that_touch_the_hole():
+    from maskgit_cli.train.tokenizer import patch_mean
+
+    logits = torch.arange(2 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    assert patch_mean(logits).item() == logits.mean().item()
+    everywhere = torch.ones(2, 1, 16, 16, dtype=torch.bool)
+    assert patch_mean(logits, everywhere).item() == logits.mean().item()
+    corner = torch.zeros(2, 1, 16, 16, dtype=torch.bool)
+    corner[0, 0, 0, 0] = True  # one pixel: patch (0, 0) of image 0
+    corner[1, 0, 15, 15] = True  # and patch (3, 3) of image 1
+    assert patch_mean(logits, corner).item() == (logits[0, 0, 0, 0] + logits[1, 0, 3, 3]).item() / 2

@@ -4,7 +4,8 @@ Fine-tunes RUN/tokenizer.pt's decoder (and post-quant conv) against a patch disc
 VQGAN's adaptive weight (Esser et al. 2021); the encoder and codebook stay frozen, so every image
 keeps its tokens and the checkpoint keeps its id (a transformer trained on those tokens still
 pairs with it). The stage-1 checkpoint is kept as RUN/tokenizer_stage1.pt; --overwrite restarts
-from it. With `decoder_train.generated`, part of each batch is the run's own transformer's fills.
+from it. With `decoder_train.generated`, part of each batch is the run's own transformer's fills;
+with `decoder_train.add_context`, the decoder learns to see the known pixels around a random hole.
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ from maskgit_cli.train.loop import (
     rng_state,
     set_rng_state,
 )
-from maskgit_cli.train.tokenizer import ImageStage, evaluate_tokenizer, hinge_disc_step
+from maskgit_cli.train.tokenizer import (
+    ImageStage,
+    evaluate_tokenizer,
+    hinge_disc_step,
+    patch_mean,
+)
 
 STAGE1_BACKUP = "tokenizer_stage1.pt"
 
@@ -124,30 +130,53 @@ class DecoderStage(ImageStage):
             past_total(state["step"], self.total, path)
 
         torch.manual_seed(self.seed)
-        if resume or not tc.add_res_blocks:
+        if not resume and tc.add_context and cfg.tokenizer.context:
+            raise ConfigError(
+                f"{path}: its decoder already sees the known pixels (tokenizer.context); drop "
+                "decoder_train.add_context"
+            )
+        if not resume and tc.add_res_blocks and tc.add_context:
+            raise ConfigError(
+                "decoder_train.add_res_blocks and decoder_train.add_context: add one per run"
+            )
+        if resume or not (tc.add_res_blocks or tc.add_context):
             model = vqgan.build(cfg).to(device)
             # a first fine-tune starts from what stage 1 hands on (its weight average, if any)
             checkpoint.load_state(
                 model, ck["model"] if resume else checkpoint.weights(ck), str(path)
             )
-        else:  # a deeper decoder that starts out drawing what the checkpoint's draws
+        else:  # a grown tokenizer that starts out drawing what the checkpoint's draws
             old = vqgan.build(cfg)
             checkpoint.load_state(old, checkpoint.weights(ck), str(path))
             tok = cfg.tokenizer
-            depth = (tok.decoder_res_blocks or tok.res_blocks) + tc.add_res_blocks
-            cfg = self.cfg = dataclasses.replace(
-                cfg, tokenizer=dataclasses.replace(tok, decoder_res_blocks=depth)
-            )
+            if tc.add_res_blocks:
+                depth = (tok.decoder_res_blocks or tok.res_blocks) + tc.add_res_blocks
+                tok = dataclasses.replace(tok, decoder_res_blocks=depth)
+                notes.append(
+                    f"decoder deepened to {depth} residual blocks per level (the new ones start "
+                    "as the identity)"
+                )
+            else:
+                tok = dataclasses.replace(tok, context=True)
+                notes.append(
+                    "the decoder now sees the known pixels (its context branch starts at zero)"
+                )
+            cfg = self.cfg = dataclasses.replace(cfg, tokenizer=tok)
             model = vqgan.build(cfg)
-            vqgan.grow_decoder(model, old)
+            (vqgan.grow_decoder if tc.add_res_blocks else vqgan.add_context)(model, old)
             model = model.to(device)
-            notes.append(
-                f"decoder deepened to {depth} residual blocks per level (the new ones start as "
-                "the identity)"
+        if tc.hole_critic and model.context is None:
+            raise ConfigError(
+                "decoder_train.hole_critic judges the holes a context decoder draws: set "
+                "decoder_train.add_context=true too"
             )
         self.model = model
         model.requires_grad_(False)
-        self.params = [*model.post_quant_conv.parameters(), *model.decoder.parameters()]
+        self.params = [
+            *model.post_quant_conv.parameters(),
+            *model.decoder.parameters(),
+            *(model.context.parameters() if model.context is not None else ()),
+        ]
         for p in self.params:
             p.requires_grad_(True)
         self.last = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Conv2d)][
@@ -213,9 +242,16 @@ class DecoderStage(ImageStage):
             real = torch.cat([x, data.normalize(self.pool_truth[pick].to(device), cfg.data)])
             known = torch.ones_like(real[:, :1])
             known[len(x) :] = (~pool["missing"][pick]).unsqueeze(1).to(known)
+        context, where = None, None
+        if model.context is not None:  # a random hole in each image, or nothing known
+            missing = data.random_region_masks(len(x), x.shape[-1], g)
+            missing = missing | (torch.rand(len(x), generator=g) < tc.context_drop).view(-1, 1, 1)
+            context = vqgan.context_input(x, missing)
+            if tc.hole_critic:
+                where = missing.unsqueeze(1).to(device)
         disc.requires_grad_(False)  # the generator pass needs no discriminator gradients
         with self.precision.autocast():
-            rec_all = model.decode_ids(ids)
+            rec_all = model.decode_ids(ids, context)
             rec_err = rec_all.float() - real
             rec_loss = rec_err.abs() if tc.loss == "l1" else rec_err.pow(2)
             if pool is None:
@@ -223,7 +259,7 @@ class DecoderStage(ImageStage):
             else:  # averaged over the known pixels only
                 rec_loss = (rec_loss * known).sum() / (known.sum() * rec_loss.shape[1])
             fake = disc.features(rec_all)  # its last entry is disc(rec_all)
-            gan_loss = -fake[-1].float().mean()
+            gan_loss = -patch_mean(fake[-1].float(), where)
             feat_loss = feature_matching(fake, disc, x) if tc.feature_weight > 0 else None
         weight = adaptive_gan_weight(
             self.scaler.scale(rec_loss), self.scaler.scale(gan_loss), self.last, tc.disc_weight
@@ -238,7 +274,7 @@ class DecoderStage(ImageStage):
         if self.ema is not None:
             self.ema.update(model, step)
         disc.requires_grad_(True)
-        d_loss = hinge_disc_step(disc, self.disc_opt, real, rec_all, self.precision)
+        d_loss = hinge_disc_step(disc, self.disc_opt, real, rec_all, self.precision, where)
         return StepOut(
             loss.item(),
             len(x8),

@@ -33,7 +33,7 @@ Callback = Callable[[dict[str, Any]], None] | None
 
 # What acts only when a run starts (the weights it starts from, the layers it adds): a resume
 # may leave it out
-STARTING = ("init", "add_res_blocks", "add_layers")
+STARTING = ("init", "add_res_blocks", "add_context", "add_layers")
 # What a resumed run may change: how long it trains, how often it logs and saves, and STARTING.
 RESUMABLE = ("epochs", "max_steps", "log_every", "checkpoint_every", *STARTING)
 

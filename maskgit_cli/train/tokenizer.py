@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from maskgit_cli import checkpoint, data, runtime, vqgan
 from maskgit_cli.errors import CheckpointError
@@ -93,10 +94,25 @@ def restart_dead_codes(
     return len(dead)
 
 
-def hinge_disc_step(disc, disc_opt, real: torch.Tensor, fake: torch.Tensor, precision) -> float:
-    """One discriminator update on the hinge loss (real -> +1, fake -> -1); returns the loss."""
+def patch_mean(logits: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean of a patch critic's map (B, 1, h, w), over every patch, or only over those whose
+    cell of the image holds a pixel of `where` (B, 1, H, W) bool: what a critic of the hole
+    alone counts."""
+    if where is None:
+        return logits.mean()
+    w = F.adaptive_max_pool2d(where.float(), logits.shape[-2:]).to(logits.dtype)
+    return (logits * w).sum() / w.sum().clamp_min(1)
+
+
+def hinge_disc_step(
+    disc, disc_opt, real: torch.Tensor, fake: torch.Tensor, precision, where=None
+) -> float:
+    """One discriminator update on the hinge loss (real -> +1, fake -> -1), over the patches
+    `where` picks (patch_mean); returns the loss."""
     with precision.autocast():
-        d_loss = torch.relu(1 - disc(real)).mean() + torch.relu(1 + disc(fake.detach())).mean()
+        d_loss = patch_mean(torch.relu(1 - disc(real)), where) + patch_mean(
+            torch.relu(1 + disc(fake.detach())), where
+        )
     disc_opt.zero_grad(set_to_none=True)
     d_loss.backward()
     disc_opt.step()
