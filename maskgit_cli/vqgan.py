@@ -239,8 +239,8 @@ class _VQModel(nn.Module):
         if self.context is None:
             return self.decoder(h)
         if context is None:
-            side = z_q.shape[-1] * self.downsampling
-            context = h.new_zeros(h.shape[0], 4, side, side)
+            H, W = (n * self.downsampling for n in z_q.shape[-2:])
+            context = h.new_zeros(h.shape[0], 4, H, W)
         feats = self.context(context.to(h.dtype).contiguous(memory_format=torch.channels_last))
         for i, layer in enumerate(self.decoder):
             if i in self.taps:
