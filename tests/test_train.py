@@ -320,6 +320,24 @@ def test_decoder_stage_with_feature_matching_logs_and_trains(tiny_run, tiny_data
     assert after_ck["metrics"]["usage"] == before_ck["metrics"]["usage"]
 
 
+def _stage1b(run, tiny_data, overrides, **kw):
+    """Stage 1b over `run` on the tiny train images."""
+    return pipeline.train(
+        TINY, "decoder", tiny_data["train"], run, device="cpu", overrides=overrides, **kw
+    )
+
+
+def _grow_cut_and_resume(run, tiny_data, over, note):
+    """Stage 1b with `over` (4 steps, one of them growing the tokenizer), cut at step 2 and
+    resumed: the growth's note comes with the first start only. -> the tokenizer at the cut."""
+    cut = _stage1b(run, tiny_data, over, on_step=_interrupt_at(2))
+    assert cut.interrupted and any(note in w for w in cut.warnings)
+    at_cut = checkpoint.load_tokenizer(run / "tokenizer.pt")
+    rest = _stage1b(run, tiny_data, over, resume=True)
+    assert rest.steps == 4 and not any(note in w for w in rest.warnings)
+    return at_cut
+
+
 def test_decoder_stage_deepens_the_decoder_and_resumes_at_its_new_depth(
     tiny_run, tiny_data, tmp_path
 ):
@@ -329,23 +347,9 @@ def test_decoder_stage_deepens_the_decoder_and_resumes_at_its_new_depth(
     tok0, cfg0, id0 = checkpoint.load_tokenizer(run / "tokenizer.pt")
     over = ["decoder_train.max_steps=4", "decoder_train.log_every=1"]
     over.append("decoder_train.add_res_blocks=1")
-    cut = pipeline.train(
-        TINY,
-        "decoder",
-        tiny_data["train"],
-        run,
-        device="cpu",
-        overrides=over,
-        on_step=_interrupt_at(2),
-    )
-    assert cut.interrupted and any("deepened to 2" in w for w in cut.warnings)
-    tok1, cfg1, id1 = checkpoint.load_tokenizer(run / "tokenizer.pt")
+    tok1, cfg1, id1 = _grow_cut_and_resume(run, tiny_data, over, "deepened to 2")
     assert cfg0.tokenizer.decoder_res_blocks == 0 and cfg1.tokenizer.decoder_res_blocks == 2
     assert id1 == id0 and len(tok1.decoder) > len(tok0.decoder)
-    rest = pipeline.train(
-        TINY, "decoder", tiny_data["train"], run, device="cpu", overrides=over, resume=True
-    )
-    assert rest.steps == 4 and not any("deepened" in w for w in rest.warnings)
     tok2, cfg2, _ = checkpoint.load_tokenizer(run / "tokenizer.pt")
     assert cfg2.tokenizer.decoder_res_blocks == 2  # a resume does not deepen it again
     checkpoint.load_transformer(run)
@@ -364,31 +368,10 @@ def test_decoder_stage_adds_a_context_branch_that_inpainting_uses(
     over = ["decoder_train.max_steps=4", "decoder_train.log_every=1"]
     over += ["decoder_train.add_context=true", "decoder_train.context_drop=0.5"]
     with pytest.raises(ConfigError, match="set decoder_train.add_context=true too"):
-        pipeline.train(
-            TINY,
-            "decoder",
-            tiny_data["train"],
-            run,
-            device="cpu",
-            overrides=over[:2] + ["decoder_train.hole_critic=true"],
-        )
+        _stage1b(run, tiny_data, over[:2] + ["decoder_train.hole_critic=true"])
     over.append("decoder_train.hole_critic=true")
-    cut = pipeline.train(
-        TINY,
-        "decoder",
-        tiny_data["train"],
-        run,
-        device="cpu",
-        overrides=over,
-        on_step=_interrupt_at(2),
-    )
-    assert cut.interrupted and any("sees the known pixels" in w for w in cut.warnings)
-    tok1, cfg1, id1 = checkpoint.load_tokenizer(run / "tokenizer.pt")
+    tok1, cfg1, id1 = _grow_cut_and_resume(run, tiny_data, over, "sees the known pixels")
     assert cfg1.tokenizer.context and tok1.context is not None and id1 == id0
-    rest = pipeline.train(
-        TINY, "decoder", tiny_data["train"], run, device="cpu", overrides=over, resume=True
-    )
-    assert rest.steps == 4 and not any("sees the known" in w for w in rest.warnings)
     tok2, _, _ = checkpoint.load_tokenizer(run / "tokenizer.pt")
     proj = tok2.context.proj[0].weight
     assert proj.abs().sum() > 0  # the branch trained
@@ -400,7 +383,7 @@ def test_decoder_stage_adds_a_context_branch_that_inpainting_uses(
         {k: v for k, v in ck.items() if k not in ("path", "version", "decoder_train")},
     )
     with pytest.raises(ConfigError, match="already sees the known pixels"):
-        pipeline.train(TINY, "decoder", tiny_data["train"], again, device="cpu", overrides=over)
+        _stage1b(again, tiny_data, over)
     with pytest.raises(ConfigError, match="cannot be combined"):
         config.load(TINY, ["decoder_train.add_context=true", "decoder_train.generated=2"])
 
