@@ -533,6 +533,10 @@ def _validate(cfg: Config) -> Config:
             "tokenizer.context and decoder_train.add_context need tokenizer.arch 'vqgan' (the "
             "lab's VQGAN has a fixed layout)"
         )
+    if cfg.decoder_train.add_context and cfg.decoder_train.add_res_blocks:
+        raise ConfigError(
+            "decoder_train.add_res_blocks and decoder_train.add_context: add one per run"
+        )
     if cfg.decoder_train.add_context and cfg.decoder_train.generated:
         raise ConfigError(
             "decoder_train.add_context and decoder_train.generated cannot be combined: set one "

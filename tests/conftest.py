@@ -137,6 +137,23 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
+def inpaint_args(tiny_data, model, out: Path, *extra: str) -> list[str]:
+    """`maskgit inpaint` of the tiny masked set with MODEL into OUT, on the CPU, then EXTRA."""
+    return [
+        "inpaint",
+        str(tiny_data["masked"]),
+        "--masks",
+        str(tiny_data["masks"]),
+        "--model",
+        str(model),
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
 def invoke_json(runner: CliRunner, args: list[str], code: int = 0) -> dict:
     """Run `maskgit ARGS --json`, check the exit code, parse stdout as exactly one JSON object."""
     from maskgit_cli.cli import app

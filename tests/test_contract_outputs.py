@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, assert_error, make_images, make_masks, ok_json, run
+from conftest import TINY, assert_error, inpaint_args, make_images, make_masks, ok_json, run
 from PIL import Image
 
 from maskgit_cli import outputs
@@ -571,18 +571,7 @@ def _inpaint_cmd(tiny_data, tiny_run, out: Path, *extra: str) -> list[str]:
         sys.executable,
         "-m",
         "maskgit_cli",
-        "inpaint",
-        str(tiny_data["masked"]),
-        "--masks",
-        str(tiny_data["masks"]),
-        "--model",
-        str(tiny_run),
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
-        "--json",
-        *extra,
+        *inpaint_args(tiny_data, tiny_run, out, "--json", *extra),
     ]
 
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import TINY, invoke_json
+from conftest import TINY, inpaint_args, invoke_json
 
 from maskgit_cli import checkpoint, config, data, pipeline, precision, tokens
 from maskgit_cli.errors import CheckpointError, ConfigError, DataError
@@ -384,31 +384,14 @@ def test_decoder_stage_adds_a_context_branch_that_inpainting_uses(
     )
     with pytest.raises(ConfigError, match="already sees the known pixels"):
         _stage1b(again, tiny_data, over)
+    with pytest.raises(ConfigError, match="add one per run"):
+        config.load(TINY, ["decoder_train.add_context=true", "decoder_train.add_res_blocks=1"])
     with pytest.raises(ConfigError, match="cannot be combined"):
         config.load(TINY, ["decoder_train.add_context=true", "decoder_train.generated=2"])
 
     def oracle(model, out):
-        return invoke_json(
-            runner,
-            [
-                "inpaint",
-                str(tiny_data["masked"]),
-                "--masks",
-                str(tiny_data["masks"]),
-                "--out",
-                str(tmp_path / out),
-                "--model",
-                str(model),
-                "--fill",
-                "oracle",
-                "--blend",
-                "none",
-                "--ground-truth",
-                str(tiny_data["test"]),
-                "--device",
-                "cpu",
-            ],
-        )
+        extra = ("--fill", "oracle", "--blend", "none", "--ground-truth", str(tiny_data["test"]))
+        return invoke_json(runner, inpaint_args(tiny_data, model, tmp_path / out, *extra))
 
     seen, plain = oracle(run, "seen"), oracle(tiny_run, "plain")
     assert seen["count"] == plain["count"] == 10

@@ -135,10 +135,6 @@ class DecoderStage(ImageStage):
                 f"{path}: its decoder already sees the known pixels (tokenizer.context); drop "
                 "decoder_train.add_context"
             )
-        if not resume and tc.add_res_blocks and tc.add_context:
-            raise ConfigError(
-                "decoder_train.add_res_blocks and decoder_train.add_context: add one per run"
-            )
         if resume or not (tc.add_res_blocks or tc.add_context):
             model = vqgan.build(cfg).to(device)
             # a first fine-tune starts from what stage 1 hands on (its weight average, if any)
