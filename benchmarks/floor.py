@@ -83,7 +83,7 @@ def measure(
                 for k in ("psnr_masked", "ssim_masked"):
                     scores[name].setdefault(k, []).append(per[k])
         row: dict = {}
-        for name in latents:
+        for name in scores:
             f = pipeline.fid(Path(tmp) / name, stats, dims=dims, device="cpu")
             row[f"oracle_{name}"] = {
                 "fid": f.fid,
