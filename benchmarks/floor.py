@@ -8,9 +8,10 @@ any transformer can reach with that tokenizer. This splits it in two. It prints 
   from its code (squared distance over squared norm, mean and median over tokens);
 - the oracle fill's FID and masked PSNR / SSIM decoded from the codes (what `--fill oracle`
   gives) and decoded from the encoder's latent before quantization.
-If the two oracles are close, a finer codebook alone cannot lower the floor: what the encoder keeps
-and the decoder draws is what loses the detail. The decoder was trained on codes, so the latent
-row slightly favours the codes; a large gap is still the codebook's cost.
+If the two oracles are close, quantizing costs this tokenizer little: the detail is lost in what
+the encoder keeps and the decoder draws (a tokenizer retrained with more codes may still learn to
+keep more). The decoder was trained on codes, so the latent row slightly favours the codes; a
+large gap is the codebook's cost.
 
 Set up VAL and STATS as in study.py. Learned codebooks only (FSQ has no latent apart from its
 grid).
