@@ -13,8 +13,8 @@ the encoder keeps and the decoder draws (a tokenizer retrained with more codes m
 keep more). The decoder was trained on codes, so the latent row slightly favours the codes; a
 large gap is the codebook's cost.
 
-Set up VAL and STATS as in study.py. Learned codebooks only (FSQ has no latent apart from its
-grid).
+Runs in fp32 on the CPU. Set up VAL and STATS as in study.py. Learned codebooks only (FSQ has no
+latent apart from its grid).
 """
 
 from __future__ import annotations
