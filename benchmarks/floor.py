@@ -31,6 +31,7 @@ from common import emit, machine
 
 from maskgit_cli import api, data, metrics, pipeline, vqgan
 from maskgit_cli.errors import MaskgitError
+from maskgit_cli.train.tokenizer import perplexity
 
 
 def _batches(val: Path, size: int, batch: int):
@@ -91,16 +92,14 @@ def measure(
                 "kid": f.kid,
                 **{k: float(torch.cat(v).mean()) for k, v in scores[name].items()},
             }
-    p = counts / counts.sum()
-    p = p[p > 0]
     gap = torch.cat(gaps)
     return {
         "model": model or api.BUNDLED[0],
         "blend": blend,
         "tokens": int(counts.sum()),
         "codebook_size": tok.codebook_size,
-        "codes_used": int(len(p)),
-        "perplexity": float(torch.exp(-(p * p.log()).sum())),
+        "codes_used": int((counts > 0).sum()),
+        "perplexity": perplexity(counts),
         "latent_gap_mean": float(gap.mean()),
         "latent_gap_median": float(gap.median()),
         **row,

@@ -66,13 +66,18 @@ def evaluate_tokenizer(
             rec, ids, _, _ = model(x)
         psnrs.append(psnr(data.denormalize(rec.float(), cfg.data), x8.float() / 255).cpu())
         counts += torch.bincount(ids.flatten().cpu(), minlength=model.codebook_size)
-    p = counts.float() / counts.sum()
-    perplexity = torch.exp(-(p[p > 0] * p[p > 0].log()).sum()).item()
     return {
         "psnr": torch.cat(psnrs).mean().item(),
         "usage": (counts > 0).float().mean().item(),
-        "perplexity": perplexity,
+        "perplexity": perplexity(counts),
     }
+
+
+def perplexity(counts: torch.Tensor) -> float:
+    """exp of the entropy of the codes' frequencies (K for a codebook used evenly)."""
+    p = counts.float() / counts.sum()
+    p = p[p > 0]
+    return torch.exp(-(p * p.log()).sum()).item()
 
 
 def restart_dead_codes(
