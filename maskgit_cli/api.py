@@ -60,6 +60,17 @@ class Model:
     transformer_id: str | None  # hashes of the weights as loaded (before a bf16 cast)
     device: torch.device
     precision: precision_mod.Precision
+    folder: Path | None = None  # where its files are (the Token-Critic is read from there)
+    _critic: torch.nn.Module | None = None
+
+    def critic(self) -> torch.nn.Module | None:
+        """The transformer's Token-Critic (FOLDER/critic.pt), loaded on first use; None if the
+        model has none."""
+        if self._critic is None and self.folder is not None and self.transformer_id:
+            self._critic = checkpoint.load_critic(
+                self.folder, self.tokenizer_id, self.transformer_id, self.device
+            )
+        return self._critic
 
     def inpainter(self, settings: Any = None):
         """An Inpainter with the model's own decode defaults, `settings` (a dict, None = the
@@ -67,8 +78,15 @@ class Model:
         from maskgit_cli.inpaint import Inpainter, InpaintSettings
 
         s = InpaintSettings.resolve(self.config.decode, settings)
+        critic = self.critic() if s.fill == "maskgit" and s.remask == "critic" else None
         return Inpainter(
-            self.tokenizer, self.transformer, self.config, s, self.device, self.precision
+            self.tokenizer,
+            self.transformer,
+            self.config,
+            s,
+            self.device,
+            self.precision,
+            critic=critic,
         )
 
     def inpaint(
@@ -118,6 +136,7 @@ def load_model(
         tr_id,
         dev,
         prec,
+        folder=path if path.is_dir() else path.parent,
     )
 
 

@@ -24,7 +24,8 @@ from maskgit_cli.errors import CheckpointError
 from maskgit_cli.outputs import atomic_write
 
 VERSION = 1
-TOKENIZER, TRANSFORMER = "tokenizer.pt", "transformer.pt"
+TOKENIZER, TRANSFORMER, CRITIC = "tokenizer.pt", "transformer.pt", "critic.pt"
+KINDS = ("tokenizer", "transformer", "critic")
 
 
 def model_id(state_dict: dict[str, torch.Tensor]) -> str:
@@ -116,7 +117,7 @@ def load(path: str | Path, kind: str | None = None) -> dict[str, Any]:
     """Load a checkpoint (or a bare state_dict, returned as kind 'state_dict')."""
     path = Path(path)
     if path.is_dir():
-        path = path / (TRANSFORMER if kind == "transformer" else TOKENIZER)
+        path = path / {"transformer": TRANSFORMER, "critic": CRITIC}.get(kind or "", TOKENIZER)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -126,7 +127,7 @@ def load(path: str | Path, kind: str | None = None) -> dict[str, Any]:
     except Exception as err:
         raise CheckpointError(unreadable(path, err)) from None
     if isinstance(obj, dict) and "kind" in obj and "model" in obj:
-        if obj["kind"] not in ("tokenizer", "transformer") or not isinstance(obj["model"], dict):
+        if obj["kind"] not in KINDS or not isinstance(obj["model"], dict):
             raise CheckpointError(f"{path}: not a maskgit checkpoint (kind {obj['kind']!r})")
         if kind is not None and obj["kind"] != kind:
             raise CheckpointError(f"{path}: is a {obj['kind']} checkpoint, expected a {kind}")
@@ -253,3 +254,30 @@ def load_transformer(path: str | Path, device: str | torch.device = "cpu"):
             decoder_train=tok_cfg.decoder_train,
         ),
     )
+
+
+def load_critic(
+    run_dir: str | Path,
+    tokenizer_id: str,
+    transformer_id: str,
+    device: str | torch.device = "cpu",
+):
+    """RUN_DIR/critic.pt, the Token-Critic of the run's transformer -> model in eval mode, or None
+    when the run has none. It must have been trained against exactly this tokenizer and
+    transformer (their weight hashes)."""
+    from maskgit_cli import critic as critic_mod
+
+    path = Path(run_dir) / CRITIC
+    if not path.is_file():
+        return None
+    ckpt = load(path, "critic")
+    for name, want in (("tokenizer", tokenizer_id), ("transformer", transformer_id)):
+        if ckpt.get(f"{name}_id") != want:
+            raise CheckpointError(
+                f"{path} was trained against another {name} than the one beside it; train it "
+                "again (maskgit train --stage critic --overwrite) or remove it"
+            )
+    cfg = config_of(ckpt)
+    model = critic_mod.build(cfg.transformer, cfg.grid, cfg.tokenizer.codebook_size)
+    load_state(model, weights(ckpt), ckpt["path"])
+    return model.to(device).eval()

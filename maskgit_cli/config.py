@@ -281,6 +281,31 @@ class TransformerTrainConfig:
 
 
 @dataclass(frozen=True)
+class CriticTrainConfig:
+    """Stage 2b, the Token-Critic (critic.py): trained against a run's frozen transformer, which
+    draws its training grids with the run's decode temperature and top_p."""
+
+    batch_size: int = ruled(64, at_least(1))
+    epochs: int = ruled(6, at_least(1))
+    max_steps: int = ruled(0, at_least(0))
+    lr: float = ruled(3e-4, positive)
+    beta1: float = ruled(0.9, below(0, 1))
+    beta2: float = ruled(0.96, below(0, 1))
+    weight_decay: float = ruled(0.01, at_least(0))
+    warmup_steps: int = ruled(50, at_least(0))
+    min_lr_ratio: float = ruled(0.0, below(0, 1.0001))
+    grad_clip: float = ruled(1.0, positive)
+    # start from the trunk of the run's transformer (embeddings and blocks; the head is new)
+    from_transformer: bool = True
+    schedule: str = ruled("cosine", _schedule)  # gamma used to draw the mask ratio
+    mask_mode: str = ruled("mixed", one_of("random", "region", "mixed"))
+    val_ratios: tuple[float, ...] = ruled((0.25, 0.5, 0.75), below(0.001, 1.0001))
+    precision: str = choice("auto", *PRECISIONS)
+    log_every: int = ruled(10, at_least(1))
+    checkpoint_every: int = ruled(100, at_least(1))
+
+
+@dataclass(frozen=True)
 class DecodeConfig:
     """How a model inpaints (MaskGIT decoding, sec. 3.2 of the paper); a model's own defaults live
     in its config's `decode` section. Each field is also a flag of `inpaint` and
@@ -351,6 +376,25 @@ class DecodeConfig:
         "Decode each hole N times and keep the fill that best continues the "
         "known pixels around it (least seam error); N x the time.",
     )
+    remask: str = choice(
+        "confidence",
+        "confidence",
+        "critic",
+        help=(
+            "What decides which sampled tokens are masked again: confidence (the transformer's own "
+            "probability of each, as in MaskGIT) or critic (a Token-Critic, Lezama et al. 2022, "
+            "trained with `maskgit train --stage critic`)."
+        ),
+    )
+    critic_scope: str = choice(
+        "hole",
+        "hole",
+        "step",
+        help=(
+            "With --remask critic: hole (every token of the hole competes to stay at each step, so "
+            "an early one can be drawn again) or step (only the tokens sampled this step)."
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -361,6 +405,7 @@ class Config:
     decoder_train: DecoderTrainConfig = field(default_factory=DecoderTrainConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     transformer_train: TransformerTrainConfig = field(default_factory=TransformerTrainConfig)
+    critic_train: CriticTrainConfig = field(default_factory=CriticTrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
     def to_dict(self) -> dict[str, Any]:

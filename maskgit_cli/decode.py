@@ -9,6 +9,10 @@ Start from the image's tokens with the hole set to MASK. At step t = 0..T-1, wit
   4. re-mask: keep masked the floor(gamma(ratio) * unknown0) least confident positions, where
      unknown0 is the sample's number of masked tokens at the start (not the current count), clamped
      so each step reveals at least one token and the last step reveals all.
+With a Token-Critic (Lezama et al. 2022, `critic.py`), step 3 scores by the critic instead: the
+confidence of a position is log sigmoid(critic(sampled grid)), its belief that the token could be
+the data's, and with critic_scope "hole" every position of the hole (not only those sampled this
+step) competes to stay, so a token committed early can be re-masked and drawn again.
 A sweet spot t < T runs t steps of the T-step schedule, then commits the last sampled tokens at
 every position still masked. Everything is per sample, vectorized over the batch; each sample has
 its own generator, so a batch decodes exactly as its images would one by one.
@@ -21,11 +25,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from maskgit_cli import schedules
 
 # ids (B, N), where (B, N) bool -> logits (M, K) at the `where` positions, in row-major order
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# ids (B, N), no MASK -> logits (B, N) that each token is the data's rather than sampled
+CriticFn = Callable[[torch.Tensor], torch.Tensor]
+CRITIC_SCOPES = ("step", "hole")
 
 
 @dataclass
@@ -84,6 +92,8 @@ def decode(
     top_k: int = 0,
     top_p: float = 1.0,
     greedy: bool = False,
+    critic_fn: CriticFn | None = None,
+    critic_scope: str = "hole",
     record: bool = False,
 ) -> DecodeResult:
     """ids (B, N) int64 (any value at unknown positions), unknown (B, N) bool -> DecodeResult."""
@@ -92,8 +102,11 @@ def decode(
     T = total_iter
     t_stop = T if not sweet_spot else min(sweet_spot, T)
     schedules.get(schedule)  # fail early on an unknown name
+    if critic_scope not in CRITIC_SCOPES:
+        raise ValueError(f"critic_scope must be one of {CRITIC_SCOPES}, not {critic_scope!r}")
     cur = ids.masked_fill(unknown, mask_id)
-    unknown0 = unknown.sum(1).cpu()  # (B,)
+    unknown_cpu = unknown.cpu()
+    unknown0 = unknown_cpu.sum(1)  # (B,)
     result = DecodeResult(ids=cur, steps=0)
     for t in range(t_stop):
         still = cur == mask_id  # (B, N)
@@ -109,7 +122,11 @@ def decode(
         counts = now.tolist()
         ratio = (t + 1) / T
         sampled = cur.cpu().clone()
-        conf = torch.full((B, N), math.inf)
+        logp_sampled = torch.zeros(B, N)
+        noise = torch.zeros(B, N)
+        # the positions that compete to stay unmasked: those sampled now, or with a critic
+        # scoring the whole hole, every position of the hole
+        scope = still_cpu if critic_fn is None or critic_scope == "step" else unknown_cpu
         for b, (rows, prows) in enumerate(
             zip(torch.split(logp, counts), torch.split(pick, counts), strict=True)
         ):
@@ -121,13 +138,16 @@ def decode(
             else:
                 s = torch.multinomial(prows.exp(), 1, generator=g).squeeze(1)
             sampled[b, still_cpu[b]] = s
-            conf[b, still_cpu[b]] = rows.gather(-1, s[:, None]).squeeze(-1) + choice_temperature * (
-                1 - ratio
-            ) * gumbel((counts[b],), g)
-        sampled, conf = (
-            sampled.to(device),
-            conf.to(device),
-        )  # known tokens unchanged, confidence +inf
+            logp_sampled[b, still_cpu[b]] = rows.gather(-1, s[:, None]).squeeze(-1)
+            noise[b, scope[b]] = (
+                choice_temperature * (1 - ratio) * gumbel((int(scope[b].sum()),), g)
+            )
+        sampled = sampled.to(device)  # known tokens unchanged
+        if critic_fn is None:
+            score = logp_sampled
+        else:  # the critic's belief that each token is the data's, as a log-probability
+            score = F.logsigmoid(critic_fn(sampled).float()).cpu()
+        conf = torch.where(scope, score + noise, math.inf).to(device)  # known ones: +inf
         if t == t_stop - 1:
             keep = torch.zeros(B, dtype=torch.long)  # last step (or sweet spot): commit all
         else:

@@ -139,7 +139,8 @@ class InpaintBatch:
 
 class Inpainter:
     """tokenizer, transformer and cfg may be None for the harmonic fill. `precision` (default
-    fp32): bf16 puts the models' weights in bf16 (precision.Precision.for_inference)."""
+    fp32): bf16 puts the models' weights in bf16 (precision.Precision.for_inference). `critic`:
+    the transformer's Token-Critic, needed with `remask: critic`."""
 
     def __init__(
         self,
@@ -149,9 +150,17 @@ class Inpainter:
         settings: InpaintSettings,
         device: torch.device,
         precision: Precision | None = None,
+        critic: torch.nn.Module | None = None,
     ):
         self.precision = prec = precision if precision is not None else fp32(device)
         self.tok, self.tr = prec.for_inference(tokenizer), prec.for_inference(transformer)
+        if settings.fill == "maskgit" and settings.remask == "critic" and critic is None:
+            raise ConfigError(
+                "--remask critic needs the model's Token-Critic (critic.pt), and this model has "
+                "none: train one with `maskgit train CONFIG --stage critic --data IMAGES --out "
+                "MODEL`, or use --remask confidence"
+            )
+        self.critic = prec.for_inference(critic) if settings.remask == "critic" else None
         self.cfg, self.s, self.device = cfg, settings.check(), device
         self.grid = cfg.grid if cfg is not None else None
         self.size = (
@@ -165,6 +174,11 @@ class Inpainter:
         self.transformer_passes += ids_flat.shape[0]
         with self.precision.inference_autocast():
             return self.tr(ids_flat, where, hint=hint)
+
+    def judge(self, ids_flat: torch.Tensor) -> torch.Tensor:
+        """The Token-Critic's logits (B, N) that each token of the grids is the data's."""
+        with self.precision.inference_autocast():
+            return self.critic(ids_flat)
 
     def _hint(self, context_u8: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
         """(B, N, 3): the known tokens' mean colours, harmonically continued across the unknown
@@ -266,6 +280,8 @@ class Inpainter:
                 top_k=s.top_k,
                 top_p=s.top_p,
                 greedy=s.sampling == "greedy",
+                critic_fn=self.judge if self.critic is not None else None,
+                critic_scope=s.critic_scope,
                 record=record,
             )
             return res, self._pixels(res.ids.view(B, self.grid, self.grid), seen)

@@ -21,7 +21,7 @@ import torch
 from maskgit_cli import checkpoint, config, data, outputs, runtime
 from maskgit_cli import precision as precision_mod
 from maskgit_cli.config import Config
-from maskgit_cli.errors import ConfigError, DataError
+from maskgit_cli.errors import CheckpointError, ConfigError, DataError
 from maskgit_cli.pairing import ground_truth_paths, pair_inputs, pair_masks
 
 Progress = Callable[[int, int], None] | None
@@ -776,10 +776,41 @@ def export(
                 "metrics": tr.get("metrics", {}),
             },
         )
+        if (run_dir / checkpoint.CRITIC).is_file():
+            _export_critic(run_dir, tmp, cast, tok_id, checkpoint.model_id(tr_sd))
     out = target.out
     size = sum(p.stat().st_size for p in out.iterdir())
     return ExportResult(
         out=str(out), tokenizer_id=tok_id, bytes=size, dtype=str(dtype).replace("torch.", "")
+    )
+
+
+def _export_critic(run_dir: Path, tmp: Path, cast, tok_id: str, tr_id: str) -> None:
+    """RUN_DIR's Token-Critic beside the exported models, re-pointed at them (the cast changes
+    their weight hashes, not what they compute), if it belongs to the run's own models."""
+    ck = checkpoint.load(run_dir / checkpoint.CRITIC, "critic")
+    tok = checkpoint.load(run_dir / checkpoint.TOKENIZER, "tokenizer")
+    _tok, tr, _cfg = checkpoint.load_transformer(run_dir)
+    if ck.get("tokenizer_id") != checkpoint.tokens_id(tok) or ck.get(
+        "transformer_id"
+    ) != checkpoint.model_id(tr.state_dict()):
+        raise CheckpointError(
+            f"{run_dir / checkpoint.CRITIC} was trained against other models than the run's; "
+            "train it again (maskgit train --stage critic --overwrite) or remove it"
+        )
+    sd = cast(checkpoint.weights(ck))
+    checkpoint.check_finite(sd, run_dir / checkpoint.CRITIC)
+    checkpoint.save(
+        tmp / checkpoint.CRITIC,
+        {
+            "kind": "critic",
+            "config": ck["config"],
+            "model": sd,
+            "tokenizer_id": tok_id,
+            "transformer_id": tr_id,
+            "step": ck.get("step"),
+            "metrics": ck.get("metrics", {}),
+        },
     )
 
 

@@ -19,6 +19,11 @@ def logits_fn(ids: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)[where]
 
 
+def position_critic(ids: torch.Tensor) -> torch.Tensor:
+    """A critic that trusts later positions more: logit = position index, whatever the tokens."""
+    return torch.arange(N, dtype=torch.float32).expand(ids.shape[0], N).clone()
+
+
 def run(B=4, frac=0.6, seed=0, T=8, **kw):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, K, (B, N), generator=g)
@@ -39,10 +44,12 @@ def test_known_tokens_never_change_and_no_mask_left(schedule):
         assert torch.equal(pred[~unknown], ids[~unknown])
 
 
+@pytest.mark.parametrize("critic", [None, "step", "hole"])
 @pytest.mark.parametrize("schedule", ["cosine", "linear", "square"])
-def test_masked_count_follows_the_schedule_of_the_initial_count(schedule):
+def test_masked_count_follows_the_schedule_of_the_initial_count(schedule, critic):
     T = 8
-    ids, unknown, res = run(schedule=schedule, T=T, B=6, frac=0.9)
+    scored = {"critic_fn": position_critic, "critic_scope": critic} if critic else {}
+    ids, unknown, res = run(schedule=schedule, T=T, B=6, frac=0.9, **scored)
     unknown0 = unknown.sum(1)
     prev = unknown0.clone()
     for t, m in enumerate(res.masks):
@@ -220,3 +227,52 @@ def test_top_k_sampling_stays_in_the_top_k_and_top_1_is_greedy():
     ):  # every draw is among its row's top 3
         drawn = pred[where]
         assert (logits.topk(3, dim=-1).indices == drawn[:, None]).any(-1).all()
+
+
+@pytest.mark.parametrize("scope", decode.CRITIC_SCOPES)
+def test_a_critic_keeps_known_tokens_and_leaves_no_mask(scope):
+    ids, unknown, res = run(critic_fn=position_critic, critic_scope=scope, choice_temperature=2.0)
+    assert torch.equal(res.ids[~unknown], ids[~unknown])
+    assert (res.ids != K).all()
+    for m in res.masks:
+        assert not (m & ~unknown).any()
+
+
+def test_the_critic_not_the_generator_chooses_what_is_remasked():
+    """Noise off: after each step the positions left masked are the ones the critic trusts
+    least (the lowest indices of the hole), not the generator's least likely."""
+    ids, unknown, res = run(critic_fn=position_critic, critic_scope="hole", choice_temperature=0.0)
+    for m in res.masks:
+        for b in range(len(ids)):
+            hole = unknown[b].nonzero().squeeze(1)
+            n = int(m[b].sum())
+            assert torch.equal(m[b].nonzero().squeeze(1), hole[:n])
+
+
+def test_with_the_hole_scope_a_committed_token_can_be_drawn_again():
+    """A critic that distrusts, at the second step, a position the first step committed: with
+    scope 'hole' it is masked again; with scope 'step' it stays."""
+    calls = []
+
+    def flip_critic(ids):
+        calls.append(1)
+        score = torch.arange(N, dtype=torch.float32).expand(ids.shape[0], N).clone()
+        return score if len(calls) == 1 else -score  # step 2 distrusts the late positions
+
+    def masked_after_two(scope):
+        calls.clear()
+        ids, unknown, res = run(
+            B=1, frac=1.0, T=4, critic_fn=flip_critic, critic_scope=scope, choice_temperature=0.0
+        )
+        return res.masks[0][0], res.masks[1][0]
+
+    first, second = masked_after_two("hole")
+    committed = ~first
+    assert (second & committed).any()  # re-masked after being committed
+    first, second = masked_after_two("step")
+    assert not (second & ~first).any()
+
+
+def test_an_unknown_critic_scope_fails():
+    with pytest.raises(ValueError, match="critic_scope"):
+        run(critic_fn=position_critic, critic_scope="everything")

@@ -39,6 +39,12 @@ STAGES: dict[str, StageEntry] = {
         "stage 2: the MVTM transformer, on RUN's tokenizer's tokens",
         ("loss", "lr", "tokens_per_second"),
     ),
+    "critic": StageEntry(
+        "critic",
+        "CriticStage",
+        "stage 2b: a Token-Critic for RUN's transformer (decode with --remask critic)",
+        ("loss", "lr", "tokens_per_second"),
+    ),
 }
 
 
