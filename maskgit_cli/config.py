@@ -299,7 +299,6 @@ class CriticTrainConfig:
     from_transformer: bool = True
     schedule: str = ruled("cosine", _schedule)  # gamma used to draw the mask ratio
     mask_mode: str = ruled("mixed", one_of("random", "region", "mixed"))
-    val_ratios: tuple[float, ...] = ruled((0.25, 0.5, 0.75), below(0.001, 1.0001))
     precision: str = choice("auto", *PRECISIONS)
     log_every: int = ruled(10, at_least(1))
     checkpoint_every: int = ruled(100, at_least(1))

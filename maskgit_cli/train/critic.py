@@ -14,7 +14,7 @@ import torch
 
 from maskgit_cli import checkpoint, critic, precision, runtime, tokens
 from maskgit_cli.errors import CheckpointError, DataError
-from maskgit_cli.mvtm import fixed_ratio_mask, mvtm_hint, mvtm_mask
+from maskgit_cli.mvtm import mvtm_hint, mvtm_mask
 from maskgit_cli.precision import check_resume
 from maskgit_cli.train.loop import (
     Run,
@@ -29,7 +29,7 @@ from maskgit_cli.train.loop import (
     rng_state,
     set_rng_state,
 )
-from maskgit_cli.train.transformer import param_groups
+from maskgit_cli.train.transformer import param_groups, stage_tokens
 
 
 @dataclass
@@ -54,33 +54,42 @@ def evaluate_critic(
     generator,
     ids: torch.Tensor,
     colors: torch.Tensor | None,
-    ratios: tuple[float, ...],
+    settings,
+    image_size: int,
     device,
     sampling: tuple[float, float],
     batch_size: int = 128,
     seed: int = 1234,
     precision=None,
 ) -> dict[str, float]:
-    """Loss and accuracy (logit > 0 = the data's) on val grids corrupted at fixed mask ratios by
-    the generator, with fixed draws: runs compare. `precision`: the run's (its autocasts)."""
+    """Loss and accuracy (logit > 0 = the data's) on val grids corrupted as in training (the
+    masks of `settings`, a CriticTrainConfig), from a fixed seed: runs compare. Fixed-ratio
+    scattered masks would mislead here: at ratio 0.5 the drawn tokens are hard to tell apart,
+    while decoding asks the critic about holes. `precision`: the run's (its autocasts)."""
     model.eval()
     ids = ids.flatten(1)
     g = torch.Generator().manual_seed(seed)
     loss, correct, count = 0.0, 0, 0
-    for j, ratio in enumerate(ratios):
-        mask = fixed_ratio_mask(len(ids), ids.shape[1], ratio, seed + j)
-        for i in range(0, len(ids), batch_size):
-            x, m = ids[i : i + batch_size].to(device), mask[i : i + batch_size].to(device)
-            hint = mvtm_hint(colors[i : i + batch_size], m.cpu()) if colors is not None else None
-            with precision.inference_autocast() if precision else contextlib.nullcontext():
-                fake, replaced = critic.corrupt(
-                    generator, x, m, hint.to(device) if hint is not None else None, g, *sampling
-                )
-            with precision.autocast() if precision else contextlib.nullcontext():
-                logits = model(fake)
-            loss += critic.critic_loss(logits, replaced).item() * logits.numel()
-            correct += ((logits > 0) == ~replaced).sum().item()
-            count += logits.numel()
+    for i in range(0, len(ids), batch_size):
+        x = ids[i : i + batch_size]
+        mask, hole = mvtm_mask(
+            x, settings.schedule, g, settings.mask_mode, image_size, with_hole=True
+        )
+        hint = mvtm_hint(colors[i : i + batch_size], hole) if colors is not None else None
+        with precision.inference_autocast() if precision else contextlib.nullcontext():
+            fake, replaced = critic.corrupt(
+                generator,
+                x.to(device),
+                mask.to(device),
+                hint.to(device) if hint is not None else None,
+                g,
+                *sampling,
+            )
+        with precision.autocast() if precision else contextlib.nullcontext():
+            logits = model(fake)
+        loss += critic.critic_loss(logits, replaced).item() * logits.numel()
+        correct += ((logits > 0) == ~replaced).sum().item()
+        count += logits.numel()
     model.train()
     return {"val_loss": loss / count, "val_accuracy": correct / count}
 
@@ -143,28 +152,9 @@ class CriticStage(Stage):
         # the run's own models are the authority; only the critic's settings come from the command
         cfg = dataclasses.replace(run_cfg, critic_train=cfg.critic_train)
         prec = precision.resolve(cfg.critic_train.precision, device)
-        common = dict(
-            cfg=cfg,
-            tok_model=prec.for_inference(tok_model),
-            tok_id=tok_id,
-            run_dir=run_dir,
-            device=device,
-            resize=resize,
-            rank=rank,
-            precision=prec,
+        train, val_tokens = stage_tokens(
+            cfg, run_dir, data, val, tok_model, tok_id, device, resize, rank, prec, status
         )
-        train = tokens.run_tokens(
-            data,
-            "train",
-            flips=cfg.data.hflip,
-            on_progress=lambda i, n: status("encoding train images", i, n),
-            **common,
-        )
-        val_tokens = None
-        if val:
-            val_tokens = tokens.run_tokens(
-                val, "val", on_progress=lambda i, n: status("encoding val images", i, n), **common
-            )
         if gen.cfg.hint and (train.colors is None or (val_tokens and val_tokens.colors is None)):
             raise DataError("the run's transformer uses colour hints: its tokens need colours")
         return cls(
@@ -259,7 +249,8 @@ class CriticStage(Stage):
             self.generator,
             self.val_ids,
             self.val_colors,
-            self.settings.val_ratios,
+            self.settings,
+            self.cfg.data.image_size,
             self.device,
             self.sampling,
             precision=self.precision,

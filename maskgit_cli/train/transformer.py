@@ -149,6 +149,35 @@ def run_tokenizer(cfg, out: Path, tokenizer: str | Path | None, device: torch.de
     return model, tok_id
 
 
+def stage_tokens(cfg, run_dir, data, val, tok_model, tok_id, device, resize, rank, prec, status):
+    """The train (with mirrored copies when data.hflip) and val (None without --val) tokens of a
+    stage that trains on tokens, encoded once in the run's precision and cached in the run; the
+    tokenizer is not kept for the training loop. -> (TokenFile, TokenFile | None)."""
+    common = dict(
+        cfg=cfg,
+        tok_model=prec.for_inference(tok_model),
+        tok_id=tok_id,
+        run_dir=run_dir,
+        device=device,
+        resize=resize,
+        rank=rank,
+        precision=prec,
+    )
+    train = tokens.run_tokens(
+        data,
+        "train",
+        flips=cfg.data.hflip,
+        on_progress=lambda i, n: status("encoding train images", i, n),
+        **common,
+    )
+    val_tokens = None
+    if val:
+        val_tokens = tokens.run_tokens(
+            val, "val", on_progress=lambda i, n: status("encoding val images", i, n), **common
+        )
+    return train, val_tokens
+
+
 class TransformerStage(Stage):
     name = "transformer"
     section = "transformer_train"
@@ -208,30 +237,9 @@ class TransformerStage(Stage):
         rank, _world, device = runtime.init_distributed(device)
         tok_model, tok_id = run_tokenizer(cfg, run_dir, tokenizer, device, rank)
         prec = precision.resolve(cfg.transformer_train.precision, device)
-        tok_model = prec.for_inference(tok_model)  # the tokens are encoded in the run's precision
-        common = dict(
-            cfg=cfg,
-            tok_model=tok_model,
-            tok_id=tok_id,
-            run_dir=run_dir,
-            device=device,
-            resize=resize,
-            rank=rank,
-            precision=prec,
+        train, val_tokens = stage_tokens(
+            cfg, run_dir, data, val, tok_model, tok_id, device, resize, rank, prec, status
         )
-        train = tokens.run_tokens(
-            data,
-            "train",
-            flips=cfg.data.hflip,
-            on_progress=lambda i, n: status("encoding train images", i, n),
-            **common,
-        )
-        val_tokens = None
-        if val:
-            val_tokens = tokens.run_tokens(
-                val, "val", on_progress=lambda i, n: status("encoding val images", i, n), **common
-            )
-        del tok_model  # the tokenizer never runs inside the training loop
         return cls(
             cfg,
             run_dir,
