@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from maskgit_cli import checkpoint, critic, precision, runtime, tokens
-from maskgit_cli.errors import CheckpointError, DataError
+from maskgit_cli.errors import CheckpointError, ConfigError, DataError
 from maskgit_cli.mvtm import mvtm_hint, mvtm_mask
 from maskgit_cli.precision import check_resume
 from maskgit_cli.train.loop import (
@@ -137,7 +137,9 @@ class CriticStage(Stage):
     def open(
         cls, cfg, run_dir, *, data, val, tokenizer, resize, device, seed, compile, overwrite, status
     ):
-        rank, _world, device = runtime.init_distributed(device)
+        rank, world, device = runtime.init_distributed(device)
+        if world > 1:
+            raise ConfigError("--stage critic trains in one process: run it without torchrun")
         if tokenizer is not None:
             raise DataError(
                 "--stage critic uses RUN's own tokenizer and transformer: drop --tokenizer"
@@ -179,6 +181,11 @@ class CriticStage(Stage):
         notes: list[str] = []
         ck = checkpoint.load(self.checkpoint_path, "critic") if resume else None
         if ck is None and tc.from_transformer:
+            if self.generator.cfg.norm != "pre" or self.generator.cfg.head != "linear":
+                raise ConfigError(
+                    "critic_train.from_transformer needs a pre-norm transformer with a linear "
+                    "head (the critic's own layout); set critic_train.from_transformer=false"
+                )
             self.model.start_from(self.generator.state_dict())
             notes.append("started from the trunk of the run's transformer")
         self.generator = self.precision.for_inference(self.generator)
