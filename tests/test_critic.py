@@ -120,3 +120,32 @@ def test_a_critic_of_another_transformer_is_refused(runner, tiny_data, tiny_run,
     assert "another transformer" in res["error"]
     # decoding without the critic still works: only --remask critic reads it
     invoke_json(runner, inpaint_args(tiny_data, run, tmp_path / "o2", "-T", "2"))
+
+
+def test_starting_from_a_lab_layout_transformer_is_refused_by_name(
+    runner, tiny_data, tiny_run, tmp_path
+):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_run / checkpoint.TOKENIZER, run / checkpoint.TOKENIZER)
+    lab_layout = ["--set", "transformer.norm=post", "--set", "transformer.head=tied"]
+    train = ["train", str(TINY), "--data", str(tiny_data["train"]), "--out", str(run)]
+    invoke_json(runner, [*train, "--stage", "transformer", "--max-steps", "2", *lab_layout])
+    res = invoke_json(
+        runner, [*train, "--stage", "critic", "--max-steps", "2", "--device", "cpu"], code=1
+    )
+    assert "critic_train.from_transformer=false" in res["error"]
+    invoke_json(
+        runner,
+        [
+            *train,
+            "--stage",
+            "critic",
+            "--max-steps",
+            "2",
+            "--device",
+            "cpu",
+            "--set",
+            "critic_train.from_transformer=false",
+        ],
+    )
