@@ -777,7 +777,7 @@ def export(
             },
         )
         if (run_dir / checkpoint.CRITIC).is_file():
-            _export_critic(run_dir, tmp, cast, tok_id, checkpoint.model_id(tr_sd))
+            _export_critic(run_dir, tmp, cast, tok, tok_id, checkpoint.model_id(tr_sd))
     out = target.out
     size = sum(p.stat().st_size for p in out.iterdir())
     return ExportResult(
@@ -785,11 +785,11 @@ def export(
     )
 
 
-def _export_critic(run_dir: Path, tmp: Path, cast, tok_id: str, tr_id: str) -> None:
+def _export_critic(run_dir: Path, tmp: Path, cast, tok: dict, tok_id: str, tr_id: str) -> None:
     """RUN_DIR's Token-Critic beside the exported models, re-pointed at them (the cast changes
-    their weight hashes, not what they compute), if it belongs to the run's own models."""
+    their weight hashes, not what they compute), if it belongs to the run's own models. `tok`:
+    the run's tokenizer checkpoint, already read by the export."""
     ck = checkpoint.load(run_dir / checkpoint.CRITIC, "critic")
-    tok = checkpoint.load(run_dir / checkpoint.TOKENIZER, "tokenizer")
     _tok, tr, _cfg = checkpoint.load_transformer(run_dir)
     if ck.get("tokenizer_id") != checkpoint.tokens_id(tok) or ck.get(
         "transformer_id"
