@@ -1,5 +1,6 @@
-"""Inpainting images/s at (T=12, t=8) and T=8 for cats64_small and lab, in fp32 and bf16 side
-by side, with the MFU of the transformer passes against the peak of the precision used (same run).
+"""Inpainting images/s at (T=12, t=8) and T=8 for cats64_small and lab, and at the bundled
+model's T=12 for cats64, in fp32 and bf16 side by side, with the MFU of the transformer passes
+against the peak of the precision used (same run).
 Weights are random (speed does not depend on them); bf16 runs the weights in bf16, as
 `maskgit inpaint --precision bf16` does.
 
@@ -98,12 +99,13 @@ def bench(
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--only", choices=["cats64_small", "lab"])
+    ap.add_argument("--only", choices=["cats64", "cats64_small", "lab"])
     ap.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16")
     args = ap.parse_args()
     precs = precisions(args.precision)
     peak = peaks(precs)
     plan = [
+        ("cats64", 32, 12, 12, 0),  # the bundled model's sizes and decode steps
         ("cats64_small", 32, 12, 8, 0),
         ("cats64_small", 32, 8, 8, 0),
         ("lab", 16, 12, 8, 4),

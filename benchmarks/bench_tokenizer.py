@@ -1,4 +1,4 @@
-"""Tokenizer training and encode images/s, cats64_small and lab, fp32 and bf16 side by side.
+"""Tokenizer training and encode images/s, cats64, cats64_small and lab, fp32 and bf16 side by side.
 
 The training step is stage 1's (reconstruction + VQ loss, fused AdamW), under the precision's
 autocast with fp32 master weights; encoding runs the weights themselves in the precision, as
@@ -52,12 +52,12 @@ def bench(name: str, batch: int, precs: list, rounds: int = 3) -> list[dict]:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=["cats64_small", "lab"])
+    ap.add_argument("--only", choices=["cats64", "cats64_small", "lab"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16")
     args = ap.parse_args()
     precs = precisions(args.precision)
-    plan = [("cats64_small", 16), ("lab", 4)]
+    plan = [("cats64", 16), ("cats64_small", 16), ("lab", 4)]
     rows = [
         r
         for name, batch in plan
