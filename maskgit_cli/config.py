@@ -157,11 +157,15 @@ class TokenizerTrainConfig:
     min_lr_ratio: float = ruled(0.1, below(0, 1.0001))
     grad_clip: float = ruled(1.0, positive)
     loss: str = ruled("l1", one_of("l1", "l2"))
-    disc_start: int = ruled(
-        -1, at_least(-1)
-    )  # step at which the patch discriminator switches on; -1 = never
-    disc_weight: float = ruled(0.1, at_least(0))
+    # a patch GAN from this step on, with the encoder and codebook training too (VQGAN's own
+    # stage 1, Esser et al. 2021); -1 = never (stage 1b then adds one to the decoder alone)
+    disc_start: int = ruled(-1, at_least(-1))
+    # the generator's hinge loss times VQGAN's adaptive weight, as in stage 1b
+    disc_weight: float = ruled(0.5, at_least(0))
     disc_lr: float = ruled(2e-4, positive)
+    # feature matching against the critic's hidden activations once the GAN is on (as
+    # decoder_train.feature_weight); 0 = off
+    feature_weight: float = ruled(0.0, at_least(0))
     restart_every: int = ruled(100, at_least(0))  # revive dead codes every N steps (0 = never)
     dead_threshold: float = ruled(
         0.03, at_least(0)

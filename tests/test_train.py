@@ -88,6 +88,47 @@ def test_tokenizer_resume_equals_an_uninterrupted_run(tiny_data, tmp_path):
         assert all(torch.equal(ca[key][k], cb[key][k]) for k in ca[key])
 
 
+def test_tokenizer_gan_from_disc_start_trains_the_encoder_and_resumes_exactly(
+    tiny_data, tmp_path
+):
+    """Stage 1 with the patch GAN on from step 4 (adaptive weight, feature matching): the steps
+    before it match a run without a GAN, the steps after log the GAN's terms and move the encoder
+    elsewhere, and a resume past the start restores the critic exactly."""
+    plain = ["tokenizer_train.max_steps=8", "tokenizer_train.restart_every=0"]
+    over = [*plain, "tokenizer_train.disc_start=4", "tokenizer_train.feature_weight=1.0"]
+
+    def train(out, overrides, **kw):
+        return pipeline.train(
+            TINY, "tokenizer", tiny_data["train"], out, device="cpu", overrides=overrides, **kw
+        )
+
+    train(tmp_path / "plain", plain)
+    train(tmp_path / "a", over)
+    rows = [
+        json.loads(x)
+        for x in (tmp_path / "a" / "metrics_tokenizer.jsonl").read_text().splitlines()
+        if '"loss"' in x
+    ]
+    assert [("gan_weight" in r) for r in rows] == [False] * 4 + [True] * 4
+    on = rows[4:]
+    assert all(r["gan_weight"] > 0 and r["feature_loss"] > 0 and r["disc_loss"] >= 0 for r in on)
+    a, p = _losses(tmp_path / "a" / "metrics_tokenizer.jsonl"), _losses(
+        tmp_path / "plain" / "metrics_tokenizer.jsonl"
+    )
+    assert a[:4] == p[:4] and a[4:] != p[4:]
+    ca, cp = checkpoint.load(tmp_path / "a"), checkpoint.load(tmp_path / "plain")
+    assert ca["disc"] is not None and cp["disc"] is None
+    enc = [k for k in ca["model"] if k.startswith("encoder.")]
+    assert any(not torch.equal(ca["model"][k], cp["model"][k]) for k in enc)
+
+    cut = train(tmp_path / "b", over, on_step=_interrupt_at(6))
+    assert cut.interrupted and cut.steps == 6
+    train(tmp_path / "b", over, resume=True)
+    assert _losses(tmp_path / "b" / "metrics_tokenizer.jsonl") == a
+    cb = checkpoint.load(tmp_path / "b")
+    assert all(torch.equal(ca["disc"][k], cb["disc"][k]) for k in ca["disc"])
+
+
 def test_transformer_resume_equals_an_uninterrupted_run(tiny_run, tiny_data, tmp_path):
     """N steps, then N resumed steps, give the losses of 2N uninterrupted steps (EMA, accumulation,
     dropout and data order included)."""

@@ -31,39 +31,15 @@ from maskgit_cli.train.loop import (
 )
 from maskgit_cli.train.tokenizer import (
     ImageStage,
+    adaptive_gan_weight,
+    decoder_last_weight,
     evaluate_tokenizer,
+    feature_matching,
     hinge_disc_step,
     patch_mean,
 )
 
 STAGE1_BACKUP = "tokenizer_stage1.pt"
-
-
-def adaptive_gan_weight(
-    rec_loss: torch.Tensor, gan_loss: torch.Tensor, last: torch.Tensor, factor: float
-) -> torch.Tensor:
-    """VQGAN's balance of the two losses (Esser et al. 2021, eq. 7): factor * |d rec / d last| /
-    |d gan / d last| at the decoder's last layer, so the GAN term neither vanishes nor swamps the
-    reconstruction whatever the discriminator's scale. Both losses may be AMP-scaled alike."""
-    g_rec = torch.autograd.grad(rec_loss, last, retain_graph=True)[0].float().norm()
-    g_gan = torch.autograd.grad(gan_loss, last, retain_graph=True)[0].float().norm()
-    return (factor * g_rec / (g_gan + 1e-4)).clamp(0, 1e4).detach()
-
-
-def feature_matching(fake: list[torch.Tensor], disc, real: torch.Tensor) -> torch.Tensor:
-    """Mean over the critic's hidden layers of the L1 distance between the activations of the
-    first len(real) reconstructions (`fake`, from disc.features) and those of their images.
-    Fills from the transformer (decoder_train.generated) have no image in their holes: they
-    take no part."""
-    with torch.no_grad():
-        target = disc.features(real)
-    n = len(real)
-    return torch.stack(
-        [
-            (f[:n].float() - t.float()).abs().mean()
-            for f, t in zip(fake[:-1], target[:-1], strict=True)
-        ]
-    ).mean()
 
 
 class DecoderStage(ImageStage):
@@ -175,9 +151,7 @@ class DecoderStage(ImageStage):
         ]
         for p in self.params:
             p.requires_grad_(True)
-        self.last = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Conv2d)][
-            -1
-        ].weight
+        self.last = decoder_last_weight(model)
         self.ema = ema.maybe(model, tc.ema)
         self.opt = adamw(self.params, lr=tc.lr, betas=(0.5, 0.9))
         self.disc = vqgan.PatchDiscriminator().to(device)

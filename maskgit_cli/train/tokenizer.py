@@ -1,7 +1,9 @@
 """Stage 1: the VQGAN tokenizer (`--stage tokenizer`), trained on images.
 
-Reconstruction (L1 or L2) + VQ losses, or FSQ; an optional patch GAN from `disc_start`;
-a data-dependent codebook start and dead-code restarts keep the codes in use.
+Reconstruction (L1 or L2) + VQ losses, or FSQ; a data-dependent codebook start and dead-code
+restarts keep the codes in use. From `disc_start` on, an optional patch GAN with VQGAN's adaptive
+weight and, optionally, feature matching, as in stage 1b, but with the encoder and codebook
+training too.
 """
 
 from __future__ import annotations
@@ -122,6 +124,39 @@ def hinge_disc_step(
     d_loss.backward()
     disc_opt.step()
     return d_loss.item()
+
+
+def decoder_last_weight(model) -> torch.Tensor:
+    """The weight of the decoder's last convolution: where the adaptive GAN weight compares the
+    two losses' gradients."""
+    return [m for m in model.decoder.modules() if isinstance(m, torch.nn.Conv2d)][-1].weight
+
+
+def adaptive_gan_weight(
+    rec_loss: torch.Tensor, gan_loss: torch.Tensor, last: torch.Tensor, factor: float
+) -> torch.Tensor:
+    """VQGAN's balance of the two losses (Esser et al. 2021, eq. 7): factor * |d rec / d last| /
+    |d gan / d last| at the decoder's last layer, so the GAN term neither vanishes nor swamps the
+    reconstruction whatever the discriminator's scale. Both losses may be AMP-scaled alike."""
+    g_rec = torch.autograd.grad(rec_loss, last, retain_graph=True)[0].float().norm()
+    g_gan = torch.autograd.grad(gan_loss, last, retain_graph=True)[0].float().norm()
+    return (factor * g_rec / (g_gan + 1e-4)).clamp(0, 1e4).detach()
+
+
+def feature_matching(fake: list[torch.Tensor], disc, real: torch.Tensor) -> torch.Tensor:
+    """Mean over the critic's hidden layers of the L1 distance between the activations of the
+    first len(real) reconstructions (`fake`, from disc.features) and those of their images.
+    Fills from the transformer (decoder_train.generated) have no image in their holes: they
+    take no part."""
+    with torch.no_grad():
+        target = disc.features(real)
+    n = len(real)
+    return torch.stack(
+        [
+            (f[:n].float() - t.float()).abs().mean()
+            for f, t in zip(fake[:-1], target[:-1], strict=True)
+        ]
+    ).mean()
 
 
 class ImageStage(Stage):
@@ -247,6 +282,7 @@ class TokenizerStage(ImageStage):
             self.model.parameters(), lr=tc.lr, betas=(0.5, 0.9), weight_decay=tc.weight_decay
         )
         self.disc = vqgan.PatchDiscriminator().to(device) if tc.disc_start >= 0 else None
+        self.last = decoder_last_weight(self.model)
         self.disc_opt = (
             adamw(self.disc.parameters(), lr=tc.disc_lr, betas=(0.5, 0.9)) if self.disc else None
         )
@@ -294,20 +330,38 @@ class TokenizerStage(ImageStage):
                 z = model.encode_latent(x)
             restart_dead_codes(model, torch.zeros(model.codebook_size), z, 1.0, g)
 
+        gan_on = disc is not None and step >= tc.disc_start
         with self.precision.autocast():
             rec, ids, vq_loss, z_e = model(x)
             rec_err = rec.float() - x
             rec_loss = rec_err.abs().mean() if tc.loss == "l1" else rec_err.pow(2).mean()
             loss = rec_loss + vq_loss
-            if disc is not None and step >= tc.disc_start:
-                loss = loss - tc.disc_weight * disc(rec).mean()  # hinge generator loss
+            if gan_on:
+                disc.requires_grad_(False)  # the generator pass needs no critic gradients
+                fake = disc.features(rec)  # its last entry is disc(rec)
+                gan_loss = -fake[-1].float().mean()
+                feat_loss = feature_matching(fake, disc, x) if tc.feature_weight > 0 else None
+        gan_log: dict[str, float] = {}
+        if gan_on:
+            weight = adaptive_gan_weight(
+                self.scaler.scale(rec_loss), self.scaler.scale(gan_loss), self.last, tc.disc_weight
+            )
+            loss = loss + weight * gan_loss
+            if feat_loss is not None:
+                loss = loss + tc.feature_weight * feat_loss
         check_finite(loss, step, self.checkpoint_path, "lower tokenizer_train.lr")
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         optimizer_step(self.opt, self.scaler, model.parameters(), tc.grad_clip)
 
-        if disc is not None and step >= tc.disc_start:
-            hinge_disc_step(disc, self.disc_opt, x, rec, self.precision)
+        if gan_on:
+            disc.requires_grad_(True)
+            gan_log = {
+                "gan_loss": gan_loss.item(),
+                "gan_weight": weight.item(),
+                **({"feature_loss": feat_loss.item()} if feat_loss is not None else {}),
+                "disc_loss": hinge_disc_step(disc, self.disc_opt, x, rec, self.precision),
+            }
 
         counts = torch.bincount(ids.flatten().cpu(), minlength=model.codebook_size).float()
         self.code_ema.mul_(0.99).add_(counts, alpha=0.01)
@@ -322,6 +376,7 @@ class TokenizerStage(ImageStage):
                 "rec_loss": rec_loss.item(),
                 "vq_loss": vq_loss.item(),
                 "usage": (counts > 0).float().mean().item(),
+                **gan_log,
                 "lr": lr,
                 "psnr": self.batch_psnr(rec, x8),
             },
