@@ -88,9 +88,7 @@ def test_tokenizer_resume_equals_an_uninterrupted_run(tiny_data, tmp_path):
         assert all(torch.equal(ca[key][k], cb[key][k]) for k in ca[key])
 
 
-def test_tokenizer_gan_from_disc_start_trains_the_encoder_and_resumes_exactly(
-    tiny_data, tmp_path
-):
+def test_tokenizer_gan_from_disc_start_trains_the_encoder_and_resumes_exactly(tiny_data, tmp_path):
     """Stage 1 with the patch GAN on from step 4 (adaptive weight, feature matching): the steps
     before it match a run without a GAN, the steps after log the GAN's terms and move the encoder
     elsewhere, and a resume past the start restores the critic exactly."""
@@ -112,8 +110,9 @@ def test_tokenizer_gan_from_disc_start_trains_the_encoder_and_resumes_exactly(
     assert [("gan_weight" in r) for r in rows] == [False] * 4 + [True] * 4
     on = rows[4:]
     assert all(r["gan_weight"] > 0 and r["feature_loss"] > 0 and r["disc_loss"] >= 0 for r in on)
-    a, p = _losses(tmp_path / "a" / "metrics_tokenizer.jsonl"), _losses(
-        tmp_path / "plain" / "metrics_tokenizer.jsonl"
+    a, p = (
+        _losses(tmp_path / "a" / "metrics_tokenizer.jsonl"),
+        _losses(tmp_path / "plain" / "metrics_tokenizer.jsonl"),
     )
     assert a[:4] == p[:4] and a[4:] != p[4:]
     ca, cp = checkpoint.load(tmp_path / "a"), checkpoint.load(tmp_path / "plain")
