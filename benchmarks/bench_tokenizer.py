@@ -1,42 +1,60 @@
 """Tokenizer training and encode images/s, cats64, cats64_small and lab, fp32 and bf16 side by side.
 
-The training step is stage 1's (reconstruction + VQ loss, fused AdamW), under the precision's
-autocast with fp32 master weights; encoding runs the weights themselves in the precision, as
-`maskgit encode` and inpainting do. MFU is not reported: convolution FLOPs are not counted here.
+Training is timed on stage 1's own step (`TokenizerStage.step`: reconstruction + VQ loss, fused
+AdamW, the weight average, under the precision's autocast with fp32 master weights), fed random
+images. A config that turns the patch GAN on partway (`tokenizer_train.disc_start`, as cats64's
+does) gets a second figure, the step after the critic starts (generator and critic updates,
+the adaptive weight and any feature matching). Encoding runs the weights themselves in the
+precision, as `maskgit encode` and inpainting do. MFU is not reported: convolution FLOPs are not
+counted here.
 """
 
 import argparse
+import dataclasses
+import itertools
+import tempfile
+from pathlib import Path
 
 import torch
 from common import ROOT, emit, interleaved, machine, precisions
 
 from maskgit_cli import config, vqgan
-from maskgit_cli.train.loop import adamw
+from maskgit_cli.train.tokenizer import TokenizerStage
+
+
+def stage_step(cfg, prec, batch: int, gan: bool, run_dir: Path):
+    """A callable running stage 1's real training step on random images, its critic on from the
+    first step (gan) or off."""
+    tc = dataclasses.replace(
+        cfg.tokenizer_train, batch_size=batch, precision=prec.name, disc_start=0 if gan else -1
+    )
+    cfg = dataclasses.replace(cfg, tokenizer_train=tc)
+    size = cfg.data.image_size
+    images = torch.randint(0, 256, (batch * 4, 3, size, size), dtype=torch.uint8)
+    stage = TokenizerStage(cfg, run_dir, images=images, device=torch.device("cpu"), seed=0)
+    stage.setup(resume=False)
+    steps = itertools.count()
+    return lambda: stage.step(next(steps), tc.lr)
 
 
 def bench(name: str, batch: int, precs: list, rounds: int = 3) -> list[dict]:
     cfg = config.load(ROOT / "configs" / f"{name}.yaml")
+    gan = cfg.tokenizer_train.disc_start >= 0  # the config trains part of stage 1 with a critic
     x = torch.randn(batch, 3, cfg.data.image_size, cfg.data.image_size)
-    train, encode, params = {}, {}, 0.0
-    for prec in precs:
-        torch.manual_seed(0)
-        model = vqgan.build(cfg).train()
-        opt = adamw(model.parameters(), lr=1e-4)  # the training loop's optimizer
-        params = sum(p.numel() for p in model.parameters()) / 1e6
-
-        def train_step(model=model, opt=opt, prec=prec):
-            with prec.autocast():
-                rec, _ids, vq_loss, _z = model(x)
-                loss = (rec.float() - x).abs().mean() + vq_loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        frozen = prec.for_inference(vqgan.build(cfg).eval())
-        train[prec.name] = train_step
-        encode[prec.name] = torch.no_grad()(lambda m=frozen: m.encode(x))
-    train_s = interleaved(train, rounds)
-    encode_s = interleaved(encode, rounds)
+    train, train_gan, encode = {}, {}, {}
+    params = sum(p.numel() for p in vqgan.build(cfg).parameters()) / 1e6
+    with tempfile.TemporaryDirectory() as tmp:
+        for prec in precs:
+            torch.manual_seed(0)
+            train[prec.name] = stage_step(cfg, prec, batch, False, Path(tmp, prec.name))
+            if gan:
+                gan_dir = Path(tmp, prec.name + "-gan")
+                train_gan[prec.name] = stage_step(cfg, prec, batch, True, gan_dir)
+            frozen = prec.for_inference(vqgan.build(cfg).eval())
+            encode[prec.name] = torch.no_grad()(lambda m=frozen: m.encode(x))
+        train_s = interleaved(train, rounds)
+        gan_s = interleaved(train_gan, rounds) if gan else {}
+        encode_s = interleaved(encode, rounds)
     return [
         {
             "config": name,
@@ -44,6 +62,8 @@ def bench(name: str, batch: int, precs: list, rounds: int = 3) -> list[dict]:
             "params_m": params,
             "batch": batch,
             "train_images_per_second": batch / train_s[p.name],
+            # null: this config's stage 1 has no critic
+            "gan_train_images_per_second": batch / gan_s[p.name] if gan else None,
             "encode_images_per_second": batch / encode_s[p.name],
         }
         for p in precs
