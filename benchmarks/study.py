@@ -117,7 +117,7 @@ def main() -> None:
         )
     except MaskgitError as exc:  # a user mistake: one line, exit 1
         sys.exit(f"error: {exc}")
-    row = {"name": args.name, "model": args.model, **scores, **host}
+    row = {"name": args.name, "model": args.model, "seed": args.seed, **scores, **host}
     if args.log:
         with args.log.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
