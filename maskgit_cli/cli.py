@@ -57,7 +57,19 @@ class _Group(TyperGroup):
             if "--json" in argv:
                 ui.emit_json({"error": err.format_message()})
             sys.exit(err.exit_code)
-        sys.exit(rv if isinstance(rv, int) else 0)
+        _exit(rv if isinstance(rv, int) else 0)
+
+
+def _exit(code: int) -> None:
+    """Leave with `code`. A rank launched by torchrun (WORLD_SIZE > 1) skips the interpreter's
+    teardown: after a finished run has left its process group, gloo's threads could still abort it
+    there (SIGABRT, "terminate called without an active exception"), failing a run whose outputs
+    were already written. Every file is written and renamed before this point."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
     def get_help_option(self, ctx):  # noqa: D102
         return _valueless(super().get_help_option(ctx))
