@@ -59,6 +59,9 @@ class _Group(TyperGroup):
             sys.exit(err.exit_code)
         _exit(rv if isinstance(rv, int) else 0)
 
+    def get_help_option(self, ctx):  # noqa: D102
+        return _valueless(super().get_help_option(ctx))
+
 
 def _exit(code: int) -> None:
     """Leave with `code`. A rank launched by torchrun (WORLD_SIZE > 1) skips the interpreter's
@@ -70,9 +73,6 @@ def _exit(code: int) -> None:
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
-
-    def get_help_option(self, ctx):  # noqa: D102
-        return _valueless(super().get_help_option(ctx))
 
 
 def _refuse_empty(argv: list[str]) -> None:
