@@ -558,7 +558,8 @@ def _validate(cfg: Config) -> Config:
         if math.prod(tok.fsq_levels) != tok.codebook_size:
             raise ConfigError(
                 f"tokenizer.codebook_size ({tok.codebook_size}) must equal the product of "
-                f"tokenizer.fsq_levels {list(tok.fsq_levels)} ({math.prod(tok.fsq_levels)})"
+                f"tokenizer.fsq_levels {list(tok.fsq_levels)} ({math.prod(tok.fsq_levels)}); "
+                "change both, or set tokenizer.fsq_levels=[] for a learned codebook"
             )
     if cfg.transformer_train.add_layers:
         if not cfg.transformer_train.init:

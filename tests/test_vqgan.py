@@ -147,6 +147,11 @@ def test_fsq_tokenizer_trains_and_needs_a_consistent_codebook_size(tiny_data, tm
 
     with pytest.raises(ConfigError, match="must equal the product of tokenizer.fsq_levels"):
         config.load(TINY, ["tokenizer.fsq_levels=[4,4,4]"])  # 64 codes, but codebook_size 32
+    # the bundled recipe quantizes by FSQ; the error names the way back to a learned codebook
+    assert config.load("cats64").tokenizer.fsq_levels == (8, 8, 8)
+    with pytest.raises(ConfigError, match=r"tokenizer.fsq_levels=\[\] for a learned codebook"):
+        config.load("cats64", ["tokenizer.codebook_size=256"])
+    assert config.load("cats64", ["tokenizer.fsq_levels=[]"]).tokenizer.fsq_levels == ()
     res = pipeline.train(
         TINY,
         "tokenizer",
