@@ -721,6 +721,23 @@ class ExportResult:
     dtype: str
 
 
+def _without_start(saved: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A saved config with what acted only when its run started (the weights it began from, the
+    layers it added) back at the defaults: the config already records the grown architecture, and
+    an inference copy should not carry a path of the machine that trained it."""
+    from maskgit_cli.train.loop import STARTING
+
+    if saved is None:
+        return None
+    fresh = Config().to_dict()
+    return {
+        name: {k: fresh[name][k] if k in STARTING else v for k, v in section.items()}
+        if isinstance(section, dict) and name in fresh
+        else section
+        for name, section in saved.items()
+    }
+
+
 def export(
     run_dir: str | Path,
     out: str | Path,
@@ -741,6 +758,7 @@ def export(
     tr = checkpoint.load(run_dir / checkpoint.TRANSFORMER, "transformer")
     if overrides:
         tr["config"] = config.apply_overrides(checkpoint.config_of(tr), overrides).to_dict()
+    tok_cfg, tr_cfg = (_without_start(ck["config"]) for ck in (tok, tr))
     dtype = torch.float16 if half else torch.float32
 
     def cast(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -756,7 +774,7 @@ def export(
             tmp / checkpoint.TOKENIZER,
             {
                 "kind": "tokenizer",
-                "config": tok["config"],
+                "config": tok_cfg,
                 "model": tok_sd,
                 "model_id": tok_id,
                 "step": tok.get("step"),
@@ -768,7 +786,7 @@ def export(
             tmp / checkpoint.TRANSFORMER,
             {
                 "kind": "transformer",
-                "config": tr["config"],
+                "config": tr_cfg,
                 "model": tr_sd,
                 "ema": None,
                 "tokenizer_id": tok_id,
@@ -804,7 +822,7 @@ def _export_critic(run_dir: Path, tmp: Path, cast, tok: dict, tok_id: str, tr_id
         tmp / checkpoint.CRITIC,
         {
             "kind": "critic",
-            "config": ck["config"],
+            "config": _without_start(ck["config"]),
             "model": sd,
             "tokenizer_id": tok_id,
             "transformer_id": tr_id,

@@ -529,6 +529,20 @@ def test_transformer_fine_tune_adds_layers_that_start_as_the_identity(
     with pytest.raises(CheckpointError, match="has 2 layers, but transformer.layers is 3"):
         _stage2(run, tiny_data, [*over, "transformer.layers=3"])
 
+    # the export keeps the grown depth, drops what acted only at the start (init's path of this
+    # machine), and predicts what the run does
+    pipeline.export(run, tmp_path / "exported", half=False)
+    shipped = checkpoint.load(tmp_path / "exported" / "transformer.pt")["config"]
+    assert shipped["transformer"]["layers"] == 4
+    assert (
+        shipped["transformer_train"]["init"] == ""
+        and shipped["transformer_train"]["add_layers"] == 0
+    )
+    assert str(tiny_run) not in str(shipped)
+    _, exported, _ = checkpoint.load_transformer(tmp_path / "exported")
+    _, trained, _ = checkpoint.load_transformer(run)
+    assert torch.equal(exported.eval()(ids), trained.eval()(ids))
+
 
 def test_decoder_stage_on_the_transformers_fills(tiny_run, tiny_data, tmp_path):
     """decoder_train.generated: part of each batch is the run's transformer's inpainting fills,
