@@ -631,6 +631,13 @@ def fid(
         1000, "--kid-subset-size", help="KID: images per subset (at most half of the smaller set)."
     ),
     kid_seed: int = typer.Option(0, "--kid-seed", help="KID: seed of the subset draws."),
+    bootstrap: int = typer.Option(
+        0,
+        "--bootstrap",
+        help="Resample the images N times (100 is usual) and report FID's standard error over "
+        "images; 0: off.",
+    ),
+    bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="Seed of the resampling."),
     device: str = DeviceOpt,
     overwrite: bool = Flag("--overwrite", help="Replace an existing --save-stats file."),
     json_out: bool = JsonOpt,
@@ -657,6 +664,8 @@ def fid(
             kid_subsets=kid_subsets,
             kid_subset_size=kid_subset_size,
             kid_seed=kid_seed,
+            bootstrap=bootstrap,
+            bootstrap_seed=bootstrap_seed,
             on_progress=lambda i, n: bar.update(completed=i, total=n),
         )
     _warnings(result.warnings)
@@ -757,6 +766,13 @@ def compare_schedules(
     require_fid: bool = Flag(
         "--require-fid", help="Fail instead of ranking by PSNR when Inception weights are missing."
     ),
+    bootstrap: int = typer.Option(
+        0,
+        "--bootstrap",
+        help="Resample the images N times (100 is usual): each row's FID gets its standard "
+        "error over images, and ties with the best count it; 0: off.",
+    ),
+    bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="Seed of the resampling."),
     device: str = DeviceOpt,
     precision: str = PrecisionOpt,
     overwrite: bool = OverwriteOpt,
@@ -788,6 +804,8 @@ def compare_schedules(
             precision=precision,
             mask_missing=mask_missing,
             base_settings=decode,
+            bootstrap=bootstrap,
+            bootstrap_seed=bootstrap_seed,
             on_plan=lambda w: ui.info(
                 f"work: {w['cells']} cells x {w['seeds']} seed(s) + references = {w['runs']} runs "
                 f"of {w['images']} images = {w['inpaintings']:,} inpaintings"
@@ -806,6 +824,7 @@ def compare_schedules(
         "sweet_spot": "t",
         "fid_mean": "FID (lower better)",
         "fid_std": "± sd",
+        "fid_diff_se_images": "± images vs best",
         "kid_mean": "KID (lower better)",
         "psnr_mean": "masked PSNR, dB",
         "psnr_std": "± sd",
@@ -814,6 +833,8 @@ def compare_schedules(
     }
     if result.fid_skipped:
         cols = {k: v for k, v in cols.items() if k not in ("fid_mean", "fid_std", "kid_mean")}
+    if not any(r.get("fid_diff_se_images") is not None for r in result.rows):
+        cols.pop("fid_diff_se_images")
     ui.table(
         f"schedules ranked by {result.ranked_by} (best first, references last; sd over seeds)",
         list(cols.values()),
@@ -823,7 +844,13 @@ def compare_schedules(
     if len(result.tied_with_best) > 1:
         ui.info(
             f"no clear best: {', '.join(result.tied_with_best)} are within one standard error of "
-            "each other; more seeds or images would separate them"
+            + (
+                "the best (over seeds and, bootstrapped, over images); more images would "
+                "separate them"
+                if result.bootstrap_resamples
+                else "the best over seeds; more seeds would separate them, and --bootstrap 100 "
+                "adds the images' share"
+            )
         )
     elif result.best is not None and (result.best.get(f"{result.ranked_by}_se") is None):
         ui.info("one seed: no standard error, so the ranking may be noise; pass --seeds 0,1,2")

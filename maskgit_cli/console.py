@@ -150,7 +150,14 @@ def fmt_kid(value: float | None, std: float | None = None) -> str:
 
 def fid_table(result: dict[str, Any]) -> None:
     """FID and KID (± its std over subsets) as people read them."""
-    items = {"fid": result["fid"], "kid": fmt_kid(result["kid"], result["kid_std"])}
+    items = {"fid": result["fid"]}
+    if result.get("fid_se_images") is not None:
+        how = "paired" if result["bootstrap_paired"] else "unpaired"
+        items["fid ± images"] = (
+            f"± {result['fid_se_images']:.3f} "
+            f"(bootstrap, {result['bootstrap_resamples']} {how} resamples)"
+        )
+    items["kid"] = fmt_kid(result["kid"], result["kid_std"])
     if result.get("kid_subset_size"):
         items["KID subsets"] = f"{result['kid_subsets']} of {result['kid_subset_size']} images"
     items |= {k: result[k] for k in ("count_a", "count_b", "dims", "seconds")}

@@ -79,13 +79,18 @@ def statistics(
         raise DataError(f"not found: {source} (give an image folder or a .npz of statistics)")
     if source.is_file():
         raise DataError(f"{source}: neither an image folder nor a .npz of statistics")
-    images = load_float_images(source)
+    from maskgit_cli import data
+
+    paths = data.list_images(source)
+    images = load_float_images(paths)
     if len(images) < 2:
         raise DataError(
             f"{source}: FID needs at least 2 images per set (the covariance of one image is "
             "undefined); add images"
         )
-    return Stats.of(features(images, extractor(), batch_size, device, on_progress))
+    stats = Stats.of(features(images, extractor(), batch_size, device, on_progress))
+    stats.names = [p.stem for p in paths]
+    return stats
 
 
 @dataclass
@@ -94,6 +99,7 @@ class Stats:
     sigma: np.ndarray
     count: int
     features: np.ndarray | None = None  # kept for KID when available
+    names: list[str] | None = None  # the images' stems, row by row of `features`, when known
 
     @classmethod
     def of(cls, feats: np.ndarray) -> Stats:
@@ -106,6 +112,8 @@ class Stats:
         """Write to `path` as it is (callers make the write atomic): mu, sigma, count, features."""
         with open(path, "wb") as fh:
             extra = {"features": self.features} if self.features is not None else {}
+            if self.features is not None and self.names:
+                extra["names"] = np.array(self.names, dtype=str)
             np.savez(
                 fh,
                 mu=self.mu,
@@ -124,6 +132,7 @@ class Stats:
             with np.load(path, allow_pickle=False) as z:
                 mu, sigma = z["mu"].astype(np.float64), z["sigma"].astype(np.float64)
                 feats = z["features"].astype(np.float64) if "features" in z else None
+                names = [str(n) for n in z["names"]] if "names" in z else None
                 count = (
                     int(z["count"]) if "count" in z else (len(feats) if feats is not None else -1)
                 )
@@ -152,7 +161,9 @@ class Stats:
                 f"{path}: its features {feats.shape} do not fit mu ({len(mu)} dims); the file is "
                 "damaged: recompute the statistics"
             )
-        return cls(mu=mu, sigma=sigma, count=count, features=feats)
+        if names is not None and (feats is None or len(names) != len(feats)):
+            names = None  # names without their rows say nothing about pairing
+        return cls(mu=mu, sigma=sigma, count=count, features=feats, names=names)
 
 
 def is_covariance(s: np.ndarray) -> bool:
@@ -279,6 +290,9 @@ class FidResult:
     dims: int
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    fid_se_images: float | None = None  # the bootstrap over images (bootstrap.py), when asked
+    bootstrap_resamples: int = 0
+    bootstrap_paired: bool | None = None  # both sets held the same images, drawn together
 
 
 def compare(

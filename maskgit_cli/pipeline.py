@@ -470,11 +470,14 @@ def fid(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     kid_seed: int = 0,
+    bootstrap: int = 0,
+    bootstrap_seed: int = 0,
     on_progress: Progress = None,
 ):
-    """FID (and KID when features are at hand) between two folders or .npz statistics. With
-    `save_stats`, A's statistics are saved after the FID is computed; if saving fails, the error
-    carries the FID."""
+    """FID (and KID when features are at hand) between two folders or .npz statistics, and with
+    `bootstrap` resamples the images' standard error of the FID. With `save_stats`, A's
+    statistics are saved after the FID is computed; if saving fails, the error carries the FID."""
+    from maskgit_cli import bootstrap as boot
     from maskgit_cli import fid as fid_mod
     from maskgit_cli.errors import MaskgitError
 
@@ -482,6 +485,8 @@ def fid(
     if kid_subsets < 1 or kid_subset_size < 2:
         raise ConfigError("--kid-subsets must be at least 1 and --kid-subset-size at least 2")
     runtime.check_seed(kid_seed, "--kid-seed")
+    boot.check_resamples(bootstrap)
+    runtime.check_seed(bootstrap_seed, "--bootstrap-seed")
     from maskgit_cli.inception import DIMS
 
     if dims not in DIMS:
@@ -518,6 +523,24 @@ def fid(
             "at the same feature size"
         )
     result = fid_mod.compare(sa, sb, dims, time.time() - t0, kid_subsets, kid_subset_size, kid_seed)
+    if bootstrap:
+        for side, st in ((a, sa), (b, sb)):
+            if st.features is None:
+                raise DataError(
+                    f"{side}: --bootstrap resamples images and these statistics keep no "
+                    "per-image features (pytorch-fid's mu / sigma); give the image folder, or "
+                    "statistics saved by `maskgit fid --save-stats`"
+                )
+        t1 = time.time()
+        s = boot.fid_spread(sa.features, sb.features, bootstrap, bootstrap_seed, sa.names, sb.names)
+        result.fid_se_images, result.bootstrap_resamples = s.se, s.resamples
+        result.bootstrap_paired = s.paired
+        result.seconds += time.time() - t1
+        if not s.paired:
+            result.warnings.append(
+                "bootstrap unpaired: the two sets do not hold the same image names, so each was "
+                "resampled on its own (for a fill and its truths, keep the names alike)"
+            )
     if target is not None:
         try:
             with target as tmp:
@@ -546,6 +569,7 @@ class CompareResult:
     precision: str = "fp32"
     tied_with_best: list[str] = field(default_factory=list)  # within one standard error of the best
     work: dict[str, int] = field(default_factory=dict)
+    bootstrap_resamples: int = 0  # the images resampled for fid_se_images (0: seeds only)
 
 
 def _unique(values: list, flag: str) -> list:
@@ -578,11 +602,16 @@ def compare_schedules(
     mask_missing: str = "black",
     precision: str = "auto",
     feature_fn=None,
+    bootstrap: int = 0,
+    bootstrap_seed: int = 0,
     on_plan: Callable[[dict], None] | None = None,
     on_cell: Callable[[int, int, str], None] | None = None,
 ) -> CompareResult:
     """Inpaint under every (schedule, sweet spot, seed); tabulate FID / KID / masked PSNR / SSIM,
-    with the harmonic and oracle fills as reference rows (`baselines`)."""
+    with the harmonic and oracle fills as reference rows (`baselines`). With `bootstrap`
+    resamples, each row's FID also gets the images' standard error (at its first seed), and its
+    difference from the best row the same, which widens what counts as a tie."""
+    from maskgit_cli import bootstrap as boot
     from maskgit_cli import fid as fid_mod
     from maskgit_cli import schedule_study
     from maskgit_cli.errors import WeightsNotFound
@@ -597,6 +626,8 @@ def compare_schedules(
         raise ConfigError("--seeds needs at least one seed")
     for s in seeds:
         runtime.check_seed(s, "--seeds")
+    boot.check_resamples(bootstrap)
+    runtime.check_seed(bootstrap_seed, "--bootstrap-seed")
     check_batch_size(batch_size)
     for n in names:  # the decode rules, under the flags' names, before any work
         InpaintSettings(schedule=n, total_iter=total_iter).check()
@@ -632,7 +663,7 @@ def compare_schedules(
             if require_fid:
                 raise
             notes.append(f"FID skipped: {err}")
-    fid_of = None
+    fid_of = resample = None
     if extractor is not None:
         if len(pairs) < 2:
             raise DataError(
@@ -658,12 +689,40 @@ def compare_schedules(
                 "equal N"
             )
 
-        def fid_of(folder: Path) -> tuple[float, float | None]:
+        out_names = data.output_names([p for p, _ in pairs])
+
+        def fid_of(folder: Path) -> tuple[float, float | None, Any]:
+            """FID and KID of a cell's fills, and their features in the order of `pairs`."""
+            paths = [folder / n for n in out_names]
             st = fid_mod.Stats.of(
-                fid_mod.features(fid_mod.load_float_images(folder), extractor, 50, dev)
+                fid_mod.features(fid_mod.load_float_images(paths), extractor, 50, dev)
             )
             k = fid_mod.kid(st.features, ref.features)[0] if ref.features is not None else None
-            return fid_mod.frechet_distance(st.mu, st.sigma, ref.mu, ref.sigma), k
+            return fid_mod.frechet_distance(st.mu, st.sigma, ref.mu, ref.sigma), k, st.features
+
+        if bootstrap:
+            if ref.features is None:
+                raise DataError(
+                    f"--reference-stats {reference_stats} keeps no per-image features "
+                    "(pytorch-fid's mu / sigma), which --bootstrap resamples; save them with "
+                    "`maskgit fid --save-stats` or leave out --reference-stats"
+                )
+            import numpy as np
+
+            ref_feats, paired = ref.features, not reference_stats
+            if reference_stats:  # its rows follow the pairs when its names say so
+                order = boot.align([p.stem for p in truths], ref.names)
+                if order is not None and len(ref.names) == len(pairs):
+                    ref_feats = ref.features[order[1]][np.argsort(order[0])]
+                    paired = True
+            if not paired:
+                notes.append(
+                    f"bootstrap unpaired: --reference-stats {reference_stats} does not name the "
+                    "--ground-truth images, so it was resampled on its own"
+                )
+
+            def resample(sets: list) -> Any:
+                return boot.resampled_fids(ref_feats, sets, bootstrap, bootstrap_seed, paired)
 
     base = InpaintSettings.resolve(cfg.decode, base_settings)
     jobs = schedule_study.cells(base, names, total_iter, spots, seeds, baselines)
@@ -691,6 +750,7 @@ def compare_schedules(
             batch_size=batch_size,
             mask_missing=mask_missing,
             fid_of=fid_of,
+            resample=resample,
             notes=notes,
             on_cell=on_cell,
         )
@@ -707,6 +767,7 @@ def compare_schedules(
         precision=prec.name,
         tied_with_best=tied,
         work=work,
+        bootstrap_resamples=bootstrap if resample is not None else 0,
     )
 
 

@@ -41,20 +41,39 @@ def standard_error(values: list[float | None]) -> float | None:
 
 
 def ties(ranked: list[dict], metric: str) -> list[dict]:
-    """The rows within one standard error of the best (theirs or the best's, the larger): the
-    ranking cannot tell them apart. The best alone when no row has a standard error."""
+    """The rows within one standard error of the best: over seeds, theirs or the best's (the
+    larger), and, when the images were bootstrapped, combined with the images' standard error
+    of their difference from the best. The ranking cannot tell them apart. The best alone when
+    no row has a standard error."""
     if not ranked or ranked[0][f"{metric}_mean"] is None:
         return ranked[:1]
     best = ranked[0]
     out = []
     for r in ranked:
         se = max(x for x in (best[f"{metric}_se"], r[f"{metric}_se"], 0.0) if x is not None)
+        se = (se**2 + (r.get(f"{metric}_diff_se_images") or 0.0) ** 2) ** 0.5
         if (
             r[f"{metric}_mean"] is not None
             and abs(r[f"{metric}_mean"] - best[f"{metric}_mean"]) <= se
         ):
             out.append(r)
     return out
+
+
+def _image_spread(rows: list[dict], fids) -> None:
+    """Fill each row's fid_se_images (the spread of its FID over the resamples) and
+    fid_diff_se_images (of its FID minus the best row's, the same images drawn for both), from
+    `fids` (resamples x rows, in the order of `rows`)."""
+    import numpy as np
+
+    fids = np.asarray(fids)
+    cand = [i for i, r in enumerate(rows) if r["fill"] == "maskgit" and r["fid_mean"] is not None]
+    if not cand or len(fids) < 2:
+        return
+    best = min(cand, key=lambda i: rows[i]["fid_mean"])
+    for i, r in enumerate(rows):
+        r["fid_se_images"] = float(np.std(fids[:, i], ddof=1))
+        r["fid_diff_se_images"] = float(np.std(fids[:, i] - fids[:, best], ddof=1))
 
 
 def cells(
@@ -106,19 +125,22 @@ def run(
     spots: list[int],
     batch_size: int,
     mask_missing: str = "black",
-    fid_of: Callable[[Path], tuple[float, float | None]] | None,
+    fid_of: Callable[[Path], tuple[float, float | None, Any]] | None,
     notes: list[str],
+    resample: Callable[[list], Any] | None = None,
     on_cell: Callable[[int, int, str], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str]:
     """Every job into out/cells/<label>_seed<s>, then results.json / .csv, plot.png and
-    examples.png in `out`. fid_of(folder) -> (FID, KID) against the reference, or None to rank by
-    PSNR. Returns (rows, best row, ranked_by)."""
+    examples.png in `out`. fid_of(folder) -> (FID, KID, features) against the reference, or None
+    to rank by PSNR; resample(features of each row) -> (resamples, rows) FIDs over images drawn
+    again (bootstrap.resampled_fids), or None. Returns (rows, best row, ranked_by, tied)."""
     from maskgit_cli import plots
 
     cfg = model.config
     size = cfg.data.image_size
     total_runs = sum(len(js) for _, js in jobs)
     rows, examples, run_i = [], {}, 0
+    first_features = []  # each row's features at its first seed, for the bootstrap
     for settings, job_seeds in jobs:
         inpainter = model.inpainter(settings)
         name = label(settings)
@@ -136,7 +158,9 @@ def run(
                 mask_missing=mask_missing,
             )
             secs = time.time() - t0
-            f, k = fid_of(cell_dir) if fid_of is not None else (None, None)
+            f, k, feats = fid_of(cell_dir) if fid_of is not None else (None, None, None)
+            if resample is not None and seed == job_seeds[0]:
+                first_features.append(feats)
             per_seed.append(
                 {
                     "fid": f,
@@ -177,8 +201,12 @@ def run(
                 "ssim_mean": sm,
                 "seconds_per_image": spi,
                 "seeds": len(job_seeds),
+                "fid_se_images": None,
+                "fid_diff_se_images": None,
             }
         )
+    if resample is not None and fid_of is not None:
+        _image_spread(rows, resample(first_features))
     ranked_by = "fid" if fid_of is not None else "psnr"
     metric = f"{ranked_by}_mean"
     sign = 1 if ranked_by == "fid" else -1  # lower FID, higher PSNR is better
