@@ -824,7 +824,7 @@ def compare_schedules(
         "sweet_spot": "t",
         "fid_mean": "FID (lower better)",
         "fid_std": "± sd",
-        "fid_diff_se_images": "± images vs best",
+        "fid_diff_se_images": "± img",
         "kid_mean": "KID (lower better)",
         "psnr_mean": "masked PSNR, dB",
         "psnr_std": "± sd",

@@ -153,8 +153,8 @@ def fid_table(result: dict[str, Any]) -> None:
     items = {"fid": result["fid"]}
     if result.get("fid_se_images") is not None:
         how = "paired" if result["bootstrap_paired"] else "unpaired"
-        items["fid ± images"] = (
-            f"± {result['fid_se_images']:.3f} "
+        items["FID's standard error over images"] = (
+            f"{result['fid_se_images']:.3f} "
             f"(bootstrap, {result['bootstrap_resamples']} {how} resamples)"
         )
     items["kid"] = fmt_kid(result["kid"], result["kid_std"])

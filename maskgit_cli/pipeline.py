@@ -537,8 +537,13 @@ def fid(
         result.bootstrap_paired = s.paired
         result.seconds += time.time() - t1
         if not s.paired:
+            nameless = [str(side) for side, st in ((a, sa), (b, sb)) if not st.names]
             result.warnings.append(
-                "bootstrap unpaired: the two sets do not hold the same image names, so each was "
+                f"bootstrap unpaired: {nameless[0]} does not name its images (statistics saved "
+                "by pytorch-fid or an older maskgit; save them again with --save-stats), so each "
+                "set was resampled on its own"
+                if nameless
+                else "bootstrap unpaired: A and B hold different image names, so each set was "
                 "resampled on its own (for a fill and its truths, keep the names alike)"
             )
     if target is not None:

@@ -93,7 +93,7 @@ def test_statistics_keep_their_images_names(tiny_data, tmp_path):
         bootstrap=20,
     )
     assert r2.bootstrap_paired is False and r2.fid_se_images > 0
-    assert any("bootstrap unpaired" in w for w in r2.warnings)
+    assert any("bootstrap unpaired: A and B hold different" in w for w in r2.warnings)
 
 
 def test_cli_fid_bootstrap(runner, tmp_path):
@@ -109,6 +109,14 @@ def test_cli_fid_bootstrap(runner, tmp_path):
     expected = bootstrap.fid_spread(fill, ref, 40, 3, names, names)
     assert out["bootstrap_paired"] and out["bootstrap_resamples"] == 40
     assert out["fid_se_images"] == pytest.approx(expected.se) and out["fid_se_images"] > 0
+    fid.Stats(*_moments(ref), features=ref).write(tmp_path / "nameless.npz")  # an older file
+    out = invoke_json(
+        runner,
+        ["fid", str(tmp_path / "fill.npz"), str(tmp_path / "nameless.npz"), "--dims", "64",
+         "--bootstrap", "40"],
+    )  # fmt: skip
+    assert out["bootstrap_paired"] is False and out["fid_se_images"] > expected.se
+    assert any("nameless.npz does not name its images" in w for w in out["warnings"])
     np.savez(tmp_path / "ptfid.npz", mu=ref.mean(0), sigma=np.cov(ref, rowvar=False))
     err = invoke_json(
         runner,
