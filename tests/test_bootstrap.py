@@ -177,3 +177,43 @@ def test_ties_count_the_images_spread():
     for r in rows:
         r["fid_diff_se_images"] = None  # seeds only: linear is 4 standard errors away
     assert [r["schedule"] for r in schedule_study.ties(rows, "fid")] == ["cosine"]
+
+
+def test_compare_schedules_pairs_a_saved_reference_by_name(tiny_run, tiny_data, tmp_path):
+    """Reference statistics saved in another order are put back image by image: the same spread
+    as the reference computed from --ground-truth; without names they are drawn on their own."""
+    from maskgit_cli import data
+
+    feat = TinyFeatures(8)
+
+    def study(out, reference_stats=None):
+        return pipeline.compare_schedules(
+            tiny_data["masked"],
+            tiny_data["masks"],
+            tiny_data["test"],
+            tmp_path / out,
+            model=tiny_run,
+            schedules_=["cosine"],
+            total_iter=2,
+            sweet_spots=[2],
+            seeds=[0],
+            device="cpu",
+            feature_fn=feat,
+            baselines=False,
+            reference_stats=reference_stats,
+            bootstrap=25,
+        )
+
+    own = study("own")
+    paths = data.list_images(tiny_data["test"])[::-1]  # saved in reverse order
+    f = fid.features(fid.load_float_images(paths), feat)
+    stats = fid.Stats.of(f)
+    stats.names = [p.stem for p in paths]
+    stats.write(tmp_path / "named.npz")
+    named = study("named", tmp_path / "named.npz")
+    assert named.rows[0]["fid_se_images"] == pytest.approx(own.rows[0]["fid_se_images"])
+    assert not any("unpaired" in w for w in named.warnings)
+    fid.Stats.of(f).write(tmp_path / "nameless.npz")
+    nameless = study("nameless", tmp_path / "nameless.npz")
+    assert any("bootstrap unpaired" in w for w in nameless.warnings)
+    assert nameless.rows[0]["fid_se_images"] != pytest.approx(own.rows[0]["fid_se_images"])
