@@ -31,11 +31,12 @@ MAX_RESAMPLES = 10_000
 
 @dataclass
 class FidSpread:
-    """The images' standard error of one FID."""
+    """The images' standard error of one FID, and of its difference from a second fill's."""
 
     resamples: int
-    paired: bool
+    paired: bool  # the reference was drawn with the same images as the fills
     se: float  # standard deviation of the FID over resamples
+    difference_se: float | None = None  # of FID(A) - FID(versus), the same images drawn for both
 
 
 def check_resamples(n: int, flag: str = "--bootstrap") -> None:
@@ -154,12 +155,34 @@ def fid_spread(
     seed: int = 0,
     a_names: list[str] | None = None,
     b_names: list[str] | None = None,
+    versus: np.ndarray | None = None,
+    versus_names: list[str] | None = None,
+    labels: tuple[str, str] = ("A", "--versus"),
 ) -> FidSpread:
-    """The images' standard error of FID(a, b): paired when the names say both sets hold the same
-    images."""
+    """The images' standard error of FID(a, b), and with `versus` (a second fill of a's images)
+    that of FID(a, b) - FID(versus, b). The reference b is drawn with the fills when the names
+    say it holds the same images, on its own otherwise."""
     check_resamples(resamples)
-    order = align(a_names, b_names)
+    sets, names = [a], a_names
+    if versus is not None:
+        both = align(a_names, versus_names)
+        if both is not None:
+            sets, names = [a[both[0]], versus[both[1]]], sorted(a_names)
+        elif (a_names and versus_names) or len(a) != len(versus):
+            raise DataError(
+                f"{labels[1]} holds other images than {labels[0]} ({len(versus)} against "
+                f"{len(a)}, or other names): a difference over resampled images needs two fills "
+                "of the same images"
+            )
+        else:  # a side that does not name its images: rows taken in the order they are
+            sets = [a, versus]
+    order = align(names, b_names)
     if order is not None:
-        a, b = a[order[0]], b[order[1]]
-    fids = resampled_fids(b, [a], resamples, seed, paired=order is not None)[:, 0]
-    return FidSpread(resamples=resamples, paired=order is not None, se=spread(fids))
+        sets, b = [s[order[0]] for s in sets], b[order[1]]
+    fids = resampled_fids(b, sets, resamples, seed, paired=order is not None)
+    return FidSpread(
+        resamples=resamples,
+        paired=order is not None,
+        se=spread(fids[:, 0]),
+        difference_se=spread(fids[:, 0] - fids[:, 1]) if versus is not None else None,
+    )

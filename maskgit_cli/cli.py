@@ -638,6 +638,12 @@ def fid(
         "images; 0: off.",
     ),
     bootstrap_seed: int = typer.Option(0, "--bootstrap-seed", help="Seed of the resampling."),
+    versus: Path | None = typer.Option(
+        None,
+        "--versus",
+        help="A second fill of A's images (folder or .npz): also FID(VERSUS, B) and "
+        "FID(A) - FID(VERSUS), with --bootstrap its standard error over images.",
+    ),
     device: str = DeviceOpt,
     overwrite: bool = Flag("--overwrite", help="Replace an existing --save-stats file."),
     json_out: bool = JsonOpt,
@@ -666,6 +672,7 @@ def fid(
             kid_seed=kid_seed,
             bootstrap=bootstrap,
             bootstrap_seed=bootstrap_seed,
+            versus=versus,
             on_progress=lambda i, n: bar.update(completed=i, total=n),
         )
     _warnings(result.warnings)

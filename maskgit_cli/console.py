@@ -157,6 +157,12 @@ def fid_table(result: dict[str, Any]) -> None:
             f"{result['fid_se_images']:.3f} "
             f"(bootstrap, {result['bootstrap_resamples']} {how} resamples)"
         )
+    if result.get("fid_versus") is not None:
+        items["FID of --versus"] = result["fid_versus"]
+        diff = f"{result['fid_difference']:+.3f}"
+        if result.get("fid_difference_se_images") is not None:
+            diff += f" (standard error over images {result['fid_difference_se_images']:.3f})"
+        items["FID(A) - FID(--versus)"] = diff
     items["kid"] = fmt_kid(result["kid"], result["kid_std"])
     if result.get("kid_subset_size"):
         items["KID subsets"] = f"{result['kid_subsets']} of {result['kid_subset_size']} images"

@@ -278,6 +278,22 @@ def kid(
     return float(np.mean(vals)), float(np.std(vals)), m
 
 
+def distance(a: Stats, b: Stats) -> float:
+    """The Frechet distance of two statistics. FID is symmetric: the side whose features (N <=
+    dims) give the smallest system is factored."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = sorted(
+            (x for x in (a, b) if x.features is not None and len(x.features) <= len(x.mu)),
+            key=lambda x: len(x.features),
+        )
+        one = fast[0] if fast else a
+        other = b if one is a else a
+        return frechet_distance(
+            one.mu, one.sigma, other.mu, other.sigma, one.features if fast else None
+        )
+
+
 @dataclass
 class FidResult:
     fid: float
@@ -293,6 +309,9 @@ class FidResult:
     fid_se_images: float | None = None  # the bootstrap over images (bootstrap.py), when asked
     bootstrap_resamples: int = 0
     bootstrap_paired: bool | None = None  # both sets held the same images, drawn together
+    fid_versus: float | None = None  # FID(--versus, B), a second fill of A's images
+    fid_difference: float | None = None  # fid - fid_versus
+    fid_difference_se_images: float | None = None  # its bootstrap standard error over images
 
 
 def compare(
@@ -313,18 +332,7 @@ def compare(
             f"{smallest} images < {dims} dims: covariances are rank-deficient and FID is biased "
             "upward; compare only at equal N"
         )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # FID is symmetric: factor the side whose features (N <= dims) give the smallest system
-        fast = sorted(
-            (x for x in (a, b) if x.features is not None and len(x.features) <= len(x.mu)),
-            key=lambda x: len(x.features),
-        )
-        one = fast[0] if fast else a
-        other = b if one is a else a
-        value = frechet_distance(
-            one.mu, one.sigma, other.mu, other.sigma, one.features if fast else None
-        )
+    value = distance(a, b)
     k = ks = m = None
     if a.features is not None and b.features is not None:
         k, ks, m = kid(a.features, b.features, kid_subsets, kid_subset_size, kid_seed)

@@ -472,11 +472,14 @@ def fid(
     kid_seed: int = 0,
     bootstrap: int = 0,
     bootstrap_seed: int = 0,
+    versus: str | Path | None = None,
     on_progress: Progress = None,
 ):
-    """FID (and KID when features are at hand) between two folders or .npz statistics, and with
-    `bootstrap` resamples the images' standard error of the FID. With `save_stats`, A's
-    statistics are saved after the FID is computed; if saving fails, the error carries the FID."""
+    """FID (and KID when features are at hand) between two folders or .npz statistics; with
+    `versus` (a second fill of A's images) also FID(versus, B) and the difference; with
+    `bootstrap` resamples the images' standard error of the FID and of the difference. With
+    `save_stats`, A's statistics are saved after the FID is computed; if saving fails, the error
+    carries the FID."""
     from maskgit_cli import bootstrap as boot
     from maskgit_cli import fid as fid_mod
     from maskgit_cli.errors import MaskgitError
@@ -500,7 +503,12 @@ def fid(
             overwrite,
             signature=fid_mod.is_stats_file,
             what="statistics file",
-            reads=[(a, "A"), (b, "B"), (inception_weights, "--inception-weights")],
+            reads=[
+                (a, "A"),
+                (b, "B"),
+                (versus, "--versus"),
+                (inception_weights, "--inception-weights"),
+            ],
             flag="--save-stats",
             example="stats.npz",
         )
@@ -516,25 +524,39 @@ def fid(
     t0 = time.time()
     sa = fid_mod.statistics(a, extractor, batch_size, dev, on_progress)
     sb = fid_mod.statistics(b, extractor, batch_size, dev, on_progress)
-    if len(sa.mu) != dims or len(sb.mu) != dims:
-        raise DataError(
-            f"statistics have {len(sa.mu)} and {len(sb.mu)} dims but --dims is {dims}; compute "
-            "both "
-            "at the same feature size"
-        )
+    sv = fid_mod.statistics(versus, extractor, batch_size, dev, on_progress) if versus else None
+    sides = [(a, sa), (b, sb)] + ([(versus, sv)] if sv is not None else [])
+    for side, st in sides:
+        if len(st.mu) != dims:
+            raise DataError(
+                f"{side}: statistics of {len(st.mu)} dims but --dims is {dims}; compute every "
+                "set at the same feature size"
+            )
+        if bootstrap and st.features is None:
+            raise DataError(
+                f"{side}: --bootstrap resamples images and these statistics keep no "
+                "per-image features (pytorch-fid's mu / sigma); give the image folder, or "
+                "statistics saved by `maskgit fid --save-stats`"
+            )
     result = fid_mod.compare(sa, sb, dims, time.time() - t0, kid_subsets, kid_subset_size, kid_seed)
+    if sv is not None:
+        result.fid_versus = fid_mod.distance(sv, sb)
+        result.fid_difference = result.fid - result.fid_versus
     if bootstrap:
-        for side, st in ((a, sa), (b, sb)):
-            if st.features is None:
-                raise DataError(
-                    f"{side}: --bootstrap resamples images and these statistics keep no "
-                    "per-image features (pytorch-fid's mu / sigma); give the image folder, or "
-                    "statistics saved by `maskgit fid --save-stats`"
-                )
         t1 = time.time()
-        s = boot.fid_spread(sa.features, sb.features, bootstrap, bootstrap_seed, sa.names, sb.names)
+        s = boot.fid_spread(
+            sa.features,
+            sb.features,
+            bootstrap,
+            bootstrap_seed,
+            sa.names,
+            sb.names,
+            versus=sv.features if sv is not None else None,
+            versus_names=sv.names if sv is not None else None,
+            labels=(str(a), f"--versus {versus}"),
+        )
         result.fid_se_images, result.bootstrap_resamples = s.se, s.resamples
-        result.bootstrap_paired = s.paired
+        result.bootstrap_paired, result.fid_difference_se_images = s.paired, s.difference_se
         result.seconds += time.time() - t1
         if not s.paired:
             nameless = [str(side) for side, st in ((a, sa), (b, sb)) if not st.names]

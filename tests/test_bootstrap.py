@@ -217,3 +217,34 @@ def test_compare_schedules_pairs_a_saved_reference_by_name(tiny_run, tiny_data, 
     nameless = study("nameless", tmp_path / "nameless.npz")
     assert any("bootstrap unpaired" in w for w in nameless.warnings)
     assert nameless.rows[0]["fid_se_images"] != pytest.approx(own.rows[0]["fid_se_images"])
+
+
+def test_cli_fid_versus_a_second_fill(runner, tmp_path):
+    """--versus: FID(A) - FID(VERSUS) against one reference; a fill against itself differs by 0
+    on every resample; a constant shift of the features has the spread of a mean (above)."""
+    n, d = 150, 64
+    ref, fill = _sets(n, d, seed=4)
+    names = [f"cat{i:03d}" for i in range(n)]
+    c = np.full(d, 0.05)
+    perm = np.random.default_rng(0).permutation(n)  # the second fill saved in another order
+    fid.Stats(*_moments(ref), features=ref, names=names).write(tmp_path / "ref.npz")
+    fid.Stats(*_moments(fill), features=fill, names=names).write(tmp_path / "a.npz")
+    shifted = (fill + c)[perm]
+    fid.Stats(*_moments(shifted), features=shifted, names=[names[i] for i in perm]).write(
+        tmp_path / "v.npz"
+    )
+    args = ["--dims", "64", "--bootstrap", "400", "--versus"]
+    out = invoke_json(runner, ["fid", str(tmp_path / "a.npz"), str(tmp_path / "ref.npz"),
+                               *args, str(tmp_path / "v.npz")])  # fmt: skip
+    assert out["fid_versus"] == pytest.approx(bootstrap.fid_of_features(fill + c, ref), rel=1e-6)
+    assert out["fid_difference"] == pytest.approx(out["fid"] - out["fid_versus"])
+    expected = 2 * np.std((fill - ref) @ c) / np.sqrt(n)
+    assert out["fid_difference_se_images"] == pytest.approx(expected, rel=0.1)
+    same = invoke_json(runner, ["fid", str(tmp_path / "a.npz"), str(tmp_path / "ref.npz"),
+                                *args, str(tmp_path / "a.npz")])  # fmt: skip
+    assert same["fid_difference"] == 0 and same["fid_difference_se_images"] == 0
+    other = fill[:100]
+    fid.Stats(*_moments(other), features=other, names=names[:100]).write(tmp_path / "o.npz")
+    err = invoke_json(runner, ["fid", str(tmp_path / "a.npz"), str(tmp_path / "ref.npz"),
+                               *args, str(tmp_path / "o.npz")], code=1)  # fmt: skip
+    assert "--versus" in err["error"] and "o.npz holds other images" in err["error"]
