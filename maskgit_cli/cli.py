@@ -860,7 +860,10 @@ def compare_schedules(
             )
         )
     elif result.best is not None and (result.best.get(f"{result.ranked_by}_se") is None):
-        ui.info("one seed: no standard error, so the ranking may be noise; pass --seeds 0,1,2")
+        ui.info(
+            "one seed: no standard error over seeds, so the ranking may be noise; pass --seeds "
+            "0,1,2"
+        )
     ui.info(f"wrote {', '.join(result.files.values())}")
 
 
