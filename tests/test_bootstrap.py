@@ -72,26 +72,16 @@ def test_resample_counts_are_checked():
 
 def test_statistics_keep_their_images_names(tiny_data, tmp_path):
     feat = TinyFeatures(8)
-    r = pipeline.fid(
-        tiny_data["test"],
-        tiny_data["test"],
-        dims=64,
-        device="cpu",
-        feature_fn=lambda x: feat(x).repeat(1, 8),
-        save_stats=tmp_path / "a.npz",
-        bootstrap=20,
-    )
+
+    def tiny_fid(a, b, **kw):  # 64 dims: the tiny extractor's 8, repeated
+        kw = {"dims": 64, "device": "cpu", "bootstrap": 20} | kw
+        return pipeline.fid(a, b, feature_fn=lambda x: feat(x).repeat(1, 8), **kw)
+
+    r = tiny_fid(tiny_data["test"], tiny_data["test"], save_stats=tmp_path / "a.npz")
     s = fid.Stats.load(tmp_path / "a.npz")
     assert s.names == sorted(p.stem for p in tiny_data["test"].iterdir())
     assert r.bootstrap_paired and r.bootstrap_resamples == 20 and r.fid_se_images < 1e-3
-    r2 = pipeline.fid(
-        tmp_path / "a.npz",
-        tiny_data["val"],
-        dims=64,
-        device="cpu",
-        feature_fn=lambda x: feat(x).repeat(1, 8),
-        bootstrap=20,
-    )
+    r2 = tiny_fid(tmp_path / "a.npz", tiny_data["val"])
     assert r2.bootstrap_paired is False and r2.fid_se_images > 0
     assert any("bootstrap unpaired: A and B hold different" in w for w in r2.warnings)
 
@@ -137,21 +127,20 @@ def _moments(f):
     return f.mean(0), np.cov(f, rowvar=False), len(f)
 
 
+def _study(tiny_run, tiny_data, out, **kw):
+    """compare-schedules on the tiny model with the tiny extractor, bootstrapped."""
+    kw = {"schedules_": ["cosine"], "total_iter": 2, "sweet_spots": [2], "seeds": [0]} | kw
+    return pipeline.compare_schedules(
+        tiny_data["masked"], tiny_data["masks"], tiny_data["test"], out, model=tiny_run,
+        device="cpu", feature_fn=TinyFeatures(8), **kw,
+    )  # fmt: skip
+
+
 def test_compare_schedules_bootstrap_spreads_every_row(tiny_run, tiny_data, tmp_path):
-    res = pipeline.compare_schedules(
-        tiny_data["masked"],
-        tiny_data["masks"],
-        tiny_data["test"],
-        tmp_path / "c",
-        model=tiny_run,
-        schedules_=["cosine", "linear"],
-        total_iter=4,
-        sweet_spots=[4],
-        seeds=[0, 1],
-        device="cpu",
-        feature_fn=TinyFeatures(8),
-        bootstrap=30,
-    )
+    res = _study(
+        tiny_run, tiny_data, tmp_path / "c", schedules_=["cosine", "linear"], total_iter=4,
+        sweet_spots=[4], seeds=[0, 1], bootstrap=30,
+    )  # fmt: skip
     assert res.bootstrap_resamples == 30
     best, other, *refs = res.rows
     assert best["fid_diff_se_images"] == 0.0 and all(r["fid_se_images"] > 0 for r in res.rows)
@@ -187,22 +176,10 @@ def test_compare_schedules_pairs_a_saved_reference_by_name(tiny_run, tiny_data, 
     feat = TinyFeatures(8)
 
     def study(out, reference_stats=None):
-        return pipeline.compare_schedules(
-            tiny_data["masked"],
-            tiny_data["masks"],
-            tiny_data["test"],
-            tmp_path / out,
-            model=tiny_run,
-            schedules_=["cosine"],
-            total_iter=2,
-            sweet_spots=[2],
-            seeds=[0],
-            device="cpu",
-            feature_fn=feat,
-            baselines=False,
-            reference_stats=reference_stats,
-            bootstrap=25,
-        )
+        return _study(
+            tiny_run, tiny_data, tmp_path / out, baselines=False,
+            reference_stats=reference_stats, bootstrap=25,
+        )  # fmt: skip
 
     own = study("own")
     paths = data.list_images(tiny_data["test"])[::-1]  # saved in reverse order
