@@ -109,7 +109,8 @@ class Stats:
         )
 
     def write(self, path: Path) -> None:
-        """Write to `path` as it is (callers make the write atomic): mu, sigma, count, features."""
+        """Write to `path` as it is (callers make the write atomic): mu, sigma, count, features
+        and the images' names when known."""
         with open(path, "wb") as fh:
             extra = {"features": self.features} if self.features is not None else {}
             if self.features is not None and self.names:
