@@ -690,6 +690,8 @@ def compare_schedules(
             if require_fid:
                 raise
             notes.append(f"FID skipped: {err}")
+            if bootstrap:
+                notes.append("--bootstrap skipped: it resamples FID, which needs the weights")
     fid_of = resample = None
     if extractor is not None:
         if len(pairs) < 2:

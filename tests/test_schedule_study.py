@@ -71,9 +71,14 @@ def test_cli_compare_schedules_without_weights_ranks_by_psnr(runner, tiny_run, t
             "--device",
             "cpu",
             "--no-baselines",
+            "--bootstrap",
+            "20",
         ],
     )
     assert out["fid_skipped"] and out["ranked_by"] == "psnr" and len(out["rows"]) == 4
+    assert out["bootstrap_resamples"] == 0 and any(
+        "--bootstrap skipped" in w for w in out["warnings"]
+    )
     for key in (
         "schedule",
         "total_iter",
