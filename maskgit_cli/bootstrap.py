@@ -47,22 +47,12 @@ def check_resamples(n: int, flag: str = "--bootstrap") -> None:
 
 
 def fid_of_features(a: np.ndarray, b: np.ndarray) -> float:
-    """The Frechet distance between the Gaussians fitted to two feature sets (rows = images),
-    equal to fid.frechet_distance of their statistics."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    """The Frechet distance between the Gaussians fitted to two feature sets (rows = images)."""
+    from maskgit_cli import fid
+
     if len(a) < 2 or len(b) < 2:
         raise DataError("FID needs at least 2 images per set")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    if min(len(a), len(b)) > a.shape[1]:  # more images than dims: the d x d path is smaller
-        from maskgit_cli import fid
-
-        return fid.frechet_distance(mu_a, np.cov(a, rowvar=False), mu_b, np.cov(b, rowvar=False))
-    wa = (a - mu_a) / np.sqrt(len(a) - 1)
-    wb = (b - mu_b) / np.sqrt(len(b) - 1)
-    nuclear = np.linalg.svd(wa @ wb.T, compute_uv=False).sum()
-    diff = mu_a - mu_b
-    value = float(diff @ diff + (wa * wa).sum() + (wb * wb).sum() - 2 * nuclear)
-    return max(value, 0.0)
+    return fid.distance(fid.Stats.of(a), fid.Stats.of(b))
 
 
 def align(
@@ -77,6 +67,17 @@ def align(
     order_a = np.argsort(np.array(a_names, dtype=object), kind="stable")
     order_b = np.argsort(np.array(b_names, dtype=object), kind="stable")
     return order_a, order_b
+
+
+def in_order_of(
+    feats: np.ndarray, names: list[str] | None, order_names: list[str]
+) -> np.ndarray | None:
+    """`feats` (one row per image in `names`) re-ordered to follow `order_names`, or None when the
+    two do not name the same images."""
+    order = align(order_names, names)
+    if order is None:
+        return None
+    return feats[order[1]][np.argsort(order[0])]
 
 
 def resampled_fids(

@@ -727,7 +727,7 @@ def compare_schedules(
                 fid_mod.features(fid_mod.load_float_images(paths), extractor, 50, dev)
             )
             k = fid_mod.kid(st.features, ref.features)[0] if ref.features is not None else None
-            return fid_mod.frechet_distance(st.mu, st.sigma, ref.mu, ref.sigma), k, st.features
+            return fid_mod.distance(st, ref), k, st.features
 
         if bootstrap:
             if ref.features is None:
@@ -736,14 +736,11 @@ def compare_schedules(
                     "(pytorch-fid's mu / sigma), which --bootstrap resamples; save them with "
                     "`maskgit fid --save-stats` or leave out --reference-stats"
                 )
-            import numpy as np
-
             ref_feats, paired = ref.features, not reference_stats
             if reference_stats:  # its rows follow the pairs when its names say so
-                order = boot.align([p.stem for p in truths], ref.names)
-                if order is not None and len(ref.names) == len(pairs):
-                    ref_feats = ref.features[order[1]][np.argsort(order[0])]
-                    paired = True
+                matched = boot.in_order_of(ref.features, ref.names, [p.stem for p in truths])
+                if matched is not None:
+                    ref_feats, paired = matched, True
             if not paired:
                 notes.append(
                     f"bootstrap unpaired: --reference-stats {reference_stats} does not name the "

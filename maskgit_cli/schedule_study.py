@@ -60,17 +60,13 @@ def ties(ranked: list[dict], metric: str) -> list[dict]:
     return out
 
 
-def _image_spread(rows: list[dict], fids) -> None:
+def _image_spread(rows: list[dict], fids, best: int) -> None:
     """Fill each row's fid_se_images (the spread of its FID over the resamples) and
-    fid_diff_se_images (of its FID minus the best row's, the same images drawn for both), from
-    `fids` (resamples x rows, in the order of `rows`)."""
+    fid_diff_se_images (of its FID minus the best row's, rows[best], the same images drawn for
+    both), from `fids` (resamples x rows, in the order of `rows`)."""
     import numpy as np
 
     fids = np.asarray(fids)
-    cand = [i for i, r in enumerate(rows) if r["fill"] == "maskgit" and r["fid_mean"] is not None]
-    if not cand or len(fids) < 2:
-        return
-    best = min(cand, key=lambda i: rows[i]["fid_mean"])
     for i, r in enumerate(rows):
         r["fid_se_images"] = float(np.std(fids[:, i], ddof=1))
         r["fid_diff_se_images"] = float(np.std(fids[:, i] - fids[:, best], ddof=1))
@@ -205,8 +201,6 @@ def run(
                 "fid_diff_se_images": None,
             }
         )
-    if resample is not None and fid_of is not None:
-        _image_spread(rows, resample(first_features))
     ranked_by = "fid" if fid_of is not None else "psnr"
     metric = f"{ranked_by}_mean"
     sign = 1 if ranked_by == "fid" else -1  # lower FID, higher PSNR is better
@@ -214,10 +208,13 @@ def run(
         (r for r in rows if r["fill"] == "maskgit"),
         key=lambda r: (r[metric] is None, sign * (r[metric] or 0)),
     )
+    built = rows  # the order first_features follows
     rows = ranked + [
         r for r in rows if r["fill"] != "maskgit"
     ]  # references last, in their own order
     best = ranked[0] if ranked else None
+    if resample is not None and fid_of is not None and best is not None:
+        _image_spread(built, resample(first_features), built.index(best))
     tied = [label_of(r) for r in ties(ranked, ranked_by)]
     (out / FILES["json"]).write_text(
         json.dumps(
