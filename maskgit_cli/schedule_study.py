@@ -60,6 +60,16 @@ def ties(ranked: list[dict], metric: str) -> list[dict]:
     return out
 
 
+def error_bar(r: dict, metric: str) -> float | None:
+    """A row's bar in the plot: its standard error over seeds, combined, when the images were
+    bootstrapped, with the images' standard error of its gap to the best row (the spread ties
+    are judged by; the best row's own gap has none)."""
+    seeds, images = r[f"{metric}_se"], r.get(f"{metric}_diff_se_images")
+    if images is None:
+        return seeds
+    return ((seeds or 0.0) ** 2 + images**2) ** 0.5
+
+
 def _image_spread(rows: list[dict], fids, best: int) -> None:
     """Fill each row's fid_se_images (the spread of its FID over the resamples) and
     fid_diff_se_images (of its FID minus the best row's, rows[best], the same images drawn for
@@ -235,7 +245,7 @@ def run(
     nan = float("nan")
 
     def point(r: dict, x: float) -> tuple[float, float, float | None]:
-        return (x, r[metric] if r[metric] is not None else nan, r[f"{ranked_by}_se"])
+        return (x, r[metric] if r[metric] is not None else nan, error_bar(r, ranked_by))
 
     series = [
         plots.Series(s, [point(r, r["sweet_spot"]) for r in ranked if r["schedule"] == s])
@@ -250,7 +260,11 @@ def run(
         series,
         out / FILES["plot"],
         f"{ylabel.split(' (')[0]} by sweet spot t, T = {total_iter} "
-        "(bars: 1 standard error over seeds)",
+        + (
+            "(bars: 1 SE, seeds and the gap to the best over images)"
+            if any(r.get(f"{ranked_by}_diff_se_images") is not None for r in rows)
+            else "(bars: 1 standard error over seeds)"
+        ),
         "sweet spot t (decoding steps run)",
         ylabel,
     )

@@ -168,6 +168,17 @@ def test_ties_count_the_images_spread():
     assert [r["schedule"] for r in schedule_study.ties(rows, "fid")] == ["cosine"]
 
 
+def test_plot_bars_add_the_images_spread_of_the_gap():
+    from maskgit_cli import schedule_study
+
+    row = {"fid_se": 0.3, "fid_diff_se_images": 0.4}
+    assert schedule_study.error_bar(row, "fid") == pytest.approx(0.5)
+    assert schedule_study.error_bar({"fid_se": 0.3, "fid_diff_se_images": None}, "fid") == 0.3
+    # one seed has no spread over seeds; the images' still shows
+    assert schedule_study.error_bar({"fid_se": None, "fid_diff_se_images": 0.4}, "fid") == 0.4
+    assert schedule_study.error_bar({"psnr_se": 0.2}, "psnr") == 0.2
+
+
 def test_compare_schedules_pairs_a_saved_reference_by_name(tiny_run, tiny_data, tmp_path):
     """Reference statistics saved in another order are put back image by image: the same spread
     as the reference computed from --ground-truth; without names they are drawn on their own."""
