@@ -198,6 +198,9 @@ class DecoderTrainConfig:
     # |grad of the reconstruction loss| / |grad of the GAN loss| at the decoder's last layer
     disc_weight: float = ruled(0.5, at_least(0))
     disc_lr: float = ruled(2e-4, positive)
+    # start from the critic stage 1 trained (tokenizer_train.disc_start >= 0) and its optimizer
+    # state, instead of a fresh one: the decoder goes on against the judge it already knows
+    keep_critic: bool = False
     # feature matching (pix2pixHD): L1 between the critic's activations of each reconstruction and
     # of its image, averaged over its layers, times this weight; a perceptual loss learned by the
     # run's own critic, not by a pretrained network. 0 = off

@@ -359,6 +359,32 @@ def test_decoder_stage_with_feature_matching_logs_and_trains(tiny_run, tiny_data
     assert after_ck["metrics"]["usage"] == before_ck["metrics"]["usage"]
 
 
+def test_decoder_stage_can_keep_stage_1s_critic(tiny_run, tiny_data, tmp_path):
+    """decoder_train.keep_critic: stage 1b starts from the critic stage 1 trained (here at a
+    vanishing learning rate, so it ends where it started); a fresh critic ends elsewhere, and a
+    stage 1 without a critic is refused with the fix."""
+    from maskgit_cli.errors import ConfigError
+
+    run = tmp_path / "gan"
+    stage1 = ["tokenizer_train.max_steps=4", "tokenizer_train.disc_start=0"]
+    pipeline.train(TINY, "tokenizer", tiny_data["train"], run, device="cpu", overrides=stage1)
+    critic = checkpoint.load(run / "tokenizer.pt")["disc"]
+    over = ["decoder_train.max_steps=2", "decoder_train.disc_lr=1e-12"]
+
+    def ends_with_stage_1s_critic(keep: bool) -> bool:
+        res = _stage1b(run, tiny_data, [*over, f"decoder_train.keep_critic={keep}"], overwrite=True)
+        assert res.steps == 2
+        disc = checkpoint.load(run / "tokenizer.pt")["decoder_train"]["disc"]
+        return all(torch.allclose(disc[k], critic[k], atol=1e-6) for k in critic)
+
+    assert ends_with_stage_1s_critic(True)
+    assert not ends_with_stage_1s_critic(False)
+    plain = _decoder_run(tiny_run, tmp_path / "plain")  # its stage 1 had no critic
+    with pytest.raises(ConfigError, match="no critic to keep .* drop decoder_train.keep_critic"):
+        _stage1b(plain, tiny_data, [*over, "decoder_train.keep_critic=true"])
+    assert not (plain / "tokenizer_stage1.pt").exists()  # nothing written
+
+
 def _stage1b(run, tiny_data, overrides, **kw):
     """Stage 1b over `run` on the tiny train images."""
     return pipeline.train(

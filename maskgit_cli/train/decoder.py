@@ -177,9 +177,19 @@ class DecoderStage(ImageStage):
                 self.ema.load_state_dict(checkpoint.weights(ck))
             step, self.start_val = state["step"], state.get("start_metrics", {})
             set_rng_state(state["rng"])
-        elif (
-            state is None
-        ):  # a first fine-tune keeps its stage-1 start (--overwrite restarts from there)
+        elif tc.keep_critic:
+            if ck.get("disc") is None:
+                raise ConfigError(
+                    f"{path}: holds no critic to keep (its stage 1 ran without one, or it is a "
+                    "copy without the training state); drop decoder_train.keep_critic or point "
+                    "at stage 1's own run folder"
+                )
+            self.disc.load_state_dict(ck["disc"])
+            self.disc_opt.load_state_dict(ck["disc_optimizer"])
+            for group in self.disc_opt.param_groups:  # this stage's rate, stage 1's moments
+                group["lr"] = tc.disc_lr
+        if not resume and state is None:
+            # a first fine-tune keeps its stage-1 start (--overwrite restarts from there)
             checkpoint.save(backup, self.base)
         self.whole = tc.batch_size - tc.generated  # encoder-token images per batch
         return step, notes
