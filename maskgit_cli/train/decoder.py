@@ -6,6 +6,7 @@ keeps its tokens and the checkpoint keeps its id (a transformer trained on those
 pairs with it). The stage-1 checkpoint is kept as RUN/tokenizer_stage1.pt; --overwrite restarts
 from it. With `decoder_train.generated`, part of each batch is the run's own transformer's fills;
 with `decoder_train.add_context`, the decoder learns to see the known pixels around a random hole.
+The critic starts fresh, or as stage 1 left it with `decoder_train.keep_critic`.
 """
 
 from __future__ import annotations
