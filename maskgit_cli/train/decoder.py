@@ -102,6 +102,12 @@ class DecoderStage(ImageStage):
                 "decoder_train.batch_size "
                 f"({tc.batch_size}): each batch keeps some whole images to reconstruct"
             )
+        if not resume and tc.keep_critic and ck.get("disc") is None:  # before any slow set-up
+            raise ConfigError(
+                f"{path}: holds no critic to keep (its stage 1 ran without one, or it is a "
+                "copy without the training state); drop decoder_train.keep_critic or point "
+                "at stage 1's own run folder"
+            )
         if resume:
             notes = resume_changes(ck["config"], cfg, self, path)
             past_total(state["step"], self.total, path)
@@ -179,12 +185,6 @@ class DecoderStage(ImageStage):
             step, self.start_val = state["step"], state.get("start_metrics", {})
             set_rng_state(state["rng"])
         elif tc.keep_critic:
-            if ck.get("disc") is None:
-                raise ConfigError(
-                    f"{path}: holds no critic to keep (its stage 1 ran without one, or it is a "
-                    "copy without the training state); drop decoder_train.keep_critic or point "
-                    "at stage 1's own run folder"
-                )
             self.disc.load_state_dict(ck["disc"])
             self.disc_opt.load_state_dict(ck["disc_optimizer"])
             for group in self.disc_opt.param_groups:  # this stage's rate, stage 1's moments
