@@ -422,10 +422,13 @@ def build(cfg: Config) -> _VQModel:
 
 
 class PatchDiscriminator(nn.Module):
-    """A small PatchGAN (pix2pix) critic for the optional adversarial loss."""
+    """A small PatchGAN (pix2pix) critic for the optional adversarial loss. `layers` stride-2
+    convolutions, then a 4x4 one to the logits: each logit judges a patch of 16 (1 layer), 34 (2)
+    or 70 (3) pixels a side."""
 
     def __init__(self, channels: int = 64, layers: int = 3):
         super().__init__()
+        self.channels, self.layers = channels, layers
         seq: list[nn.Module] = [nn.Conv2d(3, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
         c = channels
         for i in range(1, layers):
@@ -438,6 +441,12 @@ class PatchDiscriminator(nn.Module):
             c = c_out
         seq.append(nn.Conv2d(c, 1, 4, 1, 1))
         self.model = nn.Sequential(*seq)
+
+    @classmethod
+    def like(cls, state: dict[str, torch.Tensor]) -> PatchDiscriminator:
+        """A critic of the shape a saved state dict describes (its width and depth)."""
+        convs = [v for k, v in state.items() if k.endswith(".weight") and v.dim() == 4]
+        return cls(channels=int(convs[0].shape[0]), layers=len(convs) - 1)
 
     def forward(self, x):
         return self.model(x)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import TINY, inpaint_args, invoke_json
 
-from maskgit_cli import checkpoint, config, data, pipeline, precision, tokens
+from maskgit_cli import checkpoint, config, data, pipeline, precision, tokens, vqgan
 from maskgit_cli.errors import CheckpointError, ConfigError, DataError
 
 
@@ -383,6 +383,36 @@ def test_decoder_stage_can_keep_stage_1s_critic(tiny_run, tiny_data, tmp_path):
     with pytest.raises(ConfigError, match="no critic to keep .* drop decoder_train.keep_critic"):
         _stage1b(plain, tiny_data, [*over, "decoder_train.keep_critic=true"])
     assert not (plain / "tokenizer_stage1.pt").exists()  # nothing written
+
+
+def test_a_shallower_critic_trains_in_stage_1_and_is_kept_whole_by_stage_1b(tiny_data, tmp_path):
+    """tokenizer_train.disc_layers: stage 1's critic has that depth, a resume that changes it is
+    refused, and stage 1b keeps the critic it is handed (keep_critic) or builds a fresh one of the
+    run's depth."""
+    from maskgit_cli.errors import CheckpointError
+
+    run = tmp_path / "gan2"
+    stage1 = ["tokenizer_train.max_steps=2", "tokenizer_train.disc_start=0"]
+    stage1 += ["tokenizer_train.disc_layers=2"]
+    pipeline.train(TINY, "tokenizer", tiny_data["train"], run, device="cpu", overrides=stage1)
+    critic = checkpoint.load(run / "tokenizer.pt")["disc"]
+    assert vqgan.PatchDiscriminator.like(critic).layers == 2
+    with pytest.raises(CheckpointError, match="disc_layers"):
+        pipeline.train(
+            TINY,
+            "tokenizer",
+            tiny_data["train"],
+            run,
+            device="cpu",
+            overrides=[*stage1[:-1], "tokenizer_train.disc_layers=3"],
+            resume=True,
+        )
+    for keep in (True, False):
+        over = ["decoder_train.max_steps=1", f"decoder_train.keep_critic={keep}"]
+        assert _stage1b(run, tiny_data, over, overwrite=True).steps == 1
+        disc = checkpoint.load(run / "tokenizer.pt")["decoder_train"]["disc"]
+        assert vqgan.PatchDiscriminator.like(disc).layers == 2
+        assert set(disc) == set(critic)
 
 
 def _stage1b(run, tiny_data, overrides, **kw):

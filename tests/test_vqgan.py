@@ -181,6 +181,20 @@ def test_critic_features_end_in_its_logits_and_match_to_zero_on_the_image_itself
     assert rec.grad[:2].abs().sum() > 0 and rec.grad[2:].abs().sum() == 0
 
 
+def test_a_shallower_critic_judges_smaller_patches_and_is_rebuilt_from_its_state():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    deep, shallow = vqgan.PatchDiscriminator(), vqgan.PatchDiscriminator(layers=2)
+    # 64 / 2^3 = 8 -> 7x7 logits of 70-pixel patches; 64 / 2^2 = 16 -> 15x15 of 34-pixel ones
+    assert deep(x).shape == (2, 1, 7, 7) and shallow(x).shape == (2, 1, 15, 15)
+    assert len(shallow.features(x)) == 3  # 2 hidden layers, then the logits
+    for critic in (deep, shallow, vqgan.PatchDiscriminator(channels=16, layers=1)):
+        again = vqgan.PatchDiscriminator.like(critic.state_dict())
+        assert (again.channels, again.layers) == (critic.channels, critic.layers)
+        again.load_state_dict(critic.state_dict())
+        assert torch.equal(again(x), critic(x))
+
+
 def test_a_grown_decoder_draws_what_the_old_one_drew_then_trains():
     """decoder_train.add_res_blocks: the deeper decoder starts as the same function (its new
     blocks are the identity), has more weights, and its new blocks get gradients."""

@@ -161,7 +161,13 @@ class DecoderStage(ImageStage):
         self.last = decoder_last_weight(model)
         self.ema = ema.maybe(model, tc.ema)
         self.opt = adamw(self.params, lr=tc.lr, betas=(0.5, 0.9))
-        self.disc = vqgan.PatchDiscriminator().to(device)
+        # a critic carried on (a resume's, or stage 1's under keep_critic) keeps its own shape
+        carried = state["disc"] if resume else ck["disc"] if tc.keep_critic else None
+        self.disc = (
+            vqgan.PatchDiscriminator.like(carried)
+            if carried is not None
+            else vqgan.PatchDiscriminator(layers=cfg.tokenizer_train.disc_layers)
+        ).to(device)
         self.disc_opt = adamw(self.disc.parameters(), lr=tc.disc_lr, betas=(0.5, 0.9))
         self.scaler = self.precision.grad_scaler()
         step, self.start_val, self.pool = 0, {}, None

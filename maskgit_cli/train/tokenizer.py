@@ -281,7 +281,11 @@ class TokenizerStage(ImageStage):
         self.opt = adamw(
             self.model.parameters(), lr=tc.lr, betas=(0.5, 0.9), weight_decay=tc.weight_decay
         )
-        self.disc = vqgan.PatchDiscriminator().to(device) if tc.disc_start >= 0 else None
+        self.disc = (
+            vqgan.PatchDiscriminator(layers=tc.disc_layers).to(device)
+            if tc.disc_start >= 0
+            else None
+        )
         self.last = decoder_last_weight(self.model)
         self.disc_opt = (
             adamw(self.disc.parameters(), lr=tc.disc_lr, betas=(0.5, 0.9)) if self.disc else None
