@@ -163,7 +163,7 @@ class TokenizerTrainConfig:
     # the generator's hinge loss times VQGAN's adaptive weight, as in stage 1b
     disc_weight: float = ruled(0.5, at_least(0))
     disc_lr: float = ruled(2e-4, positive)
-    # the patch critic's stride-2 layers: each logit judges a patch of 70 (3), 34 (2) or 16 (1)
+    # the patch critic's stride-2 layers: each logit sees a patch of 46 (3), 22 (2) or 10 (1)
     # pixels a side. Stage 1b's fresh critic has the same depth; a kept one keeps its own
     disc_layers: int = ruled(3, at_least(1))
     # feature matching against the critic's hidden activations once the GAN is on (as

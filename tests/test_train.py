@@ -389,8 +389,6 @@ def test_a_shallower_critic_trains_in_stage_1_and_is_kept_whole_by_stage_1b(tiny
     """tokenizer_train.disc_layers: stage 1's critic has that depth, a resume that changes it is
     refused, and stage 1b keeps the critic it is handed (keep_critic) or builds a fresh one of the
     run's depth."""
-    from maskgit_cli.errors import CheckpointError
-
     run = tmp_path / "gan2"
     stage1 = ["tokenizer_train.max_steps=2", "tokenizer_train.disc_start=0"]
     stage1 += ["tokenizer_train.disc_layers=2"]

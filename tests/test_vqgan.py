@@ -185,7 +185,7 @@ def test_a_shallower_critic_judges_smaller_patches_and_is_rebuilt_from_its_state
     torch.manual_seed(0)
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     deep, shallow = vqgan.PatchDiscriminator(), vqgan.PatchDiscriminator(layers=2)
-    # 64 / 2^3 = 8 -> 7x7 logits of 70-pixel patches; 64 / 2^2 = 16 -> 15x15 of 34-pixel ones
+    # 64 / 2^3 = 8 -> 7x7 logits of 46-pixel patches; 64 / 2^2 = 16 -> 15x15 of 22-pixel ones
     assert deep(x).shape == (2, 1, 7, 7) and shallow(x).shape == (2, 1, 15, 15)
     assert len(shallow.features(x)) == 3  # 2 hidden layers, then the logits
     for critic in (deep, shallow, vqgan.PatchDiscriminator(channels=16, layers=1)):
@@ -193,6 +193,17 @@ def test_a_shallower_critic_judges_smaller_patches_and_is_rebuilt_from_its_state
         assert (again.channels, again.layers) == (critic.channels, critic.layers)
         again.load_state_dict(critic.state_dict())
         assert torch.equal(again(x), critic(x))
+    # the patch one logit sees (its norms aside, which pool over the whole image): 46 / 22 / 10
+    for layers, side in ((3, 46), (2, 22), (1, 10)):
+        critic = vqgan.PatchDiscriminator(layers=layers)
+        critic.model = torch.nn.Sequential(
+            *(torch.nn.Identity() if isinstance(m, torch.nn.GroupNorm) else m for m in critic.model)
+        )
+        img = torch.rand(1, 3, 128, 128, requires_grad=True)
+        out = critic(img)
+        out[0, 0, out.shape[2] // 2, out.shape[3] // 2].backward()
+        seen = img.grad.abs().sum(dim=(0, 1)) > 0
+        assert seen.any(dim=1).sum() == side and seen.any(dim=0).sum() == side
 
 
 def test_a_grown_decoder_draws_what_the_old_one_drew_then_trains():
