@@ -392,25 +392,24 @@ def test_a_shallower_critic_trains_in_stage_1_and_is_kept_whole_by_stage_1b(tiny
     run = tmp_path / "gan2"
     stage1 = ["tokenizer_train.max_steps=2", "tokenizer_train.disc_start=0"]
     stage1 += ["tokenizer_train.disc_layers=2"]
-    pipeline.train(TINY, "tokenizer", tiny_data["train"], run, device="cpu", overrides=stage1)
+    _stage1(run, tiny_data, stage1)
     critic = checkpoint.load(run / "tokenizer.pt")["disc"]
     assert vqgan.PatchDiscriminator.like(critic).layers == 2
     with pytest.raises(CheckpointError, match="disc_layers"):
-        pipeline.train(
-            TINY,
-            "tokenizer",
-            tiny_data["train"],
-            run,
-            device="cpu",
-            overrides=[*stage1[:-1], "tokenizer_train.disc_layers=3"],
-            resume=True,
-        )
+        _stage1(run, tiny_data, [*stage1[:-1], "tokenizer_train.disc_layers=3"], resume=True)
     for keep in (True, False):
         over = ["decoder_train.max_steps=1", f"decoder_train.keep_critic={keep}"]
         assert _stage1b(run, tiny_data, over, overwrite=True).steps == 1
         disc = checkpoint.load(run / "tokenizer.pt")["decoder_train"]["disc"]
         assert vqgan.PatchDiscriminator.like(disc).layers == 2
         assert set(disc) == set(critic)
+
+
+def _stage1(run, tiny_data, overrides, **kw):
+    """Stage 1 into `run` on the tiny train images."""
+    return pipeline.train(
+        TINY, "tokenizer", tiny_data["train"], run, device="cpu", overrides=overrides, **kw
+    )
 
 
 def _stage1b(run, tiny_data, overrides, **kw):
@@ -671,15 +670,7 @@ def test_decoder_stage_refuses_what_it_cannot_do(tiny_run, tiny_data, tmp_path):
     ):
         pipeline.train(TINY, "decoder", tiny_data["train"], run, device="cpu", overrides=over)
     with pytest.raises(CheckpointError, match="stage 1 cannot be resumed"):
-        pipeline.train(
-            TINY,
-            "tokenizer",
-            tiny_data["train"],
-            run,
-            device="cpu",
-            resume=True,
-            overrides=["tokenizer_train.max_steps=500"],
-        )
+        _stage1(run, tiny_data, ["tokenizer_train.max_steps=500"], resume=True)
     # --overwrite restarts from the kept stage-1 checkpoint: the same result as the first run
     first = checkpoint.load(run / "tokenizer.pt")["model"]
     again = pipeline.train(
