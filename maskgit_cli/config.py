@@ -163,8 +163,8 @@ class TokenizerTrainConfig:
     # the generator's hinge loss times VQGAN's adaptive weight, as in stage 1b
     disc_weight: float = ruled(0.5, at_least(0))
     disc_lr: float = ruled(2e-4, positive)
-    # the patch critic's stride-2 layers: each logit sees a patch of 46 (3), 22 (2) or 10 (1)
-    # pixels a side. Stage 1b's fresh critic has the same depth; a kept one keeps its own
+    # the patch critic's stride-2 layers: each logit sees a patch of 94 (4), 46 (3), 22 (2) or 10
+    # (1) pixels a side. Stage 1b's fresh critic has the same depth; a kept one keeps its own
     disc_layers: int = ruled(3, at_least(1))
     # feature matching against the critic's hidden activations once the GAN is on (as
     # decoder_train.feature_weight); 0 = off
@@ -606,6 +606,13 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(
             f"data.image_size ({cfg.data.image_size}) must be a multiple of the tokenizer's "
             f"downsampling, {factor} (one token per {factor}x{factor} pixels)"
+        )
+    deepest = max(cfg.data.image_size.bit_length() - 2, 0)  # halvings that leave 2x2 or more
+    if cfg.tokenizer_train.disc_layers > deepest:
+        raise ConfigError(
+            f"tokenizer_train.disc_layers ({cfg.tokenizer_train.disc_layers}) is too deep for "
+            f"{cfg.data.image_size}-pixel images: each layer halves them and the critic needs 2x2 "
+            f"left; use at most {deepest}"
         )
     if cfg.decode.sweet_spot > cfg.decode.total_iter:
         raise ConfigError(

@@ -423,8 +423,8 @@ def build(cfg: Config) -> _VQModel:
 
 class PatchDiscriminator(nn.Module):
     """A small PatchGAN (pix2pix) critic for the optional adversarial loss. `layers` stride-2
-    convolutions, then a 4x4 one to the logits: each logit sees a patch of 10 (1 layer), 22 (2)
-    or 46 (3) pixels a side."""
+    convolutions, then a 4x4 one to the logits: each logit sees a patch of 10 (1 layer), 22 (2),
+    46 (3) or 94 (4) pixels a side. The image must keep 2x2 pixels after the last halving."""
 
     def __init__(self, channels: int = 64, layers: int = 3):
         super().__init__()

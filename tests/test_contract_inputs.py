@@ -93,6 +93,10 @@ def test_a_huge_image_is_refused_from_its_header(
             "data.image_size (2) must be a multiple of the tokenizer's downsampling, 4",
         ),
         ("data.image_size=18", "data.image_size (18) must be a multiple"),
+        (
+            "tokenizer_train.disc_layers=4",
+            "tokenizer_train.disc_layers (4) is too deep for 16-pixel images",
+        ),
     ],
 )
 def test_config_values_that_used_to_crash(override, fragment, runner, tiny_data, tmp_path):

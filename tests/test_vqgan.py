@@ -193,13 +193,13 @@ def test_a_shallower_critic_judges_smaller_patches_and_is_rebuilt_from_its_state
         assert (again.channels, again.layers) == (critic.channels, critic.layers)
         again.load_state_dict(critic.state_dict())
         assert torch.equal(again(x), critic(x))
-    # the patch one logit sees (its norms aside, which pool over the whole image): 46 / 22 / 10
-    for layers, side in ((3, 46), (2, 22), (1, 10)):
+    # the patch one logit sees (its norms aside, which pool over the whole image): 94 / 46 / 22 / 10
+    for layers, side in ((4, 94), (3, 46), (2, 22), (1, 10)):
         critic = vqgan.PatchDiscriminator(layers=layers)
         critic.model = torch.nn.Sequential(
             *(torch.nn.Identity() if isinstance(m, torch.nn.GroupNorm) else m for m in critic.model)
         )
-        img = torch.rand(1, 3, 128, 128, requires_grad=True)
+        img = torch.rand(1, 3, 192, 192, requires_grad=True)
         out = critic(img)
         out[0, 0, out.shape[2] // 2, out.shape[3] // 2].backward()
         seen = img.grad.abs().sum(dim=(0, 1)) > 0
