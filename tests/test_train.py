@@ -56,28 +56,10 @@ def test_tokenizer_resume_equals_an_uninterrupted_run(tiny_data, tmp_path):
         "tokenizer_train.restart_every=5",
         "tokenizer_train.ema=0.9",
     ]
-    full = pipeline.train(
-        TINY, "tokenizer", tiny_data["train"], tmp_path / "a", device="cpu", overrides=over
-    )
-    cut = pipeline.train(
-        TINY,
-        "tokenizer",
-        tiny_data["train"],
-        tmp_path / "b",
-        device="cpu",
-        overrides=over,
-        on_step=_interrupt_at(6),
-    )
+    full = _stage1(tmp_path / "a", tiny_data, over)
+    cut = _stage1(tmp_path / "b", tiny_data, over, on_step=_interrupt_at(6))
     assert cut.interrupted and cut.steps == 6
-    rest = pipeline.train(
-        TINY,
-        "tokenizer",
-        tiny_data["train"],
-        tmp_path / "b",
-        device="cpu",
-        overrides=over,
-        resume=True,
-    )
+    rest = _stage1(tmp_path / "b", tiny_data, over, resume=True)
     assert rest.steps == full.steps == 12
     assert _losses(tmp_path / "b" / "metrics_tokenizer.jsonl") == _losses(
         tmp_path / "a" / "metrics_tokenizer.jsonl"
@@ -93,14 +75,8 @@ def test_tokenizer_gan_from_disc_start_trains_the_encoder_and_resumes_exactly(ti
     elsewhere, and a resume past the start restores the critic exactly."""
     plain = ["tokenizer_train.max_steps=8", "tokenizer_train.restart_every=0"]
     over = [*plain, "tokenizer_train.disc_start=4", "tokenizer_train.feature_weight=1.0"]
-
-    def train(out, overrides, **kw):
-        return pipeline.train(
-            TINY, "tokenizer", tiny_data["train"], out, device="cpu", overrides=overrides, **kw
-        )
-
-    train(tmp_path / "plain", plain)
-    train(tmp_path / "a", over)
+    _stage1(tmp_path / "plain", tiny_data, plain)
+    _stage1(tmp_path / "a", tiny_data, over)
     rows = [
         json.loads(x)
         for x in (tmp_path / "a" / "metrics_tokenizer.jsonl").read_text().splitlines()
@@ -119,9 +95,9 @@ def test_tokenizer_gan_from_disc_start_trains_the_encoder_and_resumes_exactly(ti
     enc = [k for k in ca["model"] if k.startswith("encoder.")]
     assert any(not torch.equal(ca["model"][k], cp["model"][k]) for k in enc)
 
-    cut = train(tmp_path / "b", over, on_step=_interrupt_at(6))
+    cut = _stage1(tmp_path / "b", tiny_data, over, on_step=_interrupt_at(6))
     assert cut.interrupted and cut.steps == 6
-    train(tmp_path / "b", over, resume=True)
+    _stage1(tmp_path / "b", tiny_data, over, resume=True)
     assert _losses(tmp_path / "b" / "metrics_tokenizer.jsonl") == a
     cb = checkpoint.load(tmp_path / "b")
     assert all(torch.equal(ca["disc"][k], cb["disc"][k]) for k in ca["disc"])
@@ -250,9 +226,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
         "tokenizer_train.grad_clip=1e30",
     ]
     with pytest.raises(TrainingDiverged, match="loss became .* at step"):
-        pipeline.train(
-            TINY, "tokenizer", tiny_data["train"], tmp_path / "r", device="cpu", overrides=over
-        )
+        _stage1(tmp_path / "r", tiny_data, over)
 
 
 def test_existing_run_needs_resume_or_overwrite(tiny_run, tiny_data):
@@ -367,7 +341,7 @@ def test_decoder_stage_can_keep_stage_1s_critic(tiny_run, tiny_data, tmp_path):
 
     run = tmp_path / "gan"
     stage1 = ["tokenizer_train.max_steps=4", "tokenizer_train.disc_start=0"]
-    pipeline.train(TINY, "tokenizer", tiny_data["train"], run, device="cpu", overrides=stage1)
+    _stage1(run, tiny_data, stage1)
     critic = checkpoint.load(run / "tokenizer.pt")["disc"]
     over = ["decoder_train.max_steps=2", "decoder_train.disc_lr=1e-12"]
 
